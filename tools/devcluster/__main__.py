@@ -1,0 +1,80 @@
+"""`python -m devcluster up|down|status`: the local cluster for people (`make cluster`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from devcluster.build import BuildError, cache_root
+from devcluster.cluster import ClusterOptions, ClusterState, LocalCluster
+from devcluster.procs import ProcessDiedError
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("SIDECARLESS_CLUSTER_DIR", cache_root() / "clusters" / "default"))
+
+
+def up(workdir: Path) -> int:
+    existing = ClusterState.load(workdir)
+    if existing is not None and existing.alive():
+        print(f"a cluster is already running from {workdir}")
+        _print_how_to_reach(existing)
+        return 0
+    if existing is not None:
+        existing.stop()  # a half-dead earlier cluster: clear what is left of it
+    try:
+        LocalCluster.start(workdir, ClusterOptions(tied_to_parent=False))
+    except (BuildError, ProcessDiedError, TimeoutError) as error:
+        print(f"the local cluster did not start: {error}", file=sys.stderr)
+        return 1
+    state = ClusterState.load(workdir)
+    assert state is not None
+    _print_how_to_reach(state)
+    return 0
+
+
+def _print_how_to_reach(state: ClusterState) -> None:
+    print(f"API server:  {state.server}")
+    print(f"kubeconfig:  {state.kubeconfig}")
+    for name, driver in state.drivers.items():
+        print(f"CSI driver:  {name} at {driver['address']}")
+    print(f"logs:        {state.workdir / 'logs'}")
+    print(f"\ntry:  kubectl --kubeconfig {state.kubeconfig} get nodes,csinodes,csidrivers,crd")
+    print("stop: make cluster-down")
+
+
+def down(workdir: Path) -> int:
+    state = ClusterState.load(workdir)
+    if state is None:
+        print(f"no cluster recorded in {workdir}")
+        return 0
+    stopped = state.stop()
+    print(f"stopped {len(stopped)} processes: {', '.join(stopped) or 'none were still running'}")
+    return 0
+
+
+def status(workdir: Path) -> int:
+    state = ClusterState.load(workdir)
+    if state is None:
+        print(f"no cluster recorded in {workdir}")
+        return 1
+    for process in state.processes:
+        alive = Path(f"/proc/{process['pid']}").exists()
+        print(f"{process['name']:<45} pid {process['pid']:<8} {'running' if alive else 'DEAD'}  {process['log']}")
+    return 0 if state.alive() else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--dir", type=Path, default=default_dir(), help="work folder (default: %(default)s)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return {"up": up, "down": down, "status": status}[args.command](args.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

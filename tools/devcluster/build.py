@@ -1,0 +1,165 @@
+"""Build (once) and cache the binaries the local cluster runs.
+
+Everything comes from the Go module proxy at the versions in :mod:`devcluster.versions`
+and lands under ``$SIDECARLESS_CACHE`` (default ``~/.cache/sidecarless``), in a folder
+keyed by version and by a hash of the inputs, so a second run starts in seconds and a
+changed pin never reuses a stale binary. A file lock keeps two builds from racing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from devcluster import versions
+
+log = logging.getLogger("devcluster.build")
+
+GOMOD_KUBERNETES = Path(__file__).resolve().parent / "gomod" / "kubernetes"
+KUBERNETES_PACKAGES = [
+    "k8s.io/kubernetes/cmd/kube-apiserver",
+    "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "./cmd/etcd",
+]
+
+
+class BuildError(RuntimeError):
+    """A component could not be built; the message says which and why."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SIDECARLESS_CACHE", Path.home() / ".cache" / "sidecarless"))
+
+
+@dataclass(frozen=True)
+class KubernetesBinaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    lock_dir = cache_root() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with (lock_dir / f"{name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _go(args: list[str], cwd: Path, what: str) -> str:
+    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
+    started = time.monotonic()
+    result = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-25:])
+        raise BuildError(f"building {what} failed (go {' '.join(args[:2])} in {cwd}):\n{tail}")
+    log.info("%s: go %s took %.0fs", what, args[0], time.monotonic() - started)
+    return result.stdout
+
+
+def _inputs_hash(*paths: Path, extra: str = "") -> str:
+    digest = hashlib.sha256(extra.encode())
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _go_version() -> str:
+    return subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _build_once(out_dir: Path, names: list[str], build: Callable[[Path], None]) -> None:
+    """Run `build(tmp_dir)` unless `out_dir` already holds every binary in `names`."""
+    if all((out_dir / name).exists() for name in names):
+        return
+    with _locked(out_dir.name):
+        if all((out_dir / name).exists() for name in names):
+            return
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        missing = [name for name in names if not (tmp / name).exists()]
+        if missing:
+            raise BuildError(f"build of {out_dir.name} produced no {', '.join(missing)}")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+
+
+def ensure_kubernetes() -> KubernetesBinaries:
+    """etcd, kube-apiserver and kube-controller-manager, built from the wrapper module."""
+    key = _inputs_hash(
+        GOMOD_KUBERNETES / "go.mod",
+        GOMOD_KUBERNETES / "go.sum",
+        GOMOD_KUBERNETES / "cmd" / "etcd" / "main.go",
+        extra=_go_version(),
+    )
+    out = cache_root() / "bin" / f"kubernetes-{versions.KUBERNETES}-{key}"
+    names = ["etcd", "kube-apiserver", "kube-controller-manager"]
+
+    def build(tmp: Path) -> None:
+        log.info("building Kubernetes %s (about 10 minutes on 2 cores from a cold Go cache)", versions.KUBERNETES)
+        _go(
+            ["build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/", *KUBERNETES_PACKAGES],
+            GOMOD_KUBERNETES,
+            f"kubernetes {versions.KUBERNETES}",
+        )
+
+    _build_once(out, names, build)
+    return KubernetesBinaries(out / "etcd", out / "kube-apiserver", out / "kube-controller-manager")
+
+
+def module_dir(module: str, version: str) -> Path:
+    """Download a module (verified against the Go checksum database) and return its folder."""
+    info = json.loads(_go(["mod", "download", "-json", f"{module}@{version}"], Path.cwd(), f"{module}@{version}"))
+    if "Error" in info:
+        raise BuildError(f"{module}@{version}: {info['Error']}")
+    return Path(info["Dir"])
+
+
+def ensure_mock_driver() -> Path:
+    """csi-test's mock CSI driver (cmd/mock-driver).
+
+    Its main package imports csi-test's internal packages, so it is built inside a
+    writable copy of the module; the module zip carries no vendor tree, so its
+    dependencies come from the proxy at the versions its go.mod names.
+    """
+    out = cache_root() / "bin" / f"mock-driver-{versions.CSI_TEST}-{_inputs_hash(extra=_go_version())}"
+
+    def build(tmp: Path) -> None:
+        source = module_dir(versions.CSI_TEST_MODULE, versions.CSI_TEST)
+        work = cache_root() / "src" / f"csi-test-{versions.CSI_TEST}"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(source, work)
+        for path in [work, *work.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+        _go(
+            ["build", "-mod=mod", "-trimpath", "-o", str(tmp / "mock-driver"), "./cmd/mock-driver"], work, "mock-driver"
+        )
+
+    _build_once(out, ["mock-driver"], build)
+    return out / "mock-driver"
+
+
+def snapshot_crd_files() -> list[Path]:
+    """The upstream VolumeSnapshot(Class/Content) and group snapshot CRDs."""
+    crd_dir = module_dir(versions.SNAPSHOTTER_CLIENT_MODULE, versions.SNAPSHOTTER_CLIENT) / "config" / "crd"
+    files = sorted(crd_dir.glob("*storage.k8s.io_*.yaml"))
+    if not files:
+        raise BuildError(f"no CRD files under {crd_dir}")
+    return files

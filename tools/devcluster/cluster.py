@@ -1,0 +1,413 @@
+"""A real Kubernetes control plane on 127.0.0.1, with real CSI drivers, for tests and people.
+
+    cluster = LocalCluster.start(Path("/tmp/slc-x"))   # etcd, kube-apiserver, kube-controller-manager,
+    ...                                              # Nodes, CSINodes, CSIDrivers, snapshot CRDs
+    cluster.stop()
+
+There is no kubelet and no scheduler: Nodes and CSINodes are written by hand (from each
+driver's own NodeGetInfo answer, as kubelet would), and pods are given `spec.nodeName`.
+kube-controller-manager runs the PV binder and the attach/detach controller for real.
+`cluster.json` in the work folder records every PID, so `make cluster-down` (or another
+process) can stop exactly what was started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devcluster import build
+from devcluster.drivers import DriverSpec, RunningDriver, start_driver
+from devcluster.kube import KubeError, KubeREST
+from devcluster.pki import ClusterPKI, KeyPair, make_cluster_pki
+from devcluster.procs import ManagedProcess, free_port, stop_pid, wait_until
+
+log = logging.getLogger("devcluster")
+
+STATE_FILE = "cluster.json"
+DEFAULT_NODES = ("node-1", "node-2")
+DEFAULT_DRIVERS = (
+    DriverSpec("mock.csi.sidecarless.dev"),  # publishes: VolumeAttachments get ControllerPublishVolume
+    DriverSpec("mock-noattach.csi.sidecarless.dev", attach=False),  # attachRequired: false
+)
+# The attach/detach controller creates VolumeAttachments only for nodes that say so.
+ATTACH_DETACH_ANNOTATION = "volumes.kubernetes.io/controller-managed-attach-detach"
+
+
+@dataclass
+class ClusterOptions:
+    nodes: tuple[str, ...] = DEFAULT_NODES
+    drivers: tuple[DriverSpec, ...] = DEFAULT_DRIVERS
+    # kube-controller-manager's own API rate limit caps PV binding (~4 claims/s at its
+    # default QPS 20); raised so the binder never becomes the bottleneck of a test.
+    controller_manager_qps: int = 100
+    controller_manager_burst: int = 200
+    tied_to_parent: bool = True  # tests: components die with the test process
+    extra_crds: tuple[Path, ...] = ()
+
+
+@dataclass
+class LocalCluster:
+    workdir: Path
+    options: ClusterOptions
+    server: str = ""
+    processes: list[ManagedProcess] = field(default_factory=list)
+    drivers: dict[str, RunningDriver] = field(default_factory=dict)
+    pki: ClusterPKI | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def driver_dir(self) -> Path:
+        return self.workdir / "drivers"
+
+    @property
+    def rest(self) -> KubeREST:
+        assert self.pki is not None
+        return KubeREST(self.server, str(self.pki.ca.cert), str(self.pki.admin.cert), str(self.pki.admin.key))
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, workdir: Path, options: ClusterOptions | None = None) -> LocalCluster:
+        cluster = cls(workdir, options or ClusterOptions())
+        try:
+            cluster._start()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def _start(self) -> None:
+        started = time.monotonic()
+        binaries = build.ensure_kubernetes()
+        build.ensure_mock_driver()
+        crd_files = [*build.snapshot_crd_files(), *self.options.extra_crds]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pki = make_cluster_pki(self.workdir / "pki")
+
+        etcd_port, api_port, kcm_port = free_port(), free_port(), free_port()
+        etcd = self._spawn("etcd", [str(binaries.etcd), *self._etcd_args(etcd_port)])
+        wait_until("etcd", lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), timeout=30, watch=[etcd])
+
+        self.server = f"https://127.0.0.1:{api_port}"
+        apiserver = self._spawn(
+            "kube-apiserver", [str(binaries.kube_apiserver), *self._apiserver_args(etcd_port, api_port)]
+        )
+        rest = self.rest
+        wait_until("kube-apiserver", rest.healthy, timeout=90, watch=[etcd, apiserver])
+        self._write_kubeconfig(self.kubeconfig, "sidecarless-admin", self.pki.admin)
+        kcm_kubeconfig = self.workdir / "controller-manager.kubeconfig"
+        self._write_kubeconfig(kcm_kubeconfig, "system:kube-controller-manager", self.pki.controller_manager)
+
+        self._spawn(
+            "kube-controller-manager",
+            [str(binaries.kube_controller_manager), *self._controller_manager_args(kcm_kubeconfig, kcm_port)],
+        )
+        wait_until(
+            "kube-controller-manager",
+            lambda: _https_ok(f"https://127.0.0.1:{kcm_port}/healthz"),
+            timeout=60,
+            watch=self.processes,
+        )
+        for crd_file in crd_files:
+            for document in yaml.safe_load_all(crd_file.read_text()):
+                if document:
+                    rest.create(document)
+        self._wait_crds_established([f["metadata"]["name"] for f in _documents(crd_files)])
+        for node in self.options.nodes:
+            rest.create(_node(node))
+            rest.create(
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "CSINode",
+                    "metadata": {"name": node},
+                    "spec": {"drivers": []},
+                }
+            )
+        for spec in self.options.drivers:
+            self.add_driver(spec)
+        self._wait_default_service_account()
+        self.save_state()
+        log.info("local cluster up at %s in %.1fs", self.server, time.monotonic() - started)
+
+    def stop(self) -> None:
+        """Stop every process this object started, drivers first, etcd last."""
+        for driver in list(self.drivers.values()):
+            driver.process.stop()
+        for process in reversed(self.processes):
+            process.stop()
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+    # --- drivers ---------------------------------------------------------------------
+
+    def add_driver(self, spec: DriverSpec) -> RunningDriver:
+        """Start a driver, create its CSIDriver, and register it on every node's CSINode."""
+        driver = start_driver(spec, self.driver_dir, tied_to_parent=self.options.tied_to_parent)
+        self.drivers[spec.name] = driver
+        identity = driver.node_identity()
+        rest = self.rest
+        rest.create(
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "CSIDriver",
+                "metadata": {"name": spec.name},
+                "spec": {"attachRequired": spec.attach, "podInfoOnMount": False, "fsGroupPolicy": "File"},
+            }
+        )
+        for node in self.options.nodes:
+            entry = {"name": spec.name, "nodeID": identity.node_id, "topologyKeys": sorted(identity.topology)}
+            # CSINode drivers merge by name: a strategic merge patch adds or replaces ours.
+            rest.request(
+                "PATCH",
+                f"/apis/storage.k8s.io/v1/csinodes/{node}",
+                {"spec": {"drivers": [entry]}},
+                content_type="application/strategic-merge-patch+json",
+            )
+            if identity.topology:
+                rest.request(
+                    "PATCH",
+                    f"/api/v1/nodes/{node}",
+                    {"metadata": {"labels": identity.topology}},
+                    content_type="application/merge-patch+json",
+                )
+        return driver
+
+    def remove_driver(self, name: str) -> None:
+        """Stop a driver started by :meth:`add_driver` and remove its cluster objects."""
+        driver = self.drivers.pop(name)
+        driver.process.stop()
+        rest = self.rest
+        for node in self.options.nodes:
+            csinode = rest.get(f"/apis/storage.k8s.io/v1/csinodes/{node}")
+            drivers = [d for d in csinode["spec"]["drivers"] if d["name"] != name]
+            rest.request(
+                "PATCH",
+                f"/apis/storage.k8s.io/v1/csinodes/{node}",
+                {"spec": {"drivers": drivers}},
+                content_type="application/merge-patch+json",
+            )
+        try:
+            rest.request("DELETE", f"/apis/storage.k8s.io/v1/csidrivers/{name}")
+        except KubeError as error:
+            if error.status != 404:
+                raise
+
+    # --- state for other processes ---------------------------------------------------
+
+    def save_state(self) -> None:
+        state = {
+            "server": self.server,
+            "kubeconfig": str(self.kubeconfig),
+            "processes": [
+                {"name": p.name, "pid": p.pid, "exe": p.argv[0], "log": str(p.log_path)}
+                for p in [*(d.process for d in self.drivers.values()), *reversed(self.processes)]
+            ],
+            "drivers": {name: {"address": d.address, "attach": d.spec.attach} for name, d in self.drivers.items()},
+            "nodes": list(self.options.nodes),
+        }
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    # --- component flags -------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self.workdir / "logs" / f"{name}.log")
+        process.start(tied_to_parent=self.options.tied_to_parent)
+        self.processes.append(process)
+        return process
+
+    def _etcd_args(self, client_port: int) -> list[str]:
+        peer = f"http://127.0.0.1:{free_port()}"
+        client = f"http://127.0.0.1:{client_port}"
+        return [
+            "--name=devcluster",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=devcluster={peer}",
+            "--unsafe-no-fsync",  # a throwaway test store: durability buys nothing here
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self, etcd_port: int, port: int) -> list[str]:
+        pki = self.pki
+        assert pki is not None
+        issuer = "https://kubernetes.default.svc.cluster.local"
+        return [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={self.workdir / 'pki'}",
+            f"--tls-cert-file={pki.apiserver.cert}",
+            f"--tls-private-key-file={pki.apiserver.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-issuer={issuer}",
+            f"--service-account-key-file={pki.service_account_pub}",
+            f"--service-account-signing-key-file={pki.service_account_key}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            # The only endpoint would be 127.0.0.1, which Endpoints refuse; nothing in
+            # this cluster reaches the API through the `kubernetes` Service anyway.
+            "--endpoint-reconciler-type=none",
+            # The aggregation layer's flags, as kubeadm sets them; without them
+            # kube-controller-manager logs errors about extension-apiserver-authentication.
+            f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-username-headers=X-Remote-User",
+            f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
+            f"--proxy-client-key-file={pki.front_proxy_client.key}",
+            "--allow-privileged=true",
+            "--profiling=false",
+        ]
+
+    def _controller_manager_args(self, kubeconfig: Path, port: int) -> list[str]:
+        pki = self.pki
+        assert pki is not None
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={self.workdir / 'pki' / 'controller-manager'}",
+            f"--client-ca-file={pki.ca.cert}",
+            f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki.service_account_key}",
+            f"--root-ca-file={pki.ca.cert}",
+            # No kubelet keeps the hand-made Nodes' status fresh: the lifecycle
+            # controller would taint them and evict everything.
+            "--controllers=*,-node-lifecycle-controller",
+            "--leader-elect=false",
+            f"--kube-api-qps={self.options.controller_manager_qps}",
+            f"--kube-api-burst={self.options.controller_manager_burst}",
+            "--profiling=false",
+        ]
+
+    def _write_kubeconfig(self, path: Path, user: str, pair: KeyPair) -> None:
+        assert self.pki is not None
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "devcluster",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.pki.ca.cert)},
+                }
+            ],
+            "users": [{"name": user, "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
+            "contexts": [{"name": "devcluster", "context": {"cluster": "devcluster", "user": user}}],
+            "current-context": "devcluster",
+        }
+        path.write_text(yaml.safe_dump(config))
+
+    # --- waits -----------------------------------------------------------------------
+
+    def _wait_crds_established(self, names: list[str]) -> None:
+        rest = self.rest
+
+        def established() -> bool:
+            for name in names:
+                crd = rest.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+                conditions = (crd or {}).get("status", {}).get("conditions", [])
+                if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                    return False
+            return True
+
+        wait_until("CRDs established", established, timeout=30, watch=self.processes)
+
+    def _wait_default_service_account(self) -> None:
+        # Pods are refused until the service-account controller has made `default`.
+        rest = self.rest
+        wait_until(
+            "default ServiceAccount",
+            lambda: rest.get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
+            timeout=30,
+            watch=self.processes,
+        )
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """A running cluster as another process sees it, read from its `cluster.json`."""
+
+    workdir: Path
+    server: str
+    kubeconfig: Path
+    drivers: dict[str, dict[str, Any]]
+    nodes: list[str]
+    processes: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, workdir: Path) -> ClusterState | None:
+        path = workdir / STATE_FILE
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        return cls(workdir, raw["server"], Path(raw["kubeconfig"]), raw["drivers"], raw["nodes"], raw["processes"])
+
+    def alive(self) -> bool:
+        return all(Path(f"/proc/{p['pid']}").exists() for p in self.processes)
+
+    def stop(self) -> list[str]:
+        """Stop the recorded processes by PID (only if each PID is still that program)."""
+        stopped = [p["name"] for p in self.processes if stop_pid(p["pid"], p["exe"])]
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+        return stopped
+
+
+def _documents(files: list[Path]) -> list[dict[str, Any]]:
+    return [doc for f in files for doc in yaml.safe_load_all(f.read_text()) if doc]
+
+
+def _node(name: str) -> dict[str, Any]:
+    capacity = {"cpu": "4", "memory": "8Gi", "pods": "110"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+            "annotations": {ATTACH_DETACH_ANNOTATION: "true"},
+        },
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "hand-made node"}],
+        },
+    }
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _https_ok(url: str) -> bool:
+    import ssl  # noqa: PLC0415
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # kube-controller-manager's self-signed serving cert
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
