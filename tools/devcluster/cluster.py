@@ -26,7 +26,7 @@ import yaml
 from devcluster import build
 from devcluster.drivers import DriverSpec, RunningDriver, start_driver
 from devcluster.kube import KubeError, KubeREST
-from devcluster.pki import ClusterPKI, KeyPair, make_cluster_pki
+from devcluster.pki import ClusterPKI, KeyPair, load_cluster_pki, make_cluster_pki
 from devcluster.procs import ManagedProcess, free_port, stop_pid, wait_until
 
 log = logging.getLogger("devcluster")
@@ -59,8 +59,30 @@ class LocalCluster:
     options: ClusterOptions
     server: str = ""
     processes: list[ManagedProcess] = field(default_factory=list)
+    foreign_drivers: dict[str, str] = field(default_factory=dict)
     drivers: dict[str, RunningDriver] = field(default_factory=dict)
     pki: ClusterPKI | None = None
+    # False when attached to a cluster another process started: stop() then leaves it running.
+    owned: bool = True
+    nodes: tuple[str, ...] = ()
+
+    @classmethod
+    def attach(cls, workdir: Path) -> LocalCluster | None:
+        """The cluster recorded in `workdir`, if it is still running (drivers it started stay its own)."""
+        state = ClusterState.load(workdir)
+        if state is None or not state.alive():
+            return None
+        cluster = cls(workdir, ClusterOptions(nodes=tuple(state.nodes), drivers=()), owned=False)
+        cluster.server = state.server
+        cluster.pki = load_cluster_pki(workdir / "pki")
+        cluster.nodes = tuple(state.nodes)
+        cluster.foreign_drivers = {name: d["address"] for name, d in state.drivers.items()}
+        return cluster
+
+    @property
+    def driver_addresses(self) -> dict[str, str]:
+        """Every driver's address, by CSI name: those started here and those of the attached cluster."""
+        return {**self.foreign_drivers, **{name: d.address for name, d in self.drivers.items()}}
 
     @property
     def kubeconfig(self) -> Path:
@@ -79,7 +101,8 @@ class LocalCluster:
 
     @classmethod
     def start(cls, workdir: Path, options: ClusterOptions | None = None) -> LocalCluster:
-        cluster = cls(workdir, options or ClusterOptions())
+        options = options or ClusterOptions()
+        cluster = cls(workdir, options, nodes=options.nodes)
         try:
             cluster._start()
         except BaseException:
@@ -119,12 +142,11 @@ class LocalCluster:
             timeout=60,
             watch=self.processes,
         )
-        for crd_file in crd_files:
-            for document in yaml.safe_load_all(crd_file.read_text()):
-                if document:
-                    rest.create(document)
-        self._wait_crds_established([f["metadata"]["name"] for f in _documents(crd_files)])
-        for node in self.options.nodes:
+        crds = _documents(crd_files)
+        for crd in crds:
+            rest.create(crd)
+        self._wait_crds_served(crds)
+        for node in self.nodes:
             rest.create(_node(node))
             rest.create(
                 {
@@ -142,11 +164,15 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every process this object started, drivers first, etcd last."""
-        for driver in list(self.drivers.values()):
-            driver.process.stop()
+        for name in list(self.drivers):
+            if self.owned:
+                self.drivers.pop(name).process.stop()
+            else:
+                self.remove_driver(name)
         for process in reversed(self.processes):
             process.stop()
-        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+        if self.owned:
+            (self.workdir / STATE_FILE).unlink(missing_ok=True)
 
     # --- drivers ---------------------------------------------------------------------
 
@@ -164,7 +190,7 @@ class LocalCluster:
                 "spec": {"attachRequired": spec.attach, "podInfoOnMount": False, "fsGroupPolicy": "File"},
             }
         )
-        for node in self.options.nodes:
+        for node in self.nodes:
             entry = {"name": spec.name, "nodeID": identity.node_id, "topologyKeys": sorted(identity.topology)}
             # CSINode drivers merge by name: a strategic merge patch adds or replaces ours.
             rest.request(
@@ -187,7 +213,7 @@ class LocalCluster:
         driver = self.drivers.pop(name)
         driver.process.stop()
         rest = self.rest
-        for node in self.options.nodes:
+        for node in self.nodes:
             csinode = rest.get(f"/apis/storage.k8s.io/v1/csinodes/{node}")
             drivers = [d for d in csinode["spec"]["drivers"] if d["name"] != name]
             rest.request(
@@ -213,7 +239,7 @@ class LocalCluster:
                 for p in [*(d.process for d in self.drivers.values()), *reversed(self.processes)]
             ],
             "drivers": {name: {"address": d.address, "attach": d.spec.attach} for name, d in self.drivers.items()},
-            "nodes": list(self.options.nodes),
+            "nodes": list(self.nodes),
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -317,18 +343,24 @@ class LocalCluster:
 
     # --- waits -----------------------------------------------------------------------
 
-    def _wait_crds_established(self, names: list[str]) -> None:
+    def _wait_crds_served(self, crds: list[dict[str, Any]]) -> None:
+        # "Established" comes before the watch cache is ready (lists answer 429 "storage is
+        # (re)initializing" for a moment), so wait until every version's collection lists.
         rest = self.rest
+        collections = [
+            f"/apis/{crd['spec']['group']}/{version['name']}/{crd['spec']['names']['plural']}"
+            for crd in crds
+            for version in crd["spec"]["versions"]
+            if version.get("served")
+        ]
 
-        def established() -> bool:
-            for name in names:
-                crd = rest.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-                conditions = (crd or {}).get("status", {}).get("conditions", [])
-                if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-                    return False
-            return True
+        def served() -> bool:
+            try:
+                return all(rest.get(collection) is not None for collection in collections)
+            except KubeError:
+                return False
 
-        wait_until("CRDs established", established, timeout=30, watch=self.processes)
+        wait_until("CRDs served", served, timeout=60, watch=self.processes)
 
     def _wait_default_service_account(self) -> None:
         # Pods are refused until the service-account controller has made `default`.

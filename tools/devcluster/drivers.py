@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 
 from csi_client import CSIClient, csi, probe_ready
 from devcluster import build
 from devcluster.procs import ManagedProcess, wait_until
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,8 @@ class NodeIdentity:
 @dataclass
 class RunningDriver:
     spec: DriverSpec
-    socket: Path
+    address: str  # unix:///... or, for a driver listening on TCP, dns:///127.0.0.1:PORT
     process: ManagedProcess
-
-    @property
-    def address(self) -> str:
-        return f"unix://{self.socket}"
 
     def node_identity(self) -> NodeIdentity:
         async def ask() -> NodeIdentity:
@@ -64,15 +65,26 @@ class RunningDriver:
                 info = await client.node_get_info(csi.NodeGetInfoRequest())
                 return NodeIdentity(info.node_id, dict(info.accessible_topology.segments))
 
-        return asyncio.run(ask())
+        return run_sync(ask)
+
+
+def run_sync(coroutine_function: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even when the caller's thread has a running loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine_function()).result()
 
 
 def socket_name(driver_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "-", driver_name) + ".sock"
 
 
-def start_driver(spec: DriverSpec, directory: Path, *, tied_to_parent: bool = True) -> RunningDriver:
-    """Start `spec` as a mock driver listening in `directory`; return once it answers Probe."""
+def start_driver(
+    spec: DriverSpec, directory: Path, *, tied_to_parent: bool = True, tcp_port: int | None = None
+) -> RunningDriver:
+    """Start `spec` as a mock driver; return once it answers Probe.
+
+    It listens on a unix socket in `directory`, or on 127.0.0.1:`tcp_port` when given.
+    """
     binary = build.ensure_mock_driver()
     directory.mkdir(parents=True, exist_ok=True)
     socket = directory / socket_name(spec.name)
@@ -86,23 +98,25 @@ def start_driver(spec: DriverSpec, directory: Path, *, tied_to_parent: bool = Tr
         name=f"driver {spec.name}",
         argv=[str(binary), *spec.mock_args(hooks_file)],
         log_path=directory / f"{socket.stem}.log",
-        env={"CSI_ENDPOINT": f"unix://{socket}"},
+        env={"CSI_ENDPOINT": f"tcp://127.0.0.1:{tcp_port}" if tcp_port else f"unix://{socket}"},
     )
     process.start(tied_to_parent=tied_to_parent)
-    driver = RunningDriver(spec, socket, process)
-    wait_until(f"driver {spec.name}", lambda: _answers_probe(driver), timeout=30, watch=[process])
+    address = f"dns:///127.0.0.1:{tcp_port}" if tcp_port else f"unix://{socket}"
+    driver = RunningDriver(spec, address, process)
+    try:
+        wait_until(f"driver {spec.name}", lambda: _answers_probe(driver), timeout=30, watch=[process])
+    except BaseException:
+        process.stop()
+        raise
     return driver
 
 
 def _answers_probe(driver: RunningDriver) -> bool:
-    if not driver.socket.exists():
-        return False
-
     async def probe() -> bool:
         async with CSIClient(driver.address, timeout=2, connect_attempts=1) as client:
             return await probe_ready(client)
 
     try:
-        return asyncio.run(probe())
+        return run_sync(probe)
     except Exception:  # not listening yet
         return False

@@ -134,6 +134,24 @@ class ClusterPKI:
     service_account_pub: Path
 
 
+def load_cluster_pki(directory: Path) -> ClusterPKI:
+    """The PKI an earlier :func:`make_cluster_pki` wrote into `directory`."""
+
+    def pair(name: str) -> KeyPair:
+        return KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
+
+    return ClusterPKI(
+        ca=pair("ca"),
+        apiserver=pair("apiserver"),
+        admin=pair("admin"),
+        controller_manager=pair("controller-manager"),
+        front_proxy_ca=pair("front-proxy-ca"),
+        front_proxy_client=pair("front-proxy-client"),
+        service_account_key=directory / "sa.key",
+        service_account_pub=directory / "sa.pub",
+    )
+
+
 def make_cluster_pki(directory: Path) -> ClusterPKI:
     directory.mkdir(parents=True, exist_ok=True)
     ca = new_authority(directory, "ca", "sidecarless-devcluster-ca")

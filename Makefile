@@ -1,0 +1,44 @@
+# Everything a person or CI runs. `make help` lists the targets.
+# uv comes from PyPI when it is not installed; Go must be on PATH (it builds the local cluster).
+
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+export PYTHONPATH := tools
+
+.DEFAULT_GOAL := help
+.PHONY: help setup lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: ## install uv if missing and the locked Python environment
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+lint: setup ## ruff, ruff format --check, mypy --strict
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+
+binaries: setup ## build (or find cached) kube-apiserver, kube-controller-manager, etcd and the CSI drivers
+	$(UV) run python -m devcluster build
+
+test: lint binaries ## the whole suite: lint, then unit, csi, cluster and e2e tests on a local cluster
+	$(UV) run pytest
+
+test-unit: setup ## only the pure unit tests (no cluster, no drivers)
+	$(UV) run pytest tests/unit
+
+cluster: binaries ## start a local cluster in ~/.cache/sidecarless/clusters/default and leave it running
+	$(UV) run python -m devcluster up
+
+cluster-down: setup ## stop the cluster `make cluster` started (by PID)
+	$(UV) run python -m devcluster down
+
+cluster-status: setup ## show the local cluster's processes
+	$(UV) run python -m devcluster status
+
+gen: setup ## regenerate csi_client/generated from the pinned csi.proto
+	$(UV) run python tools/gen_csi_proto.py
+
+gen-check: setup ## fail if csi_client/generated is stale
+	$(UV) run python tools/gen_csi_proto.py --check

@@ -1,0 +1,77 @@
+"""Fixtures shared by every test layer.
+
+- `cluster`: one local control plane for the whole session (tools/devcluster). When
+  KUBECONFIG points at the kubeconfig of a cluster started by `make cluster`, that
+  cluster is reused and left running.
+- `api`: a kubernetes-asyncio ApiClient for the cluster's admin.
+- `namespace`: a fresh namespace per test, deleted afterwards.
+- `unique_name`: names for cluster-scoped objects that no other test uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.api_client import ApiClient
+from kubernetes_asyncio.config import load_kube_config
+
+from devcluster import LocalCluster
+
+
+def short_tmpdir(prefix: str) -> Path:
+    # Unix socket paths are limited to ~108 bytes; pytest's own tmp paths can be longer.
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    kubeconfig = os.environ.get("KUBECONFIG", "")
+    if kubeconfig:
+        existing = LocalCluster.attach(Path(kubeconfig).parent)
+        if existing is not None:
+            yield existing
+            existing.stop()  # stops only the drivers the tests added
+            return
+    workdir = short_tmpdir("slc-")
+    running = LocalCluster.start(workdir)
+    try:
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
+    configuration = k8s.Configuration()
+    await load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
+    async with ApiClient(configuration) as client:
+        yield client
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    test = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{test}-{uuid.uuid4().hex[:6]}"
+
+    return make
+
+
+@pytest.fixture
+async def namespace(api: ApiClient, unique_name: Callable[[str], str]) -> AsyncIterator[str]:
+    core = k8s.CoreV1Api(api)
+    name = unique_name("t")
+    await core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    yield name
+    # kube-controller-manager's namespace controller removes what is left inside.
+    await core.delete_namespace(name)
