@@ -145,7 +145,7 @@ class LocalCluster:
         crds = _documents(crd_files)
         for crd in crds:
             rest.create(crd)
-        self._wait_crds_served(crds)
+        self.wait_crds_served(crds)
         for node in self.nodes:
             rest.create(_node(node))
             rest.create(
@@ -343,7 +343,7 @@ class LocalCluster:
 
     # --- waits -----------------------------------------------------------------------
 
-    def _wait_crds_served(self, crds: list[dict[str, Any]]) -> None:
+    def wait_crds_served(self, crds: list[dict[str, Any]]) -> None:
         # "Established" comes before the watch cache is ready (lists answer 429 "storage is
         # (re)initializing" for a moment), so wait until every version's collection lists.
         rest = self.rest

@@ -1,0 +1,7 @@
+"""`python -m sidecarless` is the `sidecarless` command."""
+
+import sys
+
+from sidecarless.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""Operator settings, from the environment (12-factor) with command-line overrides.
+
+Every setting has an environment variable `SIDECARLESS_<NAME>`; `sidecarless run --help`
+lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    log_level: str = "INFO"
+    log_format: str = "text"  # text for people, json for machines
+    kubeconfig: str = ""  # empty: in-cluster credentials, else $KUBECONFIG / ~/.kube/config
+    namespace: str = ""  # the operator's own namespace (leases, journals); default from POD_NAMESPACE
+    identity: str = ""  # this replica's name in events and leases; default the host name
+    listen_address: str = "0.0.0.0"  # where /healthz and /metrics listen (a pod's own address)
+    health_port: int = 8081  # /healthz; 0 turns it off
+    metrics_port: int = 8080  # /metrics; 0 turns it off
+    api_qps: float = 50.0  # every Kubernetes request of the controllers shares this budget
+    api_burst: int = 100
+    provisioner_workers: int = 50  # claims handled at once (per-endpoint CSI concurrency is separate)
+    volume_workers: int = 20  # PVs (deletion) handled at once
+    resync_seconds: float = 600.0  # every object is looked at again this often, events or not
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"SIDECARLESS_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _convert(f.type, raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        defaults: dict[str, Any] = {}
+        if not settings.namespace:
+            defaults["namespace"] = env.get("POD_NAMESPACE", "sidecarless-system")
+        if not settings.identity:
+            defaults["identity"] = env.get("POD_NAME", socket.gethostname())
+        if not settings.kubeconfig and env.get("KUBECONFIG"):
+            defaults["kubeconfig"] = env["KUBECONFIG"]
+        settings = cls(**{**settings.__dict__, **defaults})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log format must be text or json, not {self.log_format!r}")
+        if self.provisioner_workers < 1 or self.volume_workers < 1:
+            raise ValueError("worker counts must be at least 1")
+
+
+def _convert(kind: Any, raw: str, name: str) -> Any:
+    kind_name = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind_name == "int":
+            return int(raw)
+        if kind_name == "float":
+            return float(raw)
+    except ValueError as error:
+        raise ValueError(f"SIDECARLESS_{name.upper()}={raw!r} is not a number") from error
+    return raw

@@ -1,0 +1,31 @@
+"""The long-lived objects every controller shares, built once at startup (Kopf's memo holds it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sidecarless.config import Settings
+from sidecarless.endpoints import EndpointRegistry
+from sidecarless.events import EventRecorder
+from sidecarless.kube import Kube
+from sidecarless.store import Store
+
+
+@dataclass
+class Stores:
+    """What the watches have seen, by kind."""
+
+    claims: Store = field(default_factory=lambda: Store("PersistentVolumeClaim"))
+    volumes: Store = field(default_factory=lambda: Store("PersistentVolume"))
+    classes: Store = field(default_factory=lambda: Store("StorageClass"))
+    attachments: Store = field(default_factory=lambda: Store("VolumeAttachment"))
+    drivers: Store = field(default_factory=lambda: Store("CSIDriver"))
+
+
+@dataclass
+class Context:
+    settings: Settings
+    kube: Kube
+    events: EventRecorder
+    endpoints: EndpointRegistry
+    stores: Stores

@@ -1,0 +1,255 @@
+"""Every Kopf handler of the operator, and the only module that registers any.
+
+Users' objects (PVCs, PVs, StorageClasses, VolumeAttachments, CSIDrivers) get only
+`on.event` handlers: Kopf then writes nothing onto them (no finalizer, no progress or
+diff-base annotations, no status); each handler updates a store and queues a key for a
+controller's work queue. Only the DriverEndpoint, our own resource, gets Kopf's usual
+change handlers, finalizer and a daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from csi_client import TLSConfig
+from sidecarless import metrics_server
+from sidecarless.config import Settings as OperatorConfig
+from sidecarless.context import Context, Stores
+from sidecarless.endpoints import EndpointRegistry, build_status
+from sidecarless.events import EventRecorder
+from sidecarless.kube import DRIVER_ENDPOINT, SECRET, Kube, KubeError, load_configuration
+from sidecarless.provisioner.controller import Provisioner
+from sidecarless.provisioner.plan import ANN_ENDPOINT
+from sidecarless.routing import endpoint_of_class
+
+log = logging.getLogger("sidecarless")
+
+registry = kopf.OperatorRegistry()
+
+GROUP, VERSION, PLURAL = "sidecarless.io", "v1alpha1", "driverendpoints"
+# How soon the monitor notices a reconfigured endpoint (probes follow spec.timeouts.probeInterval).
+_MONITOR_TICK_SECONDS = 0.5
+
+
+# --- lifecycle -----------------------------------------------------------------------
+
+
+@kopf.on.login(registry=registry)
+async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf and the controllers' client use one credential source: kubernetes-asyncio's loader."""
+    configuration = await load_configuration(memo.settings.kubeconfig)
+    token = (configuration.api_key or {}).get("BearerToken") or (configuration.api_key or {}).get("authorization")
+    return kopf.ConnectionInfo(
+        server=configuration.host or "",
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        scheme="Bearer" if token else None,
+        token=token.removeprefix("Bearer ").strip() if token else None,
+    )
+
+
+@kopf.on.startup(registry=registry)
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    _configure_kopf(settings)
+    from kubernetes_asyncio.client.api_client import ApiClient  # noqa: PLC0415 - startup only
+
+    config = memo.settings
+    kube = Kube(ApiClient(await load_configuration(config.kubeconfig)), qps=config.api_qps, burst=config.api_burst)
+    context = Context(
+        settings=config,
+        kube=kube,
+        events=EventRecorder(kube, component="sidecarless", instance=config.identity),
+        endpoints=EndpointRegistry(),
+        stores=Stores(),
+    )
+    provisioner = Provisioner(context)
+    context.endpoints.on_change = _requeue_endpoint(provisioner)
+    provisioner.start()
+    memo.context = context
+    memo.provisioner = provisioner
+
+
+def _requeue_endpoint(provisioner: Provisioner) -> Any:
+    async def requeue(name: str) -> None:
+        provisioner.requeue_endpoint(name)
+
+    return requeue
+
+
+def _configure_kopf(settings: kopf.OperatorSettings) -> None:
+    settings.posting.enabled = False  # Kopf must not post its log lines as Events on users' objects
+    settings.persistence.finalizer = "sidecarless.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="sidecarless.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="sidecarless.io", key="last-handled-configuration"
+    )
+    settings.peering.standalone = True
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+@kopf.on.cleanup(registry=registry)
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "provisioner" in memo:
+        await memo.provisioner.stop()
+    if "context" in memo:
+        await memo.context.endpoints.close()
+        await memo.context.kube.close()
+
+
+# --- users' objects: watch only ------------------------------------------------------
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry)
+async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.context.stores.claims.apply_event(event["type"], event["object"])
+    if event["type"] != "DELETED":
+        memo.provisioner.claims.add(key)
+
+
+@kopf.on.event("", "v1", "persistentvolumes", registry=registry)
+async def volume_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.context.stores.volumes.apply_event(event["type"], event["object"])
+    if event["type"] != "DELETED":
+        memo.provisioner.volumes.add(key)
+
+
+@kopf.on.event("storage.k8s.io", "v1", "storageclasses", registry=registry)
+async def class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.context.stores.classes.apply_event(event["type"], event["object"])
+    if event["type"] != "DELETED" and endpoint_of_class(dict(event["object"])):
+        for claim in memo.provisioner.claims_of_class(key):
+            memo.provisioner.claims.add(claim)
+
+
+@kopf.on.event("storage.k8s.io", "v1", "volumeattachments", registry=registry)
+async def attachment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.context.stores.attachments.apply_event(event["type"], event["object"])
+    if event["type"] == "DELETED":
+        # A released volume's deletion waits for its attachments to go.
+        volume = ((event["object"].get("spec") or {}).get("source") or {}).get("persistentVolumeName")
+        if volume:
+            memo.provisioner.volumes.add(volume)
+
+
+@kopf.on.event("storage.k8s.io", "v1", "csidrivers", registry=registry)
+async def csidriver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.context.stores.drivers.apply_event(event["type"], event["object"])
+
+
+# --- DriverEndpoint: our own resource --------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+async def endpoint_configured(name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+    context: Context = memo.context
+    tls = await _tls_config(context.kube, dict(spec))
+    await context.endpoints.apply(name, _plain(spec), tls)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+async def endpoint_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
+    await memo.context.endpoints.remove(name)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)
+async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
+    """Probe the driver and keep the DriverEndpoint's status current."""
+    context: Context = memo.context
+    written: dict[str, Any] | None = None
+    seen_version, last_probe = -1, 0.0
+    while not stopped:
+        await stopped.wait(_MONITOR_TICK_SECONDS)
+        endpoint = context.endpoints.get(name)
+        interval = endpoint.spec.probe_interval if endpoint else 10.0
+        probe_due = time.monotonic() - last_probe >= interval
+        if not probe_due and context.endpoints.version(name) == seen_version:
+            continue
+        seen_version = context.endpoints.version(name)
+        if endpoint is not None and probe_due:
+            last_probe = time.monotonic()
+            was_serving = endpoint.serving
+            await endpoint.refresh()
+            if endpoint.serving and not was_serving:
+                memo.provisioner.requeue_endpoint(name)
+        status = build_status(
+            endpoint,
+            spec_error=context.endpoints.spec_errors.get(name),
+            generation=int(body.get("metadata", {}).get("generation") or 0),
+            counts=_counts(context.stores, name),
+            previous=dict(body.get("status") or {}),
+        )
+        comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
+        if comparable != written:
+            try:
+                await context.kube.patch(DRIVER_ENDPOINT, name, {"status": status}, subresource="status")
+                written = comparable
+            except KubeError as error:
+                log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
+
+
+def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:
+    volumes = sum(
+        1
+        for v in stores.volumes.values()
+        if (v["metadata"].get("annotations") or {}).get(ANN_ENDPOINT) == endpoint_name
+    )
+    return {"volumes": volumes}
+
+
+async def _tls_config(kube: Kube, spec: dict[str, Any]) -> TLSConfig | None:
+    tls = spec.get("tls")
+    if not tls:
+        return None
+    secret = await kube.get_or_none(SECRET, tls["secretName"], tls["secretNamespace"])
+    if secret is None:
+        raise kopf.TemporaryError(f"TLS secret {tls['secretNamespace']}/{tls['secretName']} not found", delay=30)
+    data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+    return TLSConfig(
+        root_certificates=data.get("ca.crt"),
+        private_key=data.get("tls.key"),
+        certificate_chain=data.get("tls.crt"),
+        server_name=tls.get("serverName") or None,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Kopf's read-only mappings as plain dicts and lists."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def run(
+    settings: OperatorConfig, *, stop_flag: asyncio.Event | None = None, ready_flag: asyncio.Event | None = None
+) -> None:
+    """Run the operator until `stop_flag` is set (or forever)."""
+    liveness = f"http://{settings.listen_address}:{settings.health_port}/healthz" if settings.health_port else None
+    metrics = (
+        await metrics_server.start(settings.listen_address, settings.metrics_port) if settings.metrics_port else None
+    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=True,
+            memo=kopf.Memo(settings=settings),
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            liveness_endpoint=liveness,
+        )
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()

@@ -1,0 +1,207 @@
+"""The only module that talks to the Kubernetes API (Kopf's own watches aside).
+
+Objects go in and out as plain dicts, the same shape Kopf hands to handlers, so the
+planning functions see one representation. 404 and 409 become :class:`NotFound` and
+:class:`Conflict` here and nowhere else, and every request passes one token bucket
+(`--api-qps` / `--api-burst`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.api_client import ApiClient
+from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
+
+Body = dict[str, Any]
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, name: str = "", namespace: str | None = None, subresource: str = "") -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        path = f"{base}/{self.plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+
+PVC = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True)
+PV = Resource("", "v1", "persistentvolumes", "PersistentVolume", False)
+SECRET = Resource("", "v1", "secrets", "Secret", True)
+EVENT = Resource("", "v1", "events", "Event", True)
+CONFIGMAP = Resource("", "v1", "configmaps", "ConfigMap", True)
+NODE = Resource("", "v1", "nodes", "Node", False)
+STORAGE_CLASS = Resource("storage.k8s.io", "v1", "storageclasses", "StorageClass", False)
+CSI_NODE = Resource("storage.k8s.io", "v1", "csinodes", "CSINode", False)
+CSI_DRIVER = Resource("storage.k8s.io", "v1", "csidrivers", "CSIDriver", False)
+VOLUME_ATTACHMENT = Resource("storage.k8s.io", "v1", "volumeattachments", "VolumeAttachment", False)
+DRIVER_ENDPOINT = Resource("sidecarless.io", "v1alpha1", "driverendpoints", "DriverEndpoint", False)
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.message = message
+        super().__init__(f"HTTP {status} {reason}: {message}")
+
+
+class NotFound(KubeError):  # noqa: N818 - reads as what it is at the call sites
+    pass
+
+
+class Conflict(KubeError):  # noqa: N818
+    pass
+
+
+class TokenBucket:
+    """client-go's flowcontrol: `qps` tokens a second, at most `burst` saved up."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps = qps
+        self.burst = max(1, burst)
+        self._tokens = float(self.burst)
+        self._updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        if self.qps <= 0:
+            return  # unlimited
+        async with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.qps)
+            self._updated = now
+            if self._tokens < 1:
+                wait = (1 - self._tokens) / self.qps
+                await asyncio.sleep(wait)
+                self._updated = time.monotonic()
+                self._tokens = 1
+            self._tokens -= 1
+
+
+async def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
+    """In-cluster credentials when there are any, else the kubeconfig."""
+    configuration = k8s.Configuration()
+    if not kubeconfig:
+        try:
+            load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return configuration
+        except ConfigException:
+            pass
+    await load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return configuration
+
+
+class Kube:
+    """Typed-by-Resource access to the API with one shared ApiClient and rate limit."""
+
+    def __init__(self, api_client: ApiClient, *, qps: float = 50, burst: int = 100) -> None:
+        self.api_client = api_client
+        self.bucket = TokenBucket(qps, burst)
+        self.requests = 0  # every request made, for status and benchmarks
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Body:
+        await self.bucket.acquire()
+        self.requests += 1
+        response = await self.api_client.call_api(
+            path,
+            method,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=60,
+        )
+        raw = await response.read()
+        if 200 <= response.status < 300:
+            return json.loads(raw) if raw else {}
+        raise _error(response.status, raw)
+
+    async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Body:
+        return await self.request("GET", resource.path(name, namespace))
+
+    async def get_or_none(self, resource: Resource, name: str, namespace: str | None = None) -> Body | None:
+        try:
+            return await self.get(resource, name, namespace)
+        except NotFound:
+            return None
+
+    async def list(self, resource: Resource, namespace: str | None = None, *, label_selector: str = "") -> list[Body]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        listed = await self.request("GET", resource.path(namespace=namespace), query=query)
+        items: list[Body] = listed.get("items", [])
+        return items
+
+    async def create(self, resource: Resource, body: Body, namespace: str | None = None) -> Body:
+        return await self.request("POST", resource.path(namespace=namespace), body=body)
+
+    async def patch(
+        self,
+        resource: Resource,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        *,
+        subresource: str = "",
+        content_type: str = MERGE_PATCH,
+    ) -> Body:
+        return await self.request(
+            "PATCH", resource.path(name, namespace, subresource), body=patch, content_type=content_type
+        )
+
+    async def delete(
+        self, resource: Resource, name: str, namespace: str | None = None, *, preconditions: Body | None = None
+    ) -> None:
+        """Delete; an object that is already gone is fine."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions} if preconditions else None
+        with contextlib.suppress(NotFound):
+            await self.request("DELETE", resource.path(name, namespace), body=body)
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+
+def _error(status: int, raw: bytes) -> KubeError:
+    try:
+        payload = json.loads(raw)
+        reason, message = payload.get("reason", ""), payload.get("message", "")
+    except (ValueError, AttributeError):
+        reason, message = "", raw.decode(errors="replace")[:300]
+    if status == 404:
+        return NotFound(status, reason or "NotFound", message)
+    if status == 409:
+        return Conflict(status, reason or "Conflict", message)
+    return KubeError(status, reason, message)

@@ -1,0 +1,320 @@
+"""The provisioner: claims -> CreateVolume -> PVs, and released PVs -> DeleteVolume.
+
+Kopf watch events only update the stores and queue keys; the two work queues (claims
+and volumes) do the work with per-key backoff, so nothing Kopf-specific is ever
+written onto a claim or a volume.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Any
+
+from csi_client import CSIError, InfeasibleError, csi
+from csi_client.client import CSIClient
+from csi_client.errors import go_code_name
+from sidecarless.context import Context
+from sidecarless.endpoints import Endpoint
+from sidecarless.kube import PV, SECRET, Conflict, NotFound
+from sidecarless.metrics import (
+    DELETE_DURATION,
+    DELETE_FAILED,
+    DELETE_TOTAL,
+    PROVISION_DURATION,
+    PROVISION_FAILED,
+    PROVISION_TOTAL,
+)
+from sidecarless.provisioner import plan
+from sidecarless.provisioner.parameters import ParameterError, SecretRef
+from sidecarless.routing import endpoint_of_class, endpoint_of_volume
+from sidecarless.workqueue import Requeue, WorkQueue
+
+Body = dict[str, Any]
+
+log = logging.getLogger("sidecarless.provisioner")
+
+INFEASIBLE_RETRY_SECONDS = 300.0  # external-provisioner pauses an infeasible claim for 5 minutes
+MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue the claim anyway
+
+
+def rpc_error_text(error: CSIError) -> str:
+    """The text Go's gRPC status prints, which users know from the sidecars' events."""
+    return f"rpc error: code = {go_code_name(error.code)} desc = {error.message}"
+
+
+class Provisioner:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        settings = context.settings
+        self.claims: WorkQueue[str] = WorkQueue("claims", self.sync_claim, workers=settings.provisioner_workers)
+        self.volumes: WorkQueue[str] = WorkQueue("volumes", self.sync_volume, workers=settings.volume_workers)
+        self._identities: dict[str, str] = {}
+
+    def start(self) -> None:
+        self.claims.start()
+        self.volumes.start()
+
+    async def stop(self) -> None:
+        await self.claims.stop()
+        await self.volumes.stop()
+
+    # --- routing -------------------------------------------------------------------
+
+    def claims_of_class(self, class_name: str) -> list[str]:
+        return [
+            f"{c['metadata']['namespace']}/{c['metadata']['name']}"
+            for c in self.context.stores.claims.values()
+            if (c.get("spec") or {}).get("storageClassName") == class_name
+        ]
+
+    def requeue_endpoint(self, endpoint_name: str) -> None:
+        """Look again at everything an endpoint serves (it was created, changed or recovered)."""
+        stores = self.context.stores
+        for storage_class in stores.classes.values():
+            if endpoint_of_class(storage_class) == endpoint_name:
+                for key in self.claims_of_class(storage_class["metadata"]["name"]):
+                    self.claims.add(key)
+        for volume in stores.volumes.values():
+            if self._volume_endpoint_name(volume) == endpoint_name:
+                self.volumes.add(volume["metadata"]["name"])
+
+    def _volume_endpoint_name(self, volume: Body) -> str | None:
+        class_name = (volume.get("spec") or {}).get("storageClassName") or ""
+        return endpoint_of_volume(volume, self.context.stores.classes.get(class_name))
+
+    def _identity(self, driver: str) -> str:
+        if driver not in self._identities:
+            self._identities[driver] = plan.provisioner_identity(driver)
+        return self._identities[driver]
+
+    # --- claims --------------------------------------------------------------------
+
+    async def sync_claim(self, key: str) -> None:
+        context = self.context
+        claim = context.stores.claims.get(key)
+        if claim is None:
+            return
+        class_name = (claim.get("spec") or {}).get("storageClassName") or ""
+        storage_class = context.stores.classes.get(class_name)
+        endpoint_name = endpoint_of_class(storage_class)
+        if storage_class is None or endpoint_name is None:
+            return  # not routed to Sidecarless: the sidecars (or nobody) handle it
+        endpoint = await self._endpoint_for_claim(claim, storage_class, endpoint_name)
+        decision = plan.claim_decision(claim, storage_class, endpoint.spec.driver_name)
+        if isinstance(decision, plan.Skip):
+            log.debug("claim %s: %s", key, decision.reason)
+            return
+        if isinstance(decision, plan.Refuse):
+            await self._provisioning_failed(claim, class_name, decision.message)
+            raise Requeue(INFEASIBLE_RETRY_SECONDS, decision.message)
+        if not endpoint.active("provisioner"):
+            message = (
+                f"DriverEndpoint {endpoint_name!r} cannot provision: provisioner is "
+                f"{endpoint.controller_state('provisioner')}"
+            )
+            await self._provisioning_failed(claim, class_name, message)
+            raise Requeue(MISROUTED_RETRY_SECONDS, message)
+        await self._provision(claim, storage_class, endpoint)
+
+    async def _endpoint_for_claim(self, claim: Body, storage_class: Body, endpoint_name: str) -> Endpoint:
+        """The serving endpoint for a claim, or an event saying why there is none (and a retry)."""
+        context = self.context
+        class_name = storage_class["metadata"]["name"]
+        endpoint = context.endpoints.get(endpoint_name)
+        wants_driver = storage_class.get("provisioner")
+        if endpoint is None:
+            spec_error = context.endpoints.spec_errors.get(endpoint_name)
+            message = f"StorageClass {class_name!r} routes to DriverEndpoint {endpoint_name!r}, which " + (
+                f"is invalid: {spec_error}" if spec_error else "does not exist"
+            )
+            await self._misrouted(claim, storage_class, message)
+        elif wants_driver != endpoint.spec.driver_name:
+            message = (
+                f"StorageClass {class_name!r} has provisioner {wants_driver!r}, but its DriverEndpoint "
+                f"{endpoint_name!r} serves driver {endpoint.spec.driver_name!r}"
+            )
+            await self._misrouted(claim, storage_class, message)
+        elif not endpoint.serving:
+            reason, detail = endpoint.problem or ("", "")
+            message = f"DriverEndpoint {endpoint_name!r} is not ready ({reason}): {detail}"
+            await self._provisioning_failed(claim, class_name, message)
+            raise Requeue(None, message)
+        assert endpoint is not None
+        return endpoint
+
+    async def _misrouted(self, claim: Body, storage_class: Body, message: str) -> None:
+        annotations = claim.get("metadata", {}).get("annotations") or {}
+        wanted = annotations.get(plan.ANN_STORAGE_PROVISIONER) or annotations.get(plan.ANN_STORAGE_PROVISIONER_BETA)
+        if wanted != storage_class.get("provisioner"):
+            raise Requeue(MISROUTED_RETRY_SECONDS, "claim not yet marked for its provisioner")
+        await self._provisioning_failed(claim, storage_class["metadata"]["name"], message)
+        await self.context.events.warning(storage_class, "ProvisioningFailed", message)
+        raise Requeue(MISROUTED_RETRY_SECONDS, message)
+
+    async def _provisioning_failed(self, claim: Body, class_name: str, message: str) -> None:
+        await self.context.events.warning(
+            claim, "ProvisioningFailed", f"failed to provision volume with StorageClass {class_name!r}: {message}"
+        )
+
+    async def _provision(self, claim: Body, storage_class: Body, endpoint: Endpoint) -> None:
+        context = self.context
+        meta = claim["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        class_name = storage_class["metadata"]["name"]
+        assert endpoint.info is not None
+        driver = plan.DriverFacts(
+            endpoint.spec.driver_name, endpoint.info.controller, self._identity(endpoint.spec.driver_name)
+        )
+        started = time.monotonic()
+        labels = {"class": class_name, "source": ""}
+        try:
+            provision = plan.plan_provision(
+                claim,
+                storage_class,
+                endpoint_name=endpoint.spec.name,
+                driver=driver,
+                settings=endpoint.spec.provisioner,
+            )
+        except ParameterError as error:
+            PROVISION_FAILED.labels(**labels).inc()
+            await self._provisioning_failed(claim, class_name, str(error))
+            raise Requeue(None, str(error)) from error
+        if provision.volume_name in context.stores.volumes:
+            return  # the PV exists; kube-controller-manager binds it
+        request = csi.CreateVolumeRequest()
+        request.CopyFrom(provision.request)
+        if provision.provisioner_secret is not None:
+            secrets = await self._secret_data(provision.provisioner_secret)
+            if secrets is None:
+                message = (
+                    f"failed to get secret {provision.provisioner_secret.namespace}/"
+                    f"{provision.provisioner_secret.name}: not found"
+                )
+                PROVISION_FAILED.labels(**labels).inc()
+                await self._provisioning_failed(claim, class_name, message)
+                raise Requeue(None, message)
+            request.secrets.update(secrets)
+        await context.events.normal(
+            claim, "Provisioning", f'External provisioner is provisioning volume for claim "{key}"'
+        )
+        try:
+            response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=key)
+        except CSIError as error:
+            PROVISION_FAILED.labels(**labels).inc()
+            await self._provisioning_failed(claim, class_name, rpc_error_text(error))
+            if isinstance(error, InfeasibleError):
+                raise Requeue(INFEASIBLE_RETRY_SECONDS, str(error)) from error
+            raise Requeue(None, str(error)) from error
+        try:
+            volume = plan.pv_from_response(provision, response.volume, driver.identity)
+        except plan.CapacityTooSmall as error:
+            await self._delete_backend_volume(endpoint, response.volume.volume_id, provision.provisioner_secret, key)
+            PROVISION_FAILED.labels(**labels).inc()
+            await self._provisioning_failed(claim, class_name, str(error))
+            raise Requeue(None, str(error)) from error
+        await self._save_volume(volume)
+        PROVISION_TOTAL.labels(**labels).inc()
+        PROVISION_DURATION.labels(**labels).observe(time.monotonic() - started)
+        await context.events.normal(
+            claim, "ProvisioningSucceeded", f"Successfully provisioned volume {provision.volume_name}"
+        )
+
+    async def _save_volume(self, volume: Body) -> None:
+        """Create the PV; one that already exists (a retry after a crash) is fine."""
+        try:
+            await self.context.kube.create(PV, volume)
+        except Conflict:
+            log.info("PV %s already exists", volume["metadata"]["name"])
+
+    async def _secret_data(self, ref: SecretRef) -> dict[str, str] | None:
+        secret = await self.context.kube.get_or_none(SECRET, ref.name, ref.namespace)
+        if secret is None:
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+    async def _delete_backend_volume(
+        self, endpoint: Endpoint, volume_id: str, secret: SecretRef | None, obj: str
+    ) -> None:
+        request = csi.DeleteVolumeRequest(volume_id=volume_id)
+        if secret is not None:
+            request.secrets.update(await self._secret_data(secret) or {})
+        await endpoint.call(CSIClient.delete_volume, request, operation="DeleteVolume", obj=obj)
+
+    # --- volumes -------------------------------------------------------------------
+
+    async def sync_volume(self, name: str) -> None:
+        context = self.context
+        volume = context.stores.volumes.get(name)
+        if volume is None:
+            return
+        endpoint_name = self._volume_endpoint_name(volume)
+        if endpoint_name is None:
+            return
+        endpoint = context.endpoints.get(endpoint_name)
+        if endpoint is None or not endpoint.serving:
+            raise Requeue(None, f"DriverEndpoint {endpoint_name!r} is not serving")
+        decision = plan.volume_decision(volume, endpoint.spec.driver_name)
+        if isinstance(decision, plan.Skip):
+            return
+        if isinstance(decision, plan.AddFinalizer):
+            await self._patch_finalizers(volume, [*volume["metadata"].get("finalizers", []), plan.PV_FINALIZER])
+        elif isinstance(decision, plan.RemoveFinalizer):
+            await self._patch_finalizers(
+                volume, [f for f in volume["metadata"].get("finalizers", []) if f != plan.PV_FINALIZER]
+            )
+        elif endpoint.active("provisioner"):
+            await self._delete(volume, endpoint)
+
+    async def _delete(self, volume: Body, endpoint: Endpoint) -> None:
+        context = self.context
+        name = volume["metadata"]["name"]
+        class_name = (volume.get("spec") or {}).get("storageClassName") or ""
+        attached = [
+            a
+            for a in context.stores.attachments.values()
+            if ((a.get("spec") or {}).get("source") or {}).get("persistentVolumeName") == name
+        ]
+        if attached:
+            message = f"persistentvolume {name} is still attached to node {attached[0]['spec'].get('nodeName', '')}"
+            await context.events.warning(volume, "VolumeFailedDelete", message)
+            raise Requeue(None, message)
+        started = time.monotonic()
+        annotations = volume["metadata"].get("annotations") or {}
+        secret = None
+        if annotations.get(plan.ANN_DELETION_SECRET_NAME):
+            secret = SecretRef(
+                annotations[plan.ANN_DELETION_SECRET_NAME], annotations[plan.ANN_DELETION_SECRET_NAMESPACE]
+            )
+        try:
+            await self._delete_backend_volume(endpoint, volume["spec"]["csi"]["volumeHandle"], secret, name)
+        except CSIError as error:
+            DELETE_FAILED.labels(**{"class": class_name}).inc()
+            await context.events.warning(volume, "VolumeFailedDelete", rpc_error_text(error))
+            raise Requeue(None, str(error)) from error
+        # Delete the PV first, then drop our finalizer: a failure in between leaves a PV
+        # that is being deleted and still carries the finalizer, which this same path
+        # finishes on the next pass (DeleteVolume of a missing volume is OK).
+        await context.kube.delete(PV, name, preconditions={"uid": volume["metadata"]["uid"]})
+        try:
+            current = await context.kube.get(PV, name)
+        except NotFound:
+            current = None
+        if current is not None and plan.PV_FINALIZER in (current["metadata"].get("finalizers") or []):
+            await self._patch_finalizers(
+                current, [f for f in current["metadata"]["finalizers"] if f != plan.PV_FINALIZER]
+            )
+        DELETE_TOTAL.labels(**{"class": class_name}).inc()
+        DELETE_DURATION.labels(**{"class": class_name}).observe(time.monotonic() - started)
+
+    async def _patch_finalizers(self, volume: Body, finalizers: list[str]) -> None:
+        """Replace the finalizer list only if nobody changed the PV meanwhile (resourceVersion)."""
+        meta = volume["metadata"]
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        try:
+            await self.context.kube.patch(PV, meta["name"], patch)
+        except NotFound:
+            return
+        except Conflict as error:
+            raise Requeue(0.5, "PV changed meanwhile") from error

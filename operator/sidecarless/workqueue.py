@@ -1,0 +1,167 @@
+"""A keyed work queue with per-key exponential backoff, like client-go's rate-limited queue.
+
+- A key added while waiting is not added twice; a key added while a worker handles it is
+  handled again afterwards (nothing is lost, nothing runs twice at once).
+- The handler returns normally when done (the key's backoff is forgotten), raises
+  :class:`Requeue` to come back after a chosen delay, or raises anything else to come
+  back after the key's next backoff step (initial x 2^failures, capped, with jitter).
+- Depth and the age of the oldest waiting key are exported, per queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prometheus_client import Counter, Gauge
+
+K = TypeVar("K", bound=Hashable)
+
+log = logging.getLogger("sidecarless.workqueue")
+
+QUEUE_DEPTH = Gauge("sidecarless_workqueue_depth", "Keys waiting to be handled", ["name"])
+QUEUE_OLDEST = Gauge("sidecarless_workqueue_oldest_seconds", "Age of the oldest waiting key", ["name"])
+QUEUE_ADDS = Counter("sidecarless_workqueue_adds_total", "Keys added", ["name"])
+QUEUE_RETRIES = Counter("sidecarless_workqueue_retries_total", "Keys re-queued after a failure", ["name"])
+
+
+class Requeue(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Handle this key again after `delay` seconds (None: the key's next backoff step)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        self.delay = delay
+        super().__init__(reason or "requeue")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 1.0
+    maximum: float = 300.0
+    jitter: float = 0.1  # +-10 %
+
+    def delay(self, failures: int) -> float:
+        base = min(self.maximum, self.initial * (2 ** max(0, failures - 1)))
+        return float(base * (1 + random.uniform(-self.jitter, self.jitter)))
+
+
+class WorkQueue(Generic[K]):
+    def __init__(
+        self,
+        name: str,
+        handler: Callable[[K], Awaitable[None]],
+        *,
+        workers: int,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.name = name
+        self._handler = handler
+        self._workers = workers
+        self.backoff = backoff or Backoff()
+        self._ready: asyncio.Queue[K] = asyncio.Queue()
+        self._waiting: dict[K, float] = {}  # key -> when it was queued (in _ready)
+        self._active: set[K] = set()
+        self._dirty: set[K] = set()  # added again while active
+        self._failures: dict[K, int] = {}
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- adding ----------------------------------------------------------------------
+
+    def add(self, key: K) -> None:
+        QUEUE_ADDS.labels(self.name).inc()
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if key in self._active:
+            self._dirty.add(key)
+            return
+        if key not in self._waiting:
+            self._waiting[key] = time.monotonic()
+            self._ready.put_nowait(key)
+        self._update_gauges()
+
+    def add_after(self, key: K, delay: float) -> None:
+        """Add `key` after `delay` seconds, unless it is added sooner."""
+        if delay <= 0:
+            self.add(key)
+            return
+        if key in self._timers or key in self._waiting:
+            return  # it comes back sooner anyway
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire, key)
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def forget(self, key: K) -> None:
+        """Reset the key's backoff (it succeeded, or its object is gone)."""
+        self._failures.pop(key, None)
+
+    def failures(self, key: K) -> int:
+        return self._failures.get(key, 0)
+
+    # --- running ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(), name=f"{self.name}-{i}") for i in range(self._workers)]
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting and not self._active
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._ready.get()
+            self._waiting.pop(key, None)
+            self._active.add(key)
+            self._update_gauges()
+            try:
+                await self._handler(key)
+            except asyncio.CancelledError:
+                raise
+            except Requeue as requeue:
+                self._retry(key, requeue.delay)
+            except Exception:
+                log.exception("%s: handling %s failed", self.name, key)
+                self._retry(key, None)
+            else:
+                self.forget(key)
+            finally:
+                self._active.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.add(key)
+
+    def _retry(self, key: K, delay: float | None) -> None:
+        QUEUE_RETRIES.labels(self.name).inc()
+        if delay is None:
+            self._failures[key] = self._failures.get(key, 0) + 1
+            delay = self.backoff.delay(self._failures[key])
+        self.add_after(key, delay)
+
+    def _update_gauges(self) -> None:
+        QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+        oldest = min(self._waiting.values(), default=None)
+        QUEUE_OLDEST.labels(self.name).set(time.monotonic() - oldest if oldest is not None else 0)

@@ -1,0 +1,143 @@
+"""End-to-end fixtures: the CRDs installed, one operator process for the session, and helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_asyncio.client.api_client import ApiClient
+
+from devcluster import LocalCluster
+from sidecarless.kube import DRIVER_ENDPOINT, STORAGE_CLASS, Kube
+from tests.conftest import short_tmpdir
+from tests.e2e.operator_process import REPO, OperatorProcess
+
+MOCK = "mock.csi.sidecarless.dev"
+MOCK_NOATTACH = "mock-noattach.csi.sidecarless.dev"
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: LocalCluster) -> None:
+    rest = cluster.rest
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        rest.create(yaml.safe_load(path.read_text()))
+    cluster.wait_crds_served([yaml.safe_load(p.read_text()) for p in (REPO / "crds").glob("*.yaml")])
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, crds: None) -> Iterator[OperatorProcess]:
+    log_dir = short_tmpdir("slc-op-")
+    process = OperatorProcess(cluster.kubeconfig, log_dir)
+    process.start()
+    yield process
+    process.stop()
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def kube(api: ApiClient) -> Kube:
+    return Kube(api, qps=0, burst=1)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, timeout: float = 30.0, what: str = "condition", interval: float = 0.2
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def condition(endpoint: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in (endpoint.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
+@pytest.fixture
+async def make_endpoint(
+    kube: Kube, cluster: LocalCluster, unique_name: Callable[[str], str], operator: OperatorProcess
+) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Create DriverEndpoints for the local cluster's drivers; each is deleted after the test."""
+    made: list[str] = []
+
+    async def make(driver: str = MOCK, *, address: str | None = None, **spec: Any) -> str:
+        name = unique_name("ep")
+        body = {
+            "apiVersion": "sidecarless.io/v1alpha1",
+            "kind": "DriverEndpoint",
+            "metadata": {"name": name},
+            "spec": {"driverName": driver, "address": address or cluster.driver_addresses[driver], **spec},
+        }
+        await kube.create(DRIVER_ENDPOINT, body)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        await kube.delete(DRIVER_ENDPOINT, name)
+
+
+@pytest.fixture
+async def make_class(kube: Kube, unique_name: Callable[[str], str]) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Create StorageClasses (see `storage_class`); each is deleted after the test."""
+    made: list[str] = []
+
+    async def make(endpoint: str | None, provisioner: str = MOCK, **fields: Any) -> str:
+        name = unique_name("sc")
+        await kube.create(STORAGE_CLASS, storage_class(name, endpoint, provisioner, **fields))
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        await kube.delete(STORAGE_CLASS, name)
+
+
+async def wait_ready(
+    kube: Kube, name: str, *, status: str = "True", reason: str | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Wait for the DriverEndpoint's Ready condition to have `status` (and `reason`, if given)."""
+
+    async def ready() -> dict[str, Any] | None:
+        endpoint = await kube.get(DRIVER_ENDPOINT, name)
+        current = condition(endpoint, "Ready")
+        matches = current.get("status") == status and reason in (None, current.get("reason"))
+        return endpoint if matches else None
+
+    what = f"DriverEndpoint {name} Ready={status}" + (f" ({reason})" if reason else "")
+    result: dict[str, Any] = await eventually(ready, timeout=timeout, what=what)
+    return result
+
+
+def storage_class(name: str, endpoint: str | None, provisioner: str = MOCK, **fields: Any) -> dict[str, Any]:
+    annotations = {"sidecarless.io/endpoint": endpoint} if endpoint else {}
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name, "annotations": annotations},
+        "provisioner": provisioner,
+        **fields,
+    }
+
+
+def claim(name: str, class_name: str, size: str = "1Gi", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": class_name,
+            "resources": {"requests": {"storage": size}},
+            **spec,
+        },
+    }

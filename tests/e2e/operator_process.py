@@ -1,0 +1,67 @@
+"""The operator as a real process (`python -m sidecarless run`), for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from devcluster.procs import ManagedProcess, free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log_dir: Path, *, env: dict[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.extra_env = env or {}
+        self.health_port = 0
+        self.metrics_port = 0
+        self.process: ManagedProcess | None = None
+        self.starts = 0
+
+    def start(self, **env: str) -> None:
+        self.starts += 1
+        self.health_port, self.metrics_port = free_port(), free_port()
+        self.process = ManagedProcess(
+            "sidecarless",
+            [sys.executable, "-m", "sidecarless", "run"],
+            self.log_dir / f"operator-{self.starts}.log",
+            env={
+                "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)]),
+                "SIDECARLESS_KUBECONFIG": str(self.kubeconfig),
+                "SIDECARLESS_LISTEN_ADDRESS": "127.0.0.1",
+                "SIDECARLESS_HEALTH_PORT": str(self.health_port),
+                "SIDECARLESS_METRICS_PORT": str(self.metrics_port),
+                "SIDECARLESS_NAMESPACE": "default",
+                "SIDECARLESS_LOG_LEVEL": "DEBUG",
+                **self.extra_env,
+                **env,
+            },
+        )
+        self.process.start(tied_to_parent=True)
+        wait_until("the operator's /healthz", self.healthy, timeout=60, watch=[self.process])
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()

@@ -1,0 +1,302 @@
+"""The provisioner end to end: a real kube-apiserver and kube-controller-manager, the real mock
+driver, and the operator as its own process."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from csi_client import CSIClient, csi
+from devcluster import LocalCluster
+from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PV, PVC, Kube
+from tests.e2e.conftest import MOCK, claim, condition, eventually, wait_ready
+
+pytestmark = pytest.mark.cluster
+
+KCM_CLAIM_ANNOTATIONS = {
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+}
+
+
+async def bound_claim(kube: Kube, namespace: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
+    async def bound() -> dict[str, Any] | None:
+        current = await kube.get(PVC, name, namespace)
+        return current if (current.get("status") or {}).get("phase") == "Bound" else None
+
+    result: dict[str, Any] = await eventually(bound, timeout=timeout, what=f"claim {namespace}/{name} Bound")
+    return result
+
+
+async def event_reasons(kube: Kube, namespace: str, name: str) -> dict[str, list[str]]:
+    reasons: dict[str, list[str]] = {}
+    for event in await kube.list(EVENT, namespace):
+        if event["involvedObject"].get("name") == name:
+            reasons.setdefault(event["reason"], []).append(event["message"])
+    return reasons
+
+
+async def backend_volume_ids(address: str) -> set[str]:
+    async with CSIClient(address) as client:
+        listed = await client.list_volumes(csi.ListVolumesRequest())
+    return {entry.volume.volume_id for entry in listed.entries}
+
+
+async def test_endpoint_reports_driver_and_capabilities(
+    kube: Kube, make_endpoint: Callable[..., Awaitable[str]]
+) -> None:
+    name = await make_endpoint()
+    endpoint = await wait_ready(kube, name)
+    status = endpoint["status"]
+    assert status["driver"]["name"] == MOCK
+    assert {"CREATE_DELETE_VOLUME", "PUBLISH_UNPUBLISH_VOLUME", "EXPAND_VOLUME"} <= set(
+        status["capabilities"]["controller"]
+    )
+    assert "CONTROLLER_SERVICE" in status["capabilities"]["plugin"]
+    assert status["controllers"] == {
+        "provisioner": "Active",
+        "attacher": "Active",
+        "resizer": "Active",
+        "snapshotter": "Active",
+    }
+    assert status["probe"]["ready"] is True
+    assert condition(endpoint, "Connected")["status"] == "True"
+    assert condition(endpoint, "Degraded")["status"] == "False"
+    assert status["observedGeneration"] == endpoint["metadata"]["generation"]
+
+
+async def test_disabled_controller_is_reported(kube: Kube, make_endpoint: Callable[..., Awaitable[str]]) -> None:
+    name = await make_endpoint(controllers={"attacher": False})
+    endpoint = await wait_ready(kube, name)
+    assert endpoint["status"]["controllers"]["attacher"] == "Disabled"
+
+
+async def test_driver_name_that_disagrees_is_not_ready(
+    kube: Kube, make_endpoint: Callable[..., Awaitable[str]], cluster: LocalCluster
+) -> None:
+    name = await make_endpoint("wrong.csi.example", address=cluster.driver_addresses[MOCK])
+    endpoint = await wait_ready(kube, name, status="False", reason="DriverNameMismatch")
+    message = condition(endpoint, "Ready")["message"]
+    assert MOCK in message
+    assert "wrong.csi.example" in message
+
+
+async def test_unreachable_address_is_not_ready(kube: Kube, make_endpoint: Callable[..., Awaitable[str]]) -> None:
+    name = await make_endpoint(address="unix:///tmp/slc-nothing-listens-here.sock")
+    endpoint = await wait_ready(kube, name, status="False", reason="Unreachable")
+    assert condition(endpoint, "Connected")["status"] == "False"
+    assert "slc-nothing-listens-here.sock" in condition(endpoint, "Ready")["message"]
+
+
+async def test_bad_address_is_refused_at_admission(kube: Kube) -> None:
+    from sidecarless.kube import KubeError  # noqa: PLC0415
+
+    with pytest.raises(KubeError) as refused:
+        await kube.create(
+            DRIVER_ENDPOINT,
+            {
+                "apiVersion": "sidecarless.io/v1alpha1",
+                "kind": "DriverEndpoint",
+                "metadata": {"name": "bad-address"},
+                "spec": {"driverName": MOCK, "address": "tcp://10.0.0.1:1234"},
+            },
+        )
+    assert refused.value.status == 422
+    assert "address must be unix:///path/to/csi.sock" in refused.value.message
+
+
+async def test_provision_bind_and_delete(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(
+        endpoint,
+        reclaimPolicy="Delete",
+        mountOptions=["noatime"],
+        parameters={"type": "fast", "csi.storage.k8s.io/fstype": "xfs"},
+    )
+    await kube.create(PVC, claim("data", class_name, "1Gi"), namespace)
+    bound = await bound_claim(kube, namespace, "data")
+    uid = bound["metadata"]["uid"]
+    volume = await kube.get(PV, f"pvc-{uid}")
+
+    assert volume["spec"]["claimRef"]["uid"] == uid
+    assert volume["spec"]["claimRef"]["name"] == "data"
+    assert volume["spec"]["capacity"] == {"storage": "1Gi"}
+    assert volume["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert volume["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+    assert volume["spec"]["storageClassName"] == class_name
+    assert volume["spec"]["mountOptions"] == ["noatime"]
+    assert volume["spec"]["volumeMode"] == "Filesystem"
+    source = volume["spec"]["csi"]
+    assert source["driver"] == MOCK
+    assert source["fsType"] == "xfs"
+    assert source["volumeHandle"]
+    assert source["volumeAttributes"]["storage.kubernetes.io/csiProvisionerIdentity"].endswith(f"-{MOCK}")
+    assert volume["metadata"]["annotations"] == {
+        "pv.kubernetes.io/provisioned-by": MOCK,
+        "volume.kubernetes.io/provisioner-deletion-secret-name": "",
+        "volume.kubernetes.io/provisioner-deletion-secret-namespace": "",
+        "sidecarless.io/endpoint": endpoint,
+    }
+    assert sorted(volume["metadata"]["finalizers"]) == [
+        "external-provisioner.volume.kubernetes.io/finalizer",
+        "kubernetes.io/pv-protection",
+    ]
+    # Only what kube-controller-manager writes on the claim, nothing of Kopf's or ours.
+    assert set(bound["metadata"].get("annotations") or {}) <= KCM_CLAIM_ANNOTATIONS
+    assert bound["metadata"].get("finalizers") == ["kubernetes.io/pvc-protection"]
+    reasons = await event_reasons(kube, namespace, "data")
+    assert "Provisioning" in reasons
+    assert reasons["ProvisioningSucceeded"] == [f"Successfully provisioned volume pvc-{uid}"]
+    handle = source["volumeHandle"]
+    assert handle in await backend_volume_ids(cluster.driver_addresses[MOCK])
+
+    async def counted() -> bool:
+        status = (await kube.get(DRIVER_ENDPOINT, endpoint)).get("status") or {}
+        return bool((status.get("counts") or {}).get("volumes") == 1)
+
+    await eventually(counted, what="DriverEndpoint counts.volumes == 1", timeout=30)
+
+    await kube.delete(PVC, "data", namespace)
+
+    async def volume_gone() -> bool:
+        return await kube.get_or_none(PV, f"pvc-{uid}") is None
+
+    await eventually(volume_gone, what="PV deleted after its claim", timeout=60)
+    assert handle not in await backend_volume_ids(cluster.driver_addresses[MOCK])
+
+
+async def test_retain_keeps_the_volume(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint, reclaimPolicy="Retain")
+    await kube.create(PVC, claim("kept", class_name), namespace)
+    uid = (await bound_claim(kube, namespace, "kept"))["metadata"]["uid"]
+    volume = await kube.get(PV, f"pvc-{uid}")
+    assert "external-provisioner.volume.kubernetes.io/finalizer" not in volume["metadata"]["finalizers"]
+    await kube.delete(PVC, "kept", namespace)
+
+    async def released() -> bool:
+        current = await kube.get(PV, f"pvc-{uid}")
+        return bool((current.get("status") or {}).get("phase") == "Released")
+
+    await eventually(released, what="PV Released", timeout=30)
+    assert volume["spec"]["csi"]["volumeHandle"] in await backend_volume_ids(cluster.driver_addresses[MOCK])
+    await kube.delete(PV, f"pvc-{uid}")
+
+
+async def test_block_volume(
+    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint, parameters={"csi.storage.k8s.io/fstype": "ext4"})
+    await kube.create(PVC, claim("raw", class_name, volumeMode="Block"), namespace)
+    uid = (await bound_claim(kube, namespace, "raw"))["metadata"]["uid"]
+    volume = await kube.get(PV, f"pvc-{uid}")
+    assert volume["spec"]["volumeMode"] == "Block"
+    assert "fsType" not in volume["spec"]["csi"]
+
+
+# --- what a user sees when something is wrong ---------------------------------------------
+
+
+async def failed_event(kube: Kube, namespace: str, name: str, *, contains: str) -> str:
+    async def find() -> str | None:
+        messages = (await event_reasons(kube, namespace, name)).get("ProvisioningFailed", [])
+        return next((m for m in messages if contains in m), None)
+
+    message: str = await eventually(find, what=f"ProvisioningFailed containing {contains!r}", timeout=30)
+    return message
+
+
+async def test_unknown_endpoint_is_reported_on_claim_and_class(
+    kube: Kube, namespace: str, make_class: Callable[..., Awaitable[str]]
+) -> None:
+    class_name = await make_class("no-such-endpoint")
+    await kube.create(PVC, claim("orphan", class_name), namespace)
+    message = await failed_event(kube, namespace, "orphan", contains="does not exist")
+    assert "no-such-endpoint" in message
+    class_events = await event_reasons(kube, "default", class_name)
+    assert any("no-such-endpoint" in m for m in class_events.get("ProvisioningFailed", []))
+
+
+async def test_class_for_another_driver_is_refused(
+    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint, provisioner="other.csi.example")
+    await kube.create(PVC, claim("misrouted", class_name), namespace)
+    message = await failed_event(kube, namespace, "misrouted", contains="other.csi.example")
+    assert f"serves driver {MOCK!r}" in message
+
+
+async def test_size_the_driver_refuses(
+    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint)
+    await kube.create(PVC, claim("huge", class_name, "4Ei"), namespace)
+    await failed_event(kube, namespace, "huge", contains="code = OutOfRange")
+    claim_now = await kube.get(PVC, "huge", namespace)
+    assert (claim_now.get("status") or {}).get("phase") == "Pending"
+
+
+async def test_unknown_reserved_parameter(
+    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint, parameters={"csi.storage.k8s.io/bogus": "x"})
+    await kube.create(PVC, claim("bogus", class_name), namespace)
+    await failed_event(kube, namespace, "bogus", contains='unknown parameter key "csi.storage.k8s.io/bogus"')
+
+
+async def test_malformed_secret_template(
+    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(
+        endpoint,
+        parameters={
+            "csi.storage.k8s.io/provisioner-secret-name": "${pvc.nonsense}",
+            "csi.storage.k8s.io/provisioner-secret-namespace": "${pvc.namespace}",
+        },
+    )
+    await kube.create(PVC, claim("templated", class_name), namespace)
+    await failed_event(kube, namespace, "templated", contains="unknown or unsupported token ${pvc.nonsense}")
+
+
+async def test_missing_secret(
+    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(
+        endpoint,
+        parameters={
+            "csi.storage.k8s.io/provisioner-secret-name": "creds-${pvc.name}",
+            "csi.storage.k8s.io/provisioner-secret-namespace": "${pvc.namespace}",
+        },
+    )
+    await kube.create(PVC, claim("secretive", class_name), namespace)
+    await failed_event(kube, namespace, "secretive", contains=f"failed to get secret {namespace}/creds-secretive")
