@@ -1,0 +1,59 @@
+"""Routing, settings from the environment, and the `sidecarless status` table."""
+
+import pytest
+
+from sidecarless.cli import format_status
+from sidecarless.config import Settings
+from sidecarless.routing import endpoint_of_class, endpoint_of_volume
+
+ROUTED = {"metadata": {"name": "fast", "annotations": {"sidecarless.io/endpoint": "ep-a"}}}
+UNROUTED = {"metadata": {"name": "slow", "annotations": {}}}
+
+
+def test_routing() -> None:
+    assert endpoint_of_class(ROUTED) == "ep-a"
+    assert endpoint_of_class(UNROUTED) is None
+    assert endpoint_of_class(None) is None
+    own = {"metadata": {"annotations": {"sidecarless.io/endpoint": "ep-b"}}}
+    assert endpoint_of_volume(own, ROUTED) == "ep-b", "the PV's own record wins over its class"
+    assert endpoint_of_volume({"metadata": {}}, ROUTED) == "ep-a", "sidecar-made PVs follow their class"
+    assert endpoint_of_volume({"metadata": {}}, None) is None
+
+
+def test_settings_from_environment_and_overrides() -> None:
+    settings = Settings.from_env(
+        {"SIDECARLESS_API_QPS": "20", "SIDECARLESS_LOG_FORMAT": "json", "POD_NAMESPACE": "storage"}, api_burst=7
+    )
+    assert settings.api_qps == 20
+    assert settings.api_burst == 7
+    assert settings.log_format == "json"
+    assert settings.namespace == "storage"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [({"SIDECARLESS_API_QPS": "fast"}, "not a number"), ({"SIDECARLESS_LOG_FORMAT": "xml"}, "text or json")],
+)
+def test_bad_settings(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(environ)
+
+
+def test_status_table() -> None:
+    table = format_status(
+        [
+            {
+                "metadata": {"name": "b"},
+                "spec": {"driverName": "d2"},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "Unreachable", "message": "no"}],
+                    "counts": {"volumes": 0, "failures": 3},
+                },
+            },
+            {"metadata": {"name": "a"}, "spec": {"driverName": "d1"}},
+        ]
+    )
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "DRIVER", "READY", "REASON"]
+    assert lines[1].split()[:3] == ["a", "d1", "Unknown"]
+    assert lines[2].split() == ["b", "d2", "False", "Unreachable", "0", "3", "no"]

@@ -1,0 +1,106 @@
+"""The keyed work queue: no key twice at once, nothing lost, backoff per key."""
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from sidecarless.workqueue import Backoff, Requeue, WorkQueue
+
+
+async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polls plain state the queue exposes, not an event
+            await asyncio.sleep(0.01)
+
+
+async def test_duplicate_adds_are_handled_once() -> None:
+    seen: list[str] = []
+    gate = asyncio.Event()
+
+    async def handle(key: str) -> None:
+        await gate.wait()
+        seen.append(key)
+
+    queue: WorkQueue[str] = WorkQueue("t-dup", handle, workers=2)
+    for _ in range(5):
+        queue.add("a")
+    queue.start()
+    gate.set()
+    await wait_for(lambda: queue.idle and seen)
+    await queue.stop()
+    assert seen == ["a"]
+
+
+async def test_a_key_added_while_running_runs_again_afterwards() -> None:
+    running = asyncio.Event()
+    release = asyncio.Event()
+    runs = 0
+    concurrent = 0
+    most_concurrent = 0
+
+    async def handle(_: str) -> None:
+        nonlocal runs, concurrent, most_concurrent
+        concurrent += 1
+        most_concurrent = max(most_concurrent, concurrent)
+        runs += 1
+        running.set()
+        await release.wait()
+        concurrent -= 1
+
+    queue: WorkQueue[str] = WorkQueue("t-dirty", handle, workers=4)
+    queue.start()
+    queue.add("k")
+    await running.wait()
+    queue.add("k")
+    queue.add("k")
+    release.set()
+    await wait_for(lambda: runs == 2 and queue.idle)
+    await queue.stop()
+    assert most_concurrent == 1
+
+
+async def test_failures_back_off_and_success_forgets() -> None:
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def handle(_: str) -> None:
+        attempts.append(loop.time())
+        if len(attempts) < 3:
+            raise RuntimeError("driver down")
+
+    queue: WorkQueue[str] = WorkQueue(
+        "t-backoff", handle, workers=1, backoff=Backoff(initial=0.05, maximum=1, jitter=0)
+    )
+    queue.start()
+    queue.add("k")
+    await wait_for(lambda: len(attempts) == 3)
+    await wait_for(lambda: queue.idle)
+    await queue.stop()
+    first_gap, second_gap = attempts[1] - attempts[0], attempts[2] - attempts[1]
+    assert first_gap == pytest.approx(0.05, abs=0.04)
+    assert second_gap == pytest.approx(0.10, abs=0.05)
+    assert queue.failures("k") == 0
+
+
+async def test_requeue_with_a_delay_does_not_count_as_failure() -> None:
+    attempts = 0
+
+    async def handle(_: str) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise Requeue(0.01, "later")
+
+    queue: WorkQueue[str] = WorkQueue("t-requeue", handle, workers=1)
+    queue.start()
+    queue.add("k")
+    await wait_for(lambda: attempts == 2)
+    await queue.stop()
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    backoff = Backoff(initial=1, maximum=300, jitter=0.1)
+    assert backoff.delay(1) == pytest.approx(1, rel=0.11)
+    assert backoff.delay(4) == pytest.approx(8, rel=0.11)
+    assert backoff.delay(30) <= 330
