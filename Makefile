@@ -2,10 +2,10 @@
 # uv comes from PyPI when it is not installed; Go must be on PATH (it builds the local cluster).
 
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
-export PYTHONPATH := tools
+export PYTHONPATH := tools:operator
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
+.PHONY: help setup demo demo-down lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -13,6 +13,12 @@ help: ## list the targets
 setup: ## install uv if missing and the locked Python environment
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
+
+demo: binaries ## provision a volume with Sidecarless on a local cluster, show it, tear down (KEEP=1 keeps it)
+	$(UV) run python tools/demo.py $(if $(KEEP),--keep)
+
+demo-down: setup ## stop a demo left running with KEEP=1
+	$(UV) run python -m devcluster down --dir $${SIDECARLESS_CACHE:-$$HOME/.cache/sidecarless}/clusters/demo
 
 lint: setup ## ruff, ruff format --check, mypy --strict
 	$(UV) run ruff check .

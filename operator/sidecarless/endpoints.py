@@ -321,21 +321,16 @@ class EndpointRegistry:
     def __init__(self, on_change: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._endpoints: dict[str, Endpoint] = {}
         self.spec_errors: dict[str, str] = {}
-        self._versions: dict[str, int] = {}  # bumped on every apply, so the status follows at once
         # Called after an endpoint is (re)configured, so controllers look at its objects again.
         self.on_change = on_change
 
     def get(self, name: str) -> Endpoint | None:
         return self._endpoints.get(name)
 
-    def version(self, name: str) -> int:
-        return self._versions.get(name, 0)
-
     def names(self) -> list[str]:
         return sorted({*self._endpoints, *self.spec_errors})
 
     async def apply(self, name: str, spec: Body, tls: TLSConfig | None = None) -> Endpoint | None:
-        self._versions[name] = self.version(name) + 1
         try:
             parsed = parse_spec(name, spec)
         except SpecError as error:
@@ -357,7 +352,6 @@ class EndpointRegistry:
 
     async def remove(self, name: str) -> None:
         self.spec_errors.pop(name, None)
-        self._versions.pop(name, None)
         await self._drop(name)
 
     async def _drop(self, name: str) -> None:

@@ -33,8 +33,8 @@ log = logging.getLogger("sidecarless")
 registry = kopf.OperatorRegistry()
 
 GROUP, VERSION, PLURAL = "sidecarless.io", "v1alpha1", "driverendpoints"
-# How soon the monitor notices a reconfigured endpoint (probes follow spec.timeouts.probeInterval).
-_MONITOR_TICK_SECONDS = 0.5
+# How often the status is recomputed (probes follow spec.timeouts.probeInterval).
+_MONITOR_TICK_SECONDS = 1.0
 
 
 # --- lifecycle -----------------------------------------------------------------------
@@ -168,16 +168,11 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
     """Probe the driver and keep the DriverEndpoint's status current."""
     context: Context = memo.context
     written: dict[str, Any] | None = None
-    seen_version, last_probe = -1, 0.0
+    last_probe = 0.0
     while not stopped:
-        await stopped.wait(_MONITOR_TICK_SECONDS)
         endpoint = context.endpoints.get(name)
         interval = endpoint.spec.probe_interval if endpoint else 10.0
-        probe_due = time.monotonic() - last_probe >= interval
-        if not probe_due and context.endpoints.version(name) == seen_version:
-            continue
-        seen_version = context.endpoints.version(name)
-        if endpoint is not None and probe_due:
+        if endpoint is not None and time.monotonic() - last_probe >= interval:
             last_probe = time.monotonic()
             was_serving = endpoint.serving
             await endpoint.refresh()
@@ -197,6 +192,8 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
                 written = comparable
             except KubeError as error:
                 log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
+        # Status is recomputed every tick (counts follow the stores) but written only when it changed.
+        await stopped.wait(_MONITOR_TICK_SECONDS)
 
 
 def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:

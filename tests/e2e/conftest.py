@@ -12,9 +12,9 @@ import yaml
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from devcluster import LocalCluster
+from devcluster.operator import REPO, OperatorProcess
 from sidecarless.kube import DRIVER_ENDPOINT, STORAGE_CLASS, Kube
 from tests.conftest import short_tmpdir
-from tests.e2e.operator_process import REPO, OperatorProcess
 
 MOCK = "mock.csi.sidecarless.dev"
 MOCK_NOATTACH = "mock-noattach.csi.sidecarless.dev"

@@ -1,4 +1,4 @@
-"""The operator as a real process (`python -m sidecarless run`), for end-to-end tests."""
+"""The operator as a real process (`python -m sidecarless run`), for end-to-end tests and the demo."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class OperatorProcess:
         self.process: ManagedProcess | None = None
         self.starts = 0
 
-    def start(self, **env: str) -> None:
+    def start(self, *, tied_to_parent: bool = True, **env: str) -> None:
         self.starts += 1
         self.health_port, self.metrics_port = free_port(), free_port()
         self.process = ManagedProcess(
@@ -41,7 +41,7 @@ class OperatorProcess:
                 **env,
             },
         )
-        self.process.start(tied_to_parent=True)
+        self.process.start(tied_to_parent=tied_to_parent)
         wait_until("the operator's /healthz", self.healthy, timeout=60, watch=[self.process])
 
     def healthy(self) -> bool:
