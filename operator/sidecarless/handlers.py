@@ -114,6 +114,12 @@ async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     key = memo.context.stores.claims.apply_event(event["type"], event["object"])
     if event["type"] != "DELETED":
         memo.provisioner.claims.add(key)
+        return
+    # A claim deleted mid-provisioning leaves a journal entry to finish.
+    class_name = (event["object"].get("spec") or {}).get("storageClassName") or ""
+    endpoint_name = endpoint_of_class(memo.context.stores.classes.get(class_name))
+    if endpoint_name:
+        memo.provisioner.recoveries.add(endpoint_name)
 
 
 @kopf.on.event("", "v1", "persistentvolumes", registry=registry)

@@ -7,17 +7,20 @@ written onto a claim or a volume.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
-from csi_client import CSIError, InfeasibleError, csi
+from csi_client import CSIError, InfeasibleError, MaybeInProgressError, csi
 from csi_client.client import CSIClient
 from csi_client.errors import go_code_name
+from sidecarless import faults
 from sidecarless.context import Context
 from sidecarless.endpoints import Endpoint
-from sidecarless.kube import PV, SECRET, Conflict, NotFound
+from sidecarless.kube import PV, PVC, SECRET, Conflict, KubeError, NotFound
 from sidecarless.metrics import (
     DELETE_DURATION,
     DELETE_FAILED,
@@ -27,6 +30,7 @@ from sidecarless.metrics import (
     PROVISION_TOTAL,
 )
 from sidecarless.provisioner import plan
+from sidecarless.provisioner.journal import Entry, Journal
 from sidecarless.provisioner.parameters import ParameterError, SecretRef
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume
 from sidecarless.workqueue import Requeue, WorkQueue
@@ -35,6 +39,7 @@ Body = dict[str, Any]
 
 log = logging.getLogger("sidecarless.provisioner")
 
+JOURNAL_RESYNC_SECONDS = 60.0  # how often every journal is checked for orphaned entries
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-provisioner pauses an infeasible claim for 5 minutes
 MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue the claim anyway
 
@@ -50,15 +55,38 @@ class Provisioner:
         settings = context.settings
         self.claims: WorkQueue[str] = WorkQueue("claims", self.sync_claim, workers=settings.provisioner_workers)
         self.volumes: WorkQueue[str] = WorkQueue("volumes", self.sync_volume, workers=settings.volume_workers)
+        # Keyed by endpoint name: finish what the journal says may have been created.
+        self.recoveries: WorkQueue[str] = WorkQueue("journal-recovery", self.recover, workers=2)
+        self._journals: dict[str, Journal] = {}
         self._identities: dict[str, str] = {}
+        self._resync: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.claims.start()
         self.volumes.start()
+        self.recoveries.start()
+        self._resync = asyncio.create_task(self._recover_periodically(), name="journal-resync")
 
     async def stop(self) -> None:
-        await self.claims.stop()
-        await self.volumes.stop()
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+        for queue in (self.claims, self.volumes, self.recoveries):
+            await queue.stop()
+        for journal in self._journals.values():
+            await journal.close()
+
+    def journal(self, endpoint_name: str) -> Journal:
+        if endpoint_name not in self._journals:
+            self._journals[endpoint_name] = Journal(self.context.kube, self.context.settings.namespace, endpoint_name)
+        return self._journals[endpoint_name]
+
+    async def _recover_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(JOURNAL_RESYNC_SECONDS)
+            for name in self.context.endpoints.names():
+                self.recoveries.add(name)
 
     # --- routing -------------------------------------------------------------------
 
@@ -71,6 +99,7 @@ class Provisioner:
 
     def requeue_endpoint(self, endpoint_name: str) -> None:
         """Look again at everything an endpoint serves (it was created, changed or recovered)."""
+        self.recoveries.add(endpoint_name)
         stores = self.context.stores
         for storage_class in stores.classes.values():
             if endpoint_of_class(storage_class) == endpoint_name:
@@ -158,8 +187,13 @@ class Provisioner:
             claim, "ProvisioningFailed", f"failed to provision volume with StorageClass {class_name!r}: {message}"
         )
 
+    async def _fail(self, claim: Body, class_name: str, message: str, delay: float | None = None) -> NoReturn:
+        """Count the failure, tell the user on the claim, and retry after `delay` (None: backoff)."""
+        PROVISION_FAILED.labels(**{"class": class_name, "source": ""}).inc()
+        await self._provisioning_failed(claim, class_name, message)
+        raise Requeue(delay, message)
+
     async def _provision(self, claim: Body, storage_class: Body, endpoint: Endpoint) -> None:
-        context = self.context
         meta = claim["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
         class_name = storage_class["metadata"]["name"]
@@ -168,7 +202,6 @@ class Provisioner:
             endpoint.spec.driver_name, endpoint.info.controller, self._identity(endpoint.spec.driver_name)
         )
         started = time.monotonic()
-        labels = {"class": class_name, "source": ""}
         try:
             provision = plan.plan_provision(
                 claim,
@@ -178,48 +211,56 @@ class Provisioner:
                 settings=endpoint.spec.provisioner,
             )
         except ParameterError as error:
-            PROVISION_FAILED.labels(**labels).inc()
-            await self._provisioning_failed(claim, class_name, str(error))
-            raise Requeue(None, str(error)) from error
-        if provision.volume_name in context.stores.volumes:
+            await self._fail(claim, class_name, str(error))
+        if provision.volume_name in self.context.stores.volumes:
             return  # the PV exists; kube-controller-manager binds it
-        request = csi.CreateVolumeRequest()
-        request.CopyFrom(provision.request)
-        if provision.provisioner_secret is not None:
-            secrets = await self._secret_data(provision.provisioner_secret)
-            if secrets is None:
-                message = (
-                    f"failed to get secret {provision.provisioner_secret.namespace}/"
-                    f"{provision.provisioner_secret.name}: not found"
-                )
-                PROVISION_FAILED.labels(**labels).inc()
-                await self._provisioning_failed(claim, class_name, message)
-                raise Requeue(None, message)
-            request.secrets.update(secrets)
-        await context.events.normal(
+        request = await self._request_with_secrets(provision)
+        if isinstance(request, str):
+            await self._fail(claim, class_name, request)
+        await self.context.events.normal(
             claim, "Provisioning", f'External provisioner is provisioning volume for claim "{key}"'
         )
+        journal = self.journal(endpoint.spec.name)
+        try:
+            await journal.record(Entry.from_plan(provision, key, meta["uid"]))
+        except KubeError as error:
+            raise Requeue(None, f"could not record the provisioning intent: {error}") from error
+        faults.reached("after-journal-record")
         try:
             response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=key)
         except CSIError as error:
-            PROVISION_FAILED.labels(**labels).inc()
-            await self._provisioning_failed(claim, class_name, rpc_error_text(error))
-            if isinstance(error, InfeasibleError):
-                raise Requeue(INFEASIBLE_RETRY_SECONDS, str(error)) from error
-            raise Requeue(None, str(error)) from error
+            if not isinstance(error, MaybeInProgressError):
+                journal.forget(provision.volume_name)  # the driver created nothing
+            delay = INFEASIBLE_RETRY_SECONDS if isinstance(error, InfeasibleError) else None
+            await self._fail(claim, class_name, rpc_error_text(error), delay)
+        faults.reached("after-create-volume")
         try:
             volume = plan.pv_from_response(provision, response.volume, driver.identity)
         except plan.CapacityTooSmall as error:
             await self._delete_backend_volume(endpoint, response.volume.volume_id, provision.provisioner_secret, key)
-            PROVISION_FAILED.labels(**labels).inc()
-            await self._provisioning_failed(claim, class_name, str(error))
-            raise Requeue(None, str(error)) from error
+            journal.forget(provision.volume_name)
+            await self._fail(claim, class_name, str(error))
         await self._save_volume(volume)
+        faults.reached("after-save-volume")
+        journal.forget(provision.volume_name)
+        labels = {"class": class_name, "source": ""}
         PROVISION_TOTAL.labels(**labels).inc()
         PROVISION_DURATION.labels(**labels).observe(time.monotonic() - started)
-        await context.events.normal(
+        await self.context.events.normal(
             claim, "ProvisioningSucceeded", f"Successfully provisioned volume {provision.volume_name}"
         )
+
+    async def _request_with_secrets(self, provision: plan.ProvisionPlan) -> csi.CreateVolumeRequest | str:
+        """The CreateVolume request with its provisioner secret filled in, or why that failed."""
+        request = csi.CreateVolumeRequest()
+        request.CopyFrom(provision.request)
+        ref = provision.provisioner_secret
+        if ref is not None:
+            secrets = await self._secret_data(ref)
+            if secrets is None:
+                return f"failed to get secret {ref.namespace}/{ref.name}: not found"
+            request.secrets.update(secrets)
+        return request
 
     async def _save_volume(self, volume: Body) -> None:
         """Create the PV; one that already exists (a retry after a crash) is fine."""
@@ -241,6 +282,56 @@ class Provisioner:
         if secret is not None:
             request.secrets.update(await self._secret_data(secret) or {})
         await endpoint.call(CSIClient.delete_volume, request, operation="DeleteVolume", obj=obj)
+
+    # --- the journal -----------------------------------------------------------------
+
+    async def recover(self, endpoint_name: str) -> None:
+        """Finish every journaled CreateVolume whose claim is gone; drop entries whose PV exists.
+
+        An entry whose claim still exists is left to the claim's own (idempotent) retry.
+        An orphan is created again under the same name, which returns the volume the
+        driver already has (or makes one), and gets a PV whose claimRef names the dead
+        claim: kube-controller-manager marks it Released and its reclaim policy applies,
+        exactly as external-provisioner intends for this case, but across restarts.
+        """
+        context = self.context
+        journal = self.journal(endpoint_name)
+        entries = await journal.entries()
+        if not entries:
+            return
+        endpoint = context.endpoints.get(endpoint_name)
+        if endpoint is None or not endpoint.active("provisioner"):
+            raise Requeue(None, f"DriverEndpoint {endpoint_name!r} cannot finish its journal yet")
+        failed = 0
+        for entry in entries:
+            if await context.kube.get_or_none(PV, entry.volume_name) is not None:
+                journal.forget(entry.volume_name)
+                continue
+            namespace, name = entry.claim.split("/", 1)
+            claim = await context.kube.get_or_none(PVC, name, namespace)
+            if claim is not None and claim["metadata"]["uid"] == entry.claim_uid:
+                self.claims.add(entry.claim)
+                continue
+            try:
+                await self._finish_orphan(endpoint, entry)
+            except CSIError as error:
+                failed += 1
+                log.warning(
+                    "journal: volume %s of deleted claim %s not finished yet: %s", entry.volume_name, entry.claim, error
+                )
+        if failed:
+            raise Requeue(None, f"{failed} journaled volumes of deleted claims not finished yet")
+
+    async def _finish_orphan(self, endpoint: Endpoint, entry: Entry) -> None:
+        request = csi.CreateVolumeRequest()
+        request.CopyFrom(entry.request)
+        if entry.provisioner_secret is not None:
+            request.secrets.update(await self._secret_data(entry.provisioner_secret) or {})
+        log.info("journal: finishing volume %s of deleted claim %s", entry.volume_name, entry.claim)
+        response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=entry.claim)
+        volume = plan.pv_from_response(entry.to_plan(), response.volume, self._identity(endpoint.spec.driver_name))
+        await self._save_volume(volume)
+        self.journal(endpoint.spec.name).forget(entry.volume_name)
 
     # --- volumes -------------------------------------------------------------------
 

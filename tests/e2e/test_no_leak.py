@@ -1,0 +1,162 @@
+"""No leaked and no duplicated volume when the operator dies between CreateVolume and the PV.
+
+The operator is SIGKILLed by its own fault point `after-create-volume`: the driver has
+made the volume, no PV records it yet. external-provisioner leaks the volume here when
+the claim is deleted before it restarts (its in-flight list lives in memory only).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from csi_client import CSIClient, csi
+from devcluster import LocalCluster
+from devcluster.operator import OperatorProcess
+from devcluster.procs import wait_until
+from sidecarless.kube import CONFIGMAP, PV, PVC, Kube
+from sidecarless.provisioner.journal import journal_name
+from tests.conftest import short_tmpdir
+from tests.e2e.conftest import MOCK, claim, eventually, wait_ready
+
+pytestmark = pytest.mark.cluster
+
+
+async def backend_volumes_named(address: str, name: str) -> list[str]:
+    """IDs of the backend volumes the mock made for CreateVolume name `name`."""
+    async with CSIClient(address) as client:
+        listed = await client.list_volumes(csi.ListVolumesRequest())
+    return [e.volume.volume_id for e in listed.entries if e.volume.volume_context.get("name") == name]
+
+
+@pytest.fixture
+def exclusive(operator: OperatorProcess, cluster: LocalCluster) -> Iterator[Callable[..., OperatorProcess]]:
+    """Pause the session's operator; hand out operators this test starts (and kills) itself."""
+    operator.stop()
+    log_dir = short_tmpdir("slc-kill-")
+    started: list[OperatorProcess] = []
+
+    def start(**env: str) -> OperatorProcess:
+        process = OperatorProcess(cluster.kubeconfig, log_dir, env=env)
+        process.starts = len(started)  # distinct log files per start
+        started.append(process)
+        process.start()
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
+        operator.start()
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def journal_cleanup(kube: Kube) -> AsyncIterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        await kube.delete(CONFIGMAP, journal_name(name), "default")
+
+
+def killed(process: OperatorProcess) -> Callable[[], bool]:
+    def check() -> bool:
+        assert process.process is not None
+        return process.process.popen is not None and process.process.popen.poll() is not None
+
+    return check
+
+
+async def crash_after_create_volume(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    exclusive: Callable[..., OperatorProcess],
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+    journal_cleanup: list[str],
+) -> tuple[OperatorProcess, dict[str, Any], str]:
+    faulty = exclusive(SIDECARLESS_FAULT_POINTS="after-create-volume")
+    endpoint = await make_endpoint()
+    journal_cleanup.append(endpoint)
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint, reclaimPolicy="Delete")
+    created = await kube.create(PVC, claim("data", class_name), namespace)
+    volume_name = f"pvc-{created['metadata']['uid']}"
+    wait_until("the operator killed at after-create-volume", killed(faulty), timeout=30, watch=[])
+    assert faulty.process is not None
+    assert faulty.process.popen is not None
+    assert faulty.process.popen.returncode == -9
+    assert "fault point after-create-volume reached" in faulty.log_text()
+    assert await kube.get_or_none(PV, volume_name) is None, "the crash came before the PV"
+    assert len(await backend_volumes_named(cluster.driver_addresses[MOCK], volume_name)) == 1
+    journal = await kube.get(CONFIGMAP, journal_name(endpoint), "default")
+    assert volume_name in journal["data"], "the intent was recorded before the call"
+    return faulty, created, volume_name
+
+
+async def test_claim_deleted_while_the_operator_is_down_leaves_no_volume(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    exclusive: Callable[..., OperatorProcess],
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+    journal_cleanup: list[str],
+) -> None:
+    _, _, volume_name = await crash_after_create_volume(
+        kube, namespace, cluster, exclusive, make_endpoint, make_class, journal_cleanup
+    )
+    await kube.delete(PVC, "data", namespace)
+    await eventually(lambda: _gone(kube, PVC, "data", namespace), what="claim deleted", timeout=30)
+
+    exclusive()  # a healthy operator
+
+    address = cluster.driver_addresses[MOCK]
+
+    async def cleaned_up() -> bool:
+        volumes = await backend_volumes_named(address, volume_name)
+        return not volumes and await kube.get_or_none(PV, volume_name) is None
+
+    await eventually(cleaned_up, what="the orphaned volume deleted from the backend", timeout=90)
+    journal = await kube.get(CONFIGMAP, journal_name(journal_cleanup[0]), "default")
+    assert volume_name not in (journal.get("data") or {})
+
+
+async def test_claim_kept_binds_to_the_one_volume_after_restart(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    exclusive: Callable[..., OperatorProcess],
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+    journal_cleanup: list[str],
+) -> None:
+    _, _, volume_name = await crash_after_create_volume(
+        kube, namespace, cluster, exclusive, make_endpoint, make_class, journal_cleanup
+    )
+    exclusive()
+
+    async def bound() -> bool:
+        current = await kube.get(PVC, "data", namespace)
+        return bool((current.get("status") or {}).get("phase") == "Bound")
+
+    await eventually(bound, what="claim Bound after the restart", timeout=60)
+    volumes = await backend_volumes_named(cluster.driver_addresses[MOCK], volume_name)
+    assert len(volumes) == 1, "no duplicate volume in the backend"
+    volume = await kube.get(PV, volume_name)
+    assert volume["spec"]["csi"]["volumeHandle"] == volumes[0]
+
+    async def forgotten() -> bool:
+        journal = await kube.get(CONFIGMAP, journal_name(journal_cleanup[0]), "default")
+        return volume_name not in (journal.get("data") or {})
+
+    await eventually(forgotten, what="journal entry removed", timeout=30)
+
+
+async def _gone(kube: Kube, resource: Any, name: str, namespace: str) -> bool:
+    return await kube.get_or_none(resource, name, namespace) is None
