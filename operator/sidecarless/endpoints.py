@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from csi_client import AddressError, CSIClient, CSIError, DriverInfo, TLSConfig, discover, parse_address, probe_ready
 from csi_client.client import Rpc
 from sidecarless.provisioner.plan import ProvisionerSettings
+from sidecarless.workqueue import Backoff
 
 Body = dict[str, Any]
 Req = TypeVar("Req", bound=Message)
@@ -161,6 +162,11 @@ class Endpoint:
         self.failures = 0
         self.last_error: LastError | None = None
         self._slots = asyncio.Semaphore(spec.max_in_flight)
+
+    @property
+    def backoff(self) -> Backoff:
+        """The per-object retry schedule of `spec.retry`."""
+        return Backoff(initial=self.spec.retry_initial, maximum=self.spec.retry_max)
 
     @property
     def serving(self) -> bool:

@@ -31,14 +31,6 @@ QUEUE_ADDS = Counter("sidecarless_workqueue_adds_total", "Keys added", ["name"])
 QUEUE_RETRIES = Counter("sidecarless_workqueue_retries_total", "Keys re-queued after a failure", ["name"])
 
 
-class Requeue(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Handle this key again after `delay` seconds (None: the key's next backoff step)."""
-
-    def __init__(self, delay: float | None = None, reason: str = "") -> None:
-        self.delay = delay
-        super().__init__(reason or "requeue")
-
-
 @dataclass(frozen=True)
 class Backoff:
     initial: float = 1.0
@@ -48,6 +40,16 @@ class Backoff:
     def delay(self, failures: int) -> float:
         base = min(self.maximum, self.initial * (2 ** max(0, failures - 1)))
         return float(base * (1 + random.uniform(-self.jitter, self.jitter)))
+
+
+class Requeue(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Handle this key again after `delay` seconds (None: the key's next step of `backoff`,
+    or of the queue's own backoff when that is None too)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "", backoff: Backoff | None = None) -> None:
+        self.delay = delay
+        self.backoff = backoff
+        super().__init__(reason or "requeue")
 
 
 class WorkQueue(Generic[K]):
@@ -142,7 +144,7 @@ class WorkQueue(Generic[K]):
             except asyncio.CancelledError:
                 raise
             except Requeue as requeue:
-                self._retry(key, requeue.delay)
+                self._retry(key, requeue.delay, requeue.backoff)
             except Exception:
                 log.exception("%s: handling %s failed", self.name, key)
                 self._retry(key, None)
@@ -154,11 +156,11 @@ class WorkQueue(Generic[K]):
                     self._dirty.discard(key)
                     self.add(key)
 
-    def _retry(self, key: K, delay: float | None) -> None:
+    def _retry(self, key: K, delay: float | None, backoff: Backoff | None = None) -> None:
         QUEUE_RETRIES.labels(self.name).inc()
         if delay is None:
             self._failures[key] = self._failures.get(key, 0) + 1
-            delay = self.backoff.delay(self._failures[key])
+            delay = (backoff or self.backoff).delay(self._failures[key])
         self.add_after(key, delay)
 
     def _update_gauges(self) -> None:

@@ -104,3 +104,21 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert backoff.delay(1) == pytest.approx(1, rel=0.11)
     assert backoff.delay(4) == pytest.approx(8, rel=0.11)
     assert backoff.delay(30) <= 330
+
+
+async def test_requeue_can_bring_its_own_backoff() -> None:
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
+    slow = Backoff(initial=0.2, maximum=1, jitter=0)
+
+    async def handle(_: str) -> None:
+        attempts.append(loop.time())
+        if len(attempts) == 1:
+            raise Requeue(reason="endpoint says wait", backoff=slow)
+
+    queue: WorkQueue[str] = WorkQueue("t-own-backoff", handle, workers=1, backoff=Backoff(initial=0.01, jitter=0))
+    queue.start()
+    queue.add("k")
+    await wait_for(lambda: len(attempts) == 2)
+    await queue.stop()
+    assert attempts[1] - attempts[0] == pytest.approx(0.2, abs=0.08)

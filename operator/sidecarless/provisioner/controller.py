@@ -145,7 +145,11 @@ class Provisioner:
             )
             await self._provisioning_failed(claim, class_name, message)
             raise Requeue(MISROUTED_RETRY_SECONDS, message)
-        await self._provision(claim, storage_class, endpoint)
+        try:
+            await self._provision(claim, storage_class, endpoint)
+        except Requeue as requeue:
+            requeue.backoff = endpoint.backoff  # spec.retry of the claim's endpoint
+            raise
 
     async def _endpoint_for_claim(self, claim: Body, storage_class: Body, endpoint_name: str) -> Endpoint:
         """The serving endpoint for a claim, or an event saying why there is none (and a retry)."""
