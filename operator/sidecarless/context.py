@@ -8,7 +8,7 @@ from sidecarless.config import Settings
 from sidecarless.endpoints import EndpointRegistry
 from sidecarless.events import EventRecorder
 from sidecarless.kube import Kube
-from sidecarless.store import Store
+from sidecarless.store import Store, drivers_only, labels_only
 
 
 @dataclass
@@ -20,6 +20,8 @@ class Stores:
     classes: Store = field(default_factory=lambda: Store("StorageClass"))
     attachments: Store = field(default_factory=lambda: Store("VolumeAttachment"))
     drivers: Store = field(default_factory=lambda: Store("CSIDriver"))
+    nodes: Store = field(default_factory=lambda: Store("Node", labels_only))
+    csinodes: Store = field(default_factory=lambda: Store("CSINode", drivers_only))
 
 
 @dataclass

@@ -147,6 +147,16 @@ async def attachment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
             memo.provisioner.volumes.add(volume)
 
 
+@kopf.on.event("", "v1", "nodes", registry=registry)
+async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.context.stores.nodes.apply_event(event["type"], event["object"])
+
+
+@kopf.on.event("storage.k8s.io", "v1", "csinodes", registry=registry)
+async def csinode_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.context.stores.csinodes.apply_event(event["type"], event["object"])
+
+
 @kopf.on.event("storage.k8s.io", "v1", "csidrivers", registry=registry)
 async def csidriver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.context.stores.drivers.apply_event(event["type"], event["object"])

@@ -6,7 +6,7 @@ no controller here reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 Body = dict[str, Any]
@@ -25,10 +25,26 @@ def slim(body: Body) -> Body:
     return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
+def labels_only(body: Body) -> Body:
+    meta = body.get("metadata", {})
+    return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})}}
+
+
+def drivers_only(body: Body) -> Body:
+    return {
+        "metadata": {"name": body["metadata"]["name"]},
+        "spec": {"drivers": (body.get("spec") or {}).get("drivers") or []},
+    }
+
+
 class Store:
-    def __init__(self, kind: str) -> None:
+    """Objects of one kind by key. `project` keeps only what the controllers read (e.g. a
+    Node's labels), so large clusters cost little memory."""
+
+    def __init__(self, kind: str, project: Callable[[Body], Body] = slim) -> None:
         self.kind = kind
         self._objects: dict[str, Body] = {}
+        self._project = project
 
     def apply_event(self, event_type: str | None, body: Body) -> str:
         """Record a watch event (None: the initial listing); return the object's key."""
@@ -36,7 +52,7 @@ class Store:
         if event_type == "DELETED":
             self._objects.pop(key, None)
         else:
-            self._objects[key] = slim(dict(body))
+            self._objects[key] = self._project(dict(body))
         return key
 
     def get(self, key: str) -> Body | None:

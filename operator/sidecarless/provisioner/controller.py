@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any, NoReturn
 
+import grpc
+
 from csi_client import CSIError, InfeasibleError, MaybeInProgressError, csi
 from csi_client.client import CSIClient
 from csi_client.errors import go_code_name
@@ -29,7 +31,7 @@ from sidecarless.metrics import (
     PROVISION_FAILED,
     PROVISION_TOTAL,
 )
-from sidecarless.provisioner import plan
+from sidecarless.provisioner import plan, topology
 from sidecarless.provisioner.journal import Entry, Journal
 from sidecarless.provisioner.parameters import ParameterError, SecretRef
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume
@@ -206,16 +208,7 @@ class Provisioner:
             endpoint.spec.driver_name, endpoint.info.controller, self._identity(endpoint.spec.driver_name)
         )
         started = time.monotonic()
-        try:
-            provision = plan.plan_provision(
-                claim,
-                storage_class,
-                endpoint_name=endpoint.spec.name,
-                driver=driver,
-                settings=endpoint.spec.provisioner,
-            )
-        except ParameterError as error:
-            await self._fail(claim, class_name, str(error))
+        provision = await self._plan(claim, storage_class, endpoint, driver)
         if provision.volume_name in self.context.stores.volumes:
             return  # the PV exists; kube-controller-manager binds it
         request = await self._request_with_secrets(provision)
@@ -235,6 +228,10 @@ class Provisioner:
         except CSIError as error:
             if not isinstance(error, MaybeInProgressError):
                 journal.forget(provision.volume_name)  # the driver created nothing
+            selected_node = (meta.get("annotations") or {}).get(plan.ANN_SELECTED_NODE)
+            has_topology = provision.request.HasField("accessibility_requirements")
+            if error.code is grpc.StatusCode.RESOURCE_EXHAUSTED and selected_node and has_topology:
+                await self._reschedule(claim)  # let the scheduler try another node
             delay = INFEASIBLE_RETRY_SECONDS if isinstance(error, InfeasibleError) else None
             await self._fail(claim, class_name, rpc_error_text(error), delay)
         faults.reached("after-create-volume")
@@ -253,6 +250,53 @@ class Provisioner:
         await self.context.events.normal(
             claim, "ProvisioningSucceeded", f"Successfully provisioned volume {provision.volume_name}"
         )
+
+    async def _plan(
+        self, claim: Body, storage_class: Body, endpoint: Endpoint, driver: plan.DriverFacts
+    ) -> plan.ProvisionPlan:
+        class_name = storage_class["metadata"]["name"]
+        try:
+            return plan.plan_provision(
+                claim,
+                storage_class,
+                endpoint_name=endpoint.spec.name,
+                driver=driver,
+                settings=endpoint.spec.provisioner,
+                accessibility=self._accessibility(claim, storage_class, endpoint),
+            )
+        except topology.TopologyError as error:
+            if error.reschedule:
+                await self._reschedule(claim)
+            await self._fail(claim, class_name, str(error))
+        except ParameterError as error:
+            await self._fail(claim, class_name, str(error))
+
+    def _accessibility(self, claim: Body, storage_class: Body, endpoint: Endpoint) -> csi.TopologyRequirement | None:
+        assert endpoint.info is not None
+        if "VOLUME_ACCESSIBILITY_CONSTRAINTS" not in endpoint.info.plugin:
+            return None
+        stores = self.context.stores
+        nodes = topology.node_topologies(
+            endpoint.spec.driver_name,
+            list(stores.csinodes.values()),
+            {n["metadata"]["name"]: n for n in stores.nodes.values()},
+        )
+        settings = endpoint.spec.provisioner
+        return topology.requirements(
+            claim_name=claim["metadata"]["name"],
+            selected_node=(claim["metadata"].get("annotations") or {}).get(plan.ANN_SELECTED_NODE),
+            allowed_topologies=list(storage_class.get("allowedTopologies") or []),
+            nodes=nodes,
+            strict=settings.strict_topology,
+            immediate_topology=settings.immediate_topology,
+        )
+
+    async def _reschedule(self, claim: Body) -> None:
+        """Remove the scheduler's node choice, as external-provisioner does, so it picks again."""
+        meta = claim["metadata"]
+        patch = {"metadata": {"annotations": {plan.ANN_SELECTED_NODE: None}}}
+        with contextlib.suppress(NotFound):
+            await self.context.kube.patch(PVC, meta["name"], patch, meta["namespace"])
 
     async def _request_with_secrets(self, provision: plan.ProvisionPlan) -> csi.CreateVolumeRequest | str:
         """The CreateVolume request with its provisioner secret filled in, or why that failed."""

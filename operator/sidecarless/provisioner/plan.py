@@ -172,6 +172,7 @@ def plan_provision(
     endpoint_name: str,
     driver: DriverFacts,
     settings: ProvisionerSettings,
+    accessibility: csi.TopologyRequirement | None = None,
 ) -> ProvisionPlan:
     """Plan a CreateVolume for `claim`; raise ParameterError for anything a user must fix."""
     meta, spec = claim["metadata"], claim.get("spec", {})
@@ -205,6 +206,8 @@ def plan_provision(
         ),
         parameters=driver_parameters,
     )
+    if accessibility is not None:
+        request.accessibility_requirements.CopyFrom(accessibility)
     return ProvisionPlan(
         volume_name=name,
         request=request,
