@@ -24,6 +24,7 @@ from sidecarless.context import Context, Stores
 from sidecarless.endpoints import EndpointRegistry, build_status
 from sidecarless.events import EventRecorder
 from sidecarless.kube import DRIVER_ENDPOINT, SECRET, Kube, KubeError, load_configuration
+from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.routing import endpoint_of_class
@@ -115,6 +116,10 @@ async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if event["type"] != "DELETED":
         memo.provisioner.claims.add(key)
         return
+    # A deleted clone may free its source of the cloning-protection finalizer.
+    source = sources.data_source(dict(event["object"]))
+    if source is not None and sources.is_clone(source):
+        memo.provisioner.claims.add(f"{event['object']['metadata']['namespace']}/{source.name}")
     # A claim deleted mid-provisioning leaves a journal entry to finish.
     class_name = (event["object"].get("spec") or {}).get("storageClassName") or ""
     endpoint_name = endpoint_of_class(memo.context.stores.classes.get(class_name))

@@ -31,7 +31,7 @@ from sidecarless.metrics import (
     PROVISION_FAILED,
     PROVISION_TOTAL,
 )
-from sidecarless.provisioner import plan, topology
+from sidecarless.provisioner import plan, sources, topology
 from sidecarless.provisioner.journal import Entry, Journal
 from sidecarless.provisioner.parameters import ParameterError, SecretRef
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume
@@ -127,6 +127,7 @@ class Provisioner:
         claim = context.stores.claims.get(key)
         if claim is None:
             return
+        await self._release_clone_sources(key, claim)
         class_name = (claim.get("spec") or {}).get("storageClassName") or ""
         storage_class = context.stores.classes.get(class_name)
         endpoint_name = endpoint_of_class(storage_class)
@@ -217,6 +218,7 @@ class Provisioner:
         await self.context.events.normal(
             claim, "Provisioning", f'External provisioner is provisioning volume for claim "{key}"'
         )
+        await self._protect_clone_source(claim)
         journal = self.journal(endpoint.spec.name)
         try:
             await journal.record(Entry.from_plan(provision, key, meta["uid"]))
@@ -263,6 +265,7 @@ class Provisioner:
                 driver=driver,
                 settings=endpoint.spec.provisioner,
                 accessibility=self._accessibility(claim, storage_class, endpoint),
+                content_source=self._content_source(claim, driver),
             )
         except topology.TopologyError as error:
             if error.reschedule:
@@ -270,6 +273,70 @@ class Provisioner:
             await self._fail(claim, class_name, str(error))
         except ParameterError as error:
             await self._fail(claim, class_name, str(error))
+
+    def _content_source(self, claim: Body, driver: plan.DriverFacts) -> csi.VolumeContentSource | None:
+        source = sources.data_source(claim)
+        if source is None:
+            return None
+        if not sources.is_clone(source):
+            raise ParameterError(f"data source {source.kind} {source.name!r} is not supported yet")
+        stores = self.context.stores
+        source_claim = stores.claims.get(f"{claim['metadata']['namespace']}/{source.name}")
+        volume_name = ((source_claim or {}).get("spec") or {}).get("volumeName") or ""
+        return sources.clone_source(
+            claim, source_claim, stores.volumes.get(volume_name), driver.name, driver.controller_capabilities
+        )
+
+    async def _protect_clone_source(self, claim: Body) -> None:
+        """Put the cloning-protection finalizer on the source claim before the clone is made."""
+        source = sources.data_source(claim)
+        if not sources.is_clone(source):
+            return
+        assert source is not None
+        namespace = claim["metadata"]["namespace"]
+        current = await self.context.kube.get(PVC, source.name, namespace)
+        finalizers = list(current["metadata"].get("finalizers") or [])
+        if sources.CLONE_PROTECTION_FINALIZER in finalizers:
+            return
+        patch = {
+            "metadata": {
+                "finalizers": [*finalizers, sources.CLONE_PROTECTION_FINALIZER],
+                "resourceVersion": current["metadata"]["resourceVersion"],
+            }
+        }
+        try:
+            await self.context.kube.patch(PVC, source.name, patch, namespace)
+        except Conflict as error:
+            raise Requeue(0.5, "source claim changed meanwhile") from error
+
+    async def _release_clone_sources(self, key: str, claim: Body) -> None:
+        """A bound or deleted clone may free its source; a protected source checks itself."""
+        meta, spec = claim["metadata"], claim.get("spec") or {}
+        source = sources.data_source(claim)
+        if (
+            source is not None
+            and sources.is_clone(source)
+            and (spec.get("volumeName") or meta.get("deletionTimestamp"))
+        ):
+            await self.release_clone_source(f"{meta['namespace']}/{source.name}")
+        if sources.CLONE_PROTECTION_FINALIZER in (meta.get("finalizers") or []):
+            await self.release_clone_source(key)
+
+    async def release_clone_source(self, source_key: str) -> None:
+        """Drop the cloning-protection finalizer once no pending clone of the source remains."""
+        if sources.pending_clones_of(source_key, list(self.context.stores.claims.values())):
+            return
+        namespace, name = source_key.split("/", 1)
+        current = await self.context.kube.get_or_none(PVC, name, namespace)
+        finalizers = list(((current or {}).get("metadata") or {}).get("finalizers") or [])
+        if current is None or sources.CLONE_PROTECTION_FINALIZER not in finalizers:
+            return
+        remaining = [f for f in finalizers if f != sources.CLONE_PROTECTION_FINALIZER]
+        patch = {"metadata": {"finalizers": remaining, "resourceVersion": current["metadata"]["resourceVersion"]}}
+        try:
+            await self.context.kube.patch(PVC, name, patch, namespace)
+        except Conflict as error:
+            raise Requeue(0.5, "source claim changed meanwhile") from error
 
     def _accessibility(self, claim: Body, storage_class: Body, endpoint: Endpoint) -> csi.TopologyRequirement | None:
         assert endpoint.info is not None

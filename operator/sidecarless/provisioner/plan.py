@@ -173,6 +173,7 @@ def plan_provision(
     driver: DriverFacts,
     settings: ProvisionerSettings,
     accessibility: csi.TopologyRequirement | None = None,
+    content_source: csi.VolumeContentSource | None = None,
 ) -> ProvisionPlan:
     """Plan a CreateVolume for `claim`; raise ParameterError for anything a user must fix."""
     meta, spec = claim["metadata"], claim.get("spec", {})
@@ -208,6 +209,8 @@ def plan_provision(
     )
     if accessibility is not None:
         request.accessibility_requirements.CopyFrom(accessibility)
+    if content_source is not None:
+        request.volume_content_source.CopyFrom(content_source)
     return ProvisionPlan(
         volume_name=name,
         request=request,
