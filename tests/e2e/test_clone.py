@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,9 @@ pytestmark = pytest.mark.cluster
 PROTECTION = "provisioner.storage.kubernetes.io/cloning-protection"
 
 
-def clone_of(name: str, source: str, class_name: str, size: str = "1Gi", **spec: object) -> dict[str, object]:
+def clone_of(name: str, source: str, class_name: str, size: str = "1Gi", **spec: Any) -> dict[str, Any]:
     body = claim(name, class_name, size, **spec)
-    body["spec"]["dataSource"] = {"kind": "PersistentVolumeClaim", "name": source}  # type: ignore[index]
+    body["spec"]["dataSource"] = {"kind": "PersistentVolumeClaim", "name": source}
     return body
 
 
