@@ -10,8 +10,9 @@ import pytest
 
 from csi_client import CSIClient, csi
 from devcluster import LocalCluster
-from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PV, PVC, Kube
-from tests.e2e.conftest import MOCK, claim, condition, eventually, wait_ready
+from devcluster.operator import OperatorProcess
+from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PV, PVC, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
+from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, condition, eventually, wait_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -113,6 +114,7 @@ async def test_provision_bind_and_delete(
     kube: Kube,
     namespace: str,
     cluster: LocalCluster,
+    operator: OperatorProcess,
     make_endpoint: Callable[..., Awaitable[str]],
     make_class: Callable[..., Awaitable[str]],
 ) -> None:
@@ -166,6 +168,15 @@ async def test_provision_bind_and_delete(
         return bool((status.get("counts") or {}).get("volumes") == 1)
 
     await eventually(counted, what="DriverEndpoint counts.volumes == 1", timeout=30)
+    metrics = operator.metrics()
+    assert f'controller_persistentvolumeclaim_provision_total{{class="{class_name}",source=""}} 1.0' in metrics
+    assert (
+        f'csi_sidecar_operations_seconds_count{{driver_name="{MOCK}",grpc_status_code="OK",method_name="/csi.v1.Controller/CreateVolume"}}'
+        in metrics
+    )
+    sc = await kube.get(STORAGE_CLASS, class_name)
+    assert sc["metadata"]["annotations"] == {"sidecarless.io/endpoint": endpoint}, "no Kopf marks on the class"
+    assert not sc["metadata"].get("finalizers")
 
     await kube.delete(PVC, "data", namespace)
 
@@ -259,6 +270,12 @@ async def test_size_the_driver_refuses(
     claim_now = await kube.get(PVC, "huge", namespace)
     assert (claim_now.get("status") or {}).get("phase") == "Pending"
 
+    async def aggregated() -> bool:
+        events = [e for e in await kube.list(EVENT, namespace) if e["reason"] == "ProvisioningFailed"]
+        return len(events) == 1 and events[0].get("count", 1) >= 2
+
+    await eventually(aggregated, what="retries counted on one ProvisioningFailed event", timeout=30)
+
 
 async def test_unknown_reserved_parameter(
     kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
@@ -300,3 +317,70 @@ async def test_missing_secret(
     )
     await kube.create(PVC, claim("secretive", class_name), namespace)
     await failed_event(kube, namespace, "secretive", contains=f"failed to get secret {namespace}/creds-secretive")
+
+
+async def test_address_change_reconnects(
+    kube: Kube, make_endpoint: Callable[..., Awaitable[str]], cluster: LocalCluster
+) -> None:
+    name = await make_endpoint(address="unix:///tmp/slc-wrong-place.sock")
+    await wait_ready(kube, name, status="False", reason="Unreachable")
+    await kube.patch(DRIVER_ENDPOINT, name, {"spec": {"address": cluster.driver_addresses[MOCK]}})
+    endpoint = await wait_ready(kube, name)
+    assert endpoint["status"]["observedGeneration"] == 2
+
+
+async def test_deleted_endpoint_stops_serving(
+    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint)
+    await kube.delete(DRIVER_ENDPOINT, endpoint)
+
+    async def gone() -> bool:
+        return await kube.get_or_none(DRIVER_ENDPOINT, endpoint) is None
+
+    await eventually(gone, what="DriverEndpoint deleted (Kopf's finalizer released)", timeout=30)
+    await kube.create(PVC, claim("after", class_name), namespace)
+    await failed_event(kube, namespace, "after", contains="does not exist")
+
+
+async def test_deletion_waits_for_attachments(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+) -> None:
+    endpoint = await make_endpoint(MOCK_NOATTACH)
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint, provisioner=MOCK_NOATTACH)
+    await kube.create(PVC, claim("attached", class_name), namespace)
+    uid = (await bound_claim(kube, namespace, "attached"))["metadata"]["uid"]
+    volume_name = f"pvc-{uid}"
+    attachment = f"csi-{uid}"
+    await kube.create(
+        VOLUME_ATTACHMENT,
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "VolumeAttachment",
+            "metadata": {"name": attachment},
+            "spec": {"attacher": MOCK_NOATTACH, "nodeName": "node-1", "source": {"persistentVolumeName": volume_name}},
+        },
+    )
+    await kube.delete(PVC, "attached", namespace)
+
+    async def refused() -> bool:
+        events = await event_reasons(kube, "default", volume_name)
+        return any("is still attached to node node-1" in m for m in events.get("VolumeFailedDelete", []))
+
+    await eventually(refused, what="VolumeFailedDelete: still attached", timeout=30)
+    assert await kube.get_or_none(PV, volume_name) is not None
+    await kube.delete(VOLUME_ATTACHMENT, attachment)
+
+    async def deleted() -> bool:
+        return await kube.get_or_none(PV, volume_name) is None
+
+    await eventually(deleted, what="PV deleted once the attachment is gone", timeout=30)
+    assert f'controller_persistentvolume_delete_total{{class="{class_name}"}} 1.0' in operator.metrics()
