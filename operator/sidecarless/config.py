@@ -26,6 +26,7 @@ class Settings:
     api_burst: int = 100
     provisioner_workers: int = 50  # claims handled at once (per-endpoint CSI concurrency is separate)
     volume_workers: int = 20  # PVs (deletion) handled at once
+    attacher_workers: int = 10  # VolumeAttachments handled at once, in each of the attach and detach lanes
     resync_seconds: float = 600.0  # every object is looked at again this often, events or not
 
     @classmethod

@@ -38,6 +38,7 @@ REQUIRED_CAPABILITY = {
     "snapshotter": "CREATE_DELETE_SNAPSHOT",
 }
 ACTIVE, DISABLED, UNSUPPORTED = "Active", "Disabled", "Unsupported"
+NOT_REQUIRED = "NotRequired"  # the attacher, when the CSIDriver says attachRequired: false
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -276,6 +277,7 @@ def build_status(
     generation: int,
     counts: dict[str, int],
     previous: Body,
+    attach_required: bool = True,
 ) -> Body:
     """The DriverEndpoint's status; lastTransitionTime moves only when a condition's status does."""
     before = {c.get("type"): c for c in previous.get("conditions") or []}
@@ -296,6 +298,8 @@ def build_status(
     if endpoint is None:
         return status_body
     status_body["controllers"] = {c: endpoint.controller_state(c) for c in CONTROLLERS}
+    if not attach_required:
+        status_body["controllers"]["attacher"] = NOT_REQUIRED
     status_body["counts"] = {**counts, "operationsInFlight": endpoint.in_flight, "failures": endpoint.failures}
     if endpoint.info is not None:
         status_body["driver"] = {"name": endpoint.info.name, "vendorVersion": endpoint.info.vendor_version}
@@ -332,6 +336,9 @@ class EndpointRegistry:
 
     def get(self, name: str) -> Endpoint | None:
         return self._endpoints.get(name)
+
+    def all(self) -> list[Endpoint]:
+        return list(self._endpoints.values())
 
     def names(self) -> list[str]:
         return sorted({*self._endpoints, *self.spec_errors})

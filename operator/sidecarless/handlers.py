@@ -19,6 +19,7 @@ import kopf
 
 from csi_client import TLSConfig
 from sidecarless import metrics_server
+from sidecarless.attacher.controller import Attacher
 from sidecarless.config import Settings as OperatorConfig
 from sidecarless.context import Context, Stores
 from sidecarless.endpoints import EndpointRegistry, build_status
@@ -72,15 +73,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         stores=Stores(),
     )
     provisioner = Provisioner(context)
-    context.endpoints.on_change = _requeue_endpoint(provisioner)
+    attacher = Attacher(context)
+    context.endpoints.on_change = _requeue_endpoint(provisioner, attacher)
     provisioner.start()
+    attacher.start()
     memo.context = context
     memo.provisioner = provisioner
+    memo.attacher = attacher
 
 
-def _requeue_endpoint(provisioner: Provisioner) -> Any:
+def _requeue_endpoint(provisioner: Provisioner, attacher: Attacher) -> Any:
     async def requeue(name: str) -> None:
         provisioner.requeue_endpoint(name)
+        attacher.requeue_all()
 
     return requeue
 
@@ -102,6 +107,8 @@ def _configure_kopf(settings: kopf.OperatorSettings) -> None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if "provisioner" in memo:
         await memo.provisioner.stop()
+    if "attacher" in memo:
+        await memo.attacher.stop()
     if "context" in memo:
         await memo.context.endpoints.close()
         await memo.context.kube.close()
@@ -132,6 +139,7 @@ async def volume_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     key = memo.context.stores.volumes.apply_event(event["type"], event["object"])
     if event["type"] != "DELETED":
         memo.provisioner.volumes.add(key)
+        memo.attacher.volumes.add(key)
 
 
 @kopf.on.event("storage.k8s.io", "v1", "storageclasses", registry=registry)
@@ -145,11 +153,14 @@ async def class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("storage.k8s.io", "v1", "volumeattachments", registry=registry)
 async def attachment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.context.stores.attachments.apply_event(event["type"], event["object"])
-    if event["type"] == "DELETED":
-        # A released volume's deletion waits for its attachments to go.
-        volume = ((event["object"].get("spec") or {}).get("source") or {}).get("persistentVolumeName")
-        if volume:
-            memo.provisioner.volumes.add(volume)
+    if event["type"] != "DELETED":
+        memo.attacher.enqueue(event["object"])
+        return
+    # A released volume's deletion, and the attacher's PV finalizer, wait for attachments to go.
+    volume = ((event["object"].get("spec") or {}).get("source") or {}).get("persistentVolumeName")
+    if volume:
+        memo.provisioner.volumes.add(volume)
+        memo.attacher.volumes.add(volume)
 
 
 @kopf.on.event("", "v1", "nodes", registry=registry)
@@ -205,6 +216,7 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
             generation=int(body.get("metadata", {}).get("generation") or 0),
             counts=_counts(context.stores, name),
             previous=dict(body.get("status") or {}),
+            attach_required=_attach_required(context.stores, endpoint.spec.driver_name if endpoint else ""),
         )
         comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
         if comparable != written:
@@ -215,6 +227,11 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
                 log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
         # Status is recomputed every tick (counts follow the stores) but written only when it changed.
         await stopped.wait(_MONITOR_TICK_SECONDS)
+
+
+def _attach_required(stores: Stores, driver: str) -> bool:
+    csidriver = stores.drivers.get(driver)
+    return bool(((csidriver or {}).get("spec") or {}).get("attachRequired", True))
 
 
 def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:

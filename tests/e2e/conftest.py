@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -35,7 +36,10 @@ def operator(cluster: LocalCluster, crds: None) -> Iterator[OperatorProcess]:
     process.start()
     yield process
     process.stop()
-    shutil.rmtree(log_dir, ignore_errors=True)
+    if os.environ.get("SIDECARLESS_KEEP_TEST_LOGS"):
+        print(f"operator logs kept in {log_dir}")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 @pytest.fixture

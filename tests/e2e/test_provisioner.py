@@ -168,8 +168,13 @@ async def test_provision_bind_and_delete(
         return bool((status.get("counts") or {}).get("volumes") == 1)
 
     await eventually(counted, what="DriverEndpoint counts.volumes == 1", timeout=30)
+    provisioned = f'controller_persistentvolumeclaim_provision_total{{class="{class_name}",source=""}} 1.0'
+
+    async def metric() -> bool:
+        return provisioned in operator.metrics()
+
+    await eventually(metric, what="the provisioning counted", timeout=10)
     metrics = operator.metrics()
-    assert f'controller_persistentvolumeclaim_provision_total{{class="{class_name}",source=""}} 1.0' in metrics
     assert (
         f'csi_sidecar_operations_seconds_count{{driver_name="{MOCK}",grpc_status_code="OK",method_name="/csi.v1.Controller/CreateVolume"}}'
         in metrics
@@ -383,4 +388,13 @@ async def test_deletion_waits_for_attachments(
         return await kube.get_or_none(PV, volume_name) is None
 
     await eventually(deleted, what="PV deleted once the attachment is gone", timeout=30)
-    assert f'controller_persistentvolume_delete_total{{class="{class_name}"}} 1.0' in operator.metrics()
+    counted = f'controller_persistentvolume_delete_total{{class="{class_name}"}} 1.0'
+
+    async def metric() -> bool:
+        return counted in operator.metrics()
+
+    try:
+        await eventually(metric, what="the delete counted", timeout=10)
+    except AssertionError as error:
+        lines = [line for line in operator.metrics().splitlines() if class_name in line]
+        raise AssertionError(f"{error}; metrics for the class: {lines}") from None

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, NoReturn
 
 import grpc
@@ -19,7 +20,7 @@ import grpc
 from csi_client import CSIError, InfeasibleError, MaybeInProgressError, csi
 from csi_client.client import CSIClient
 from csi_client.errors import go_code_name
-from sidecarless import faults
+from sidecarless import faults, finalizers
 from sidecarless.context import Context
 from sidecarless.endpoints import Endpoint
 from sidecarless.kube import PV, PVC, SECRET, Conflict, KubeError, NotFound
@@ -41,6 +42,7 @@ Body = dict[str, Any]
 
 log = logging.getLogger("sidecarless.provisioner")
 
+RECENT_MEMORY = 10_000  # how many finished provisions and deletions are remembered
 JOURNAL_RESYNC_SECONDS = 60.0  # how often every journal is checked for orphaned entries
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-provisioner pauses an infeasible claim for 5 minutes
 MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue the claim anyway
@@ -49,6 +51,12 @@ MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue
 def rpc_error_text(error: CSIError) -> str:
     """The text Go's gRPC status prints, which users know from the sidecars' events."""
     return f"rpc error: code = {go_code_name(error.code)} desc = {error.message}"
+
+
+def _remember(memory: OrderedDict[str, None], uid: str) -> None:
+    memory[uid] = None
+    while len(memory) > RECENT_MEMORY:
+        memory.popitem(last=False)
 
 
 class Provisioner:
@@ -61,6 +69,11 @@ class Provisioner:
         self.recoveries: WorkQueue[str] = WorkQueue("journal-recovery", self.recover, workers=2)
         self._journals: dict[str, Journal] = {}
         self._identities: dict[str, str] = {}
+        # UIDs of PVs whose deletion finished; the store may still show them for a moment
+        # (update events arrive before the DELETED one), and they must not be deleted twice.
+        self._deleted: OrderedDict[str, None] = OrderedDict()
+        # UIDs of claims whose PV this process created, until the store shows the PV.
+        self._provisioned: OrderedDict[str, None] = OrderedDict()
         self._resync: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -210,7 +223,7 @@ class Provisioner:
         )
         started = time.monotonic()
         provision = await self._plan(claim, storage_class, endpoint, driver)
-        if provision.volume_name in self.context.stores.volumes:
+        if provision.volume_name in self.context.stores.volumes or meta["uid"] in self._provisioned:
             return  # the PV exists; kube-controller-manager binds it
         request = await self._request_with_secrets(provision)
         if isinstance(request, str):
@@ -244,6 +257,7 @@ class Provisioner:
             journal.forget(provision.volume_name)
             await self._fail(claim, class_name, str(error))
         await self._save_volume(volume)
+        _remember(self._provisioned, meta["uid"])
         faults.reached("after-save-volume")
         journal.forget(provision.volume_name)
         labels = {"class": class_name, "source": ""}
@@ -290,24 +304,10 @@ class Provisioner:
     async def _protect_clone_source(self, claim: Body) -> None:
         """Put the cloning-protection finalizer on the source claim before the clone is made."""
         source = sources.data_source(claim)
-        if not sources.is_clone(source):
+        if source is None or not sources.is_clone(source):
             return
-        assert source is not None
-        namespace = claim["metadata"]["namespace"]
-        current = await self.context.kube.get(PVC, source.name, namespace)
-        finalizers = list(current["metadata"].get("finalizers") or [])
-        if sources.CLONE_PROTECTION_FINALIZER in finalizers:
-            return
-        patch = {
-            "metadata": {
-                "finalizers": [*finalizers, sources.CLONE_PROTECTION_FINALIZER],
-                "resourceVersion": current["metadata"]["resourceVersion"],
-            }
-        }
-        try:
-            await self.context.kube.patch(PVC, source.name, patch, namespace)
-        except Conflict as error:
-            raise Requeue(0.5, "source claim changed meanwhile") from error
+        current = await self.context.kube.get(PVC, source.name, claim["metadata"]["namespace"])
+        await finalizers.add(self.context.kube, PVC, current, sources.CLONE_PROTECTION_FINALIZER)
 
     async def _release_clone_sources(self, key: str, claim: Body) -> None:
         """A bound or deleted clone may free its source; a protected source checks itself."""
@@ -328,15 +328,8 @@ class Provisioner:
             return
         namespace, name = source_key.split("/", 1)
         current = await self.context.kube.get_or_none(PVC, name, namespace)
-        finalizers = list(((current or {}).get("metadata") or {}).get("finalizers") or [])
-        if current is None or sources.CLONE_PROTECTION_FINALIZER not in finalizers:
-            return
-        remaining = [f for f in finalizers if f != sources.CLONE_PROTECTION_FINALIZER]
-        patch = {"metadata": {"finalizers": remaining, "resourceVersion": current["metadata"]["resourceVersion"]}}
-        try:
-            await self.context.kube.patch(PVC, name, patch, namespace)
-        except Conflict as error:
-            raise Requeue(0.5, "source claim changed meanwhile") from error
+        if current is not None:
+            await finalizers.remove(self.context.kube, PVC, current, sources.CLONE_PROTECTION_FINALIZER)
 
     def _accessibility(self, claim: Body, storage_class: Body, endpoint: Endpoint) -> csi.TopologyRequirement | None:
         assert endpoint.info is not None
@@ -461,15 +454,15 @@ class Provisioner:
         endpoint = context.endpoints.get(endpoint_name)
         if endpoint is None or not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {endpoint_name!r} is not serving")
+        if volume["metadata"].get("uid") in self._deleted:
+            return
         decision = plan.volume_decision(volume, endpoint.spec.driver_name)
         if isinstance(decision, plan.Skip):
             return
         if isinstance(decision, plan.AddFinalizer):
-            await self._patch_finalizers(volume, [*volume["metadata"].get("finalizers", []), plan.PV_FINALIZER])
+            await finalizers.add(context.kube, PV, volume, plan.PV_FINALIZER)
         elif isinstance(decision, plan.RemoveFinalizer):
-            await self._patch_finalizers(
-                volume, [f for f in volume["metadata"].get("finalizers", []) if f != plan.PV_FINALIZER]
-            )
+            await finalizers.remove(context.kube, PV, volume, plan.PV_FINALIZER)
         elif endpoint.active("provisioner"):
             await self._delete(volume, endpoint)
 
@@ -503,24 +496,7 @@ class Provisioner:
         # that is being deleted and still carries the finalizer, which this same path
         # finishes on the next pass (DeleteVolume of a missing volume is OK).
         await context.kube.delete(PV, name, preconditions={"uid": volume["metadata"]["uid"]})
-        try:
-            current = await context.kube.get(PV, name)
-        except NotFound:
-            current = None
-        if current is not None and plan.PV_FINALIZER in (current["metadata"].get("finalizers") or []):
-            await self._patch_finalizers(
-                current, [f for f in current["metadata"]["finalizers"] if f != plan.PV_FINALIZER]
-            )
+        await finalizers.remove_fresh(context.kube, PV, name, plan.PV_FINALIZER)
+        _remember(self._deleted, volume["metadata"]["uid"])
         DELETE_TOTAL.labels(**{"class": class_name}).inc()
         DELETE_DURATION.labels(**{"class": class_name}).observe(time.monotonic() - started)
-
-    async def _patch_finalizers(self, volume: Body, finalizers: list[str]) -> None:
-        """Replace the finalizer list only if nobody changed the PV meanwhile (resourceVersion)."""
-        meta = volume["metadata"]
-        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
-        try:
-            await self.context.kube.patch(PV, meta["name"], patch)
-        except NotFound:
-            return
-        except Conflict as error:
-            raise Requeue(0.5, "PV changed meanwhile") from error

@@ -1,0 +1,223 @@
+"""The attacher: VolumeAttachments -> ControllerPublish / ControllerUnpublish.
+
+Attaches and detaches run in separate lanes (queues), so a burst of detaches cannot
+starve attaches (external-attacher #761); each lane exports its depth and oldest-key age.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+from typing import Any
+
+from csi_client import CSIClient, CSIError, csi
+from sidecarless import faults, finalizers
+from sidecarless.attacher import plan
+from sidecarless.context import Context
+from sidecarless.endpoints import ACTIVE, UNSUPPORTED, Endpoint
+from sidecarless.kube import PV, SECRET, VOLUME_ATTACHMENT, NotFound
+from sidecarless.provisioner.controller import rpc_error_text
+from sidecarless.provisioner.parameters import ParameterError
+from sidecarless.routing import endpoint_of_volume
+from sidecarless.workqueue import Requeue, WorkQueue
+
+Body = dict[str, Any]
+
+log = logging.getLogger("sidecarless.attacher")
+
+
+class Attacher:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        workers = context.settings.attacher_workers
+        self.attaches: WorkQueue[str] = WorkQueue("attach", self.sync_attachment, workers=workers)
+        self.detaches: WorkQueue[str] = WorkQueue("detach", self.sync_attachment, workers=workers)
+        self.volumes: WorkQueue[str] = WorkQueue("attacher-volumes", self.sync_volume, workers=5)
+
+    def start(self) -> None:
+        for queue in (self.attaches, self.detaches, self.volumes):
+            queue.start()
+
+    async def stop(self) -> None:
+        for queue in (self.attaches, self.detaches, self.volumes):
+            await queue.stop()
+
+    def enqueue(self, attachment: Body) -> None:
+        lane = self.detaches if attachment["metadata"].get("deletionTimestamp") else self.attaches
+        lane.add(attachment["metadata"]["name"])
+
+    def requeue_all(self) -> None:
+        for attachment in self.context.stores.attachments.values():
+            self.enqueue(attachment)
+
+    # --- routing -------------------------------------------------------------------
+
+    def _endpoint(self, attachment: Body, volume: Body | None) -> Endpoint | None:
+        """The PV's endpoint (its annotation, else its class's); else one serving the attacher's driver."""
+        driver = (attachment.get("spec") or {}).get("attacher")
+        context = self.context
+        if volume is not None:
+            class_name = (volume.get("spec") or {}).get("storageClassName") or ""
+            name = endpoint_of_volume(volume, context.stores.classes.get(class_name))
+            endpoint = context.endpoints.get(name) if name else None
+            if endpoint is not None and endpoint.spec.driver_name == driver:
+                return endpoint
+            if name is None:
+                return None  # not routed to Sidecarless: the sidecars' volume
+        return next((e for e in context.endpoints.all() if e.spec.driver_name == driver), None)
+
+    # --- attachments ---------------------------------------------------------------
+
+    async def sync_attachment(self, name: str) -> None:
+        context = self.context
+        attachment = context.stores.attachments.get(name)
+        if attachment is None:
+            return
+        source = (attachment.get("spec") or {}).get("source") or {}
+        volume_name = source.get("persistentVolumeName")
+        volume = context.stores.volumes.get(volume_name) if volume_name else None
+        endpoint = self._endpoint(attachment, volume)
+        if endpoint is None:
+            return
+        if not endpoint.serving:
+            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving")
+        state = endpoint.controller_state("attacher")
+        decision = plan.attachment_decision(attachment, endpoint.spec.driver_name)
+        if isinstance(decision, plan.Nothing) or state not in (ACTIVE, UNSUPPORTED):
+            return
+        if state == UNSUPPORTED:
+            # external-attacher's trivial handler: a driver without ControllerPublish is
+            # attached as soon as asked.
+            if isinstance(decision, plan.Attach):
+                await self._set_status(attachment, {"attached": True})
+            return
+        if source.get("inlineVolumeSpec"):
+            await self._attach_error(
+                attachment, "inline volumes (spec.source.inlineVolumeSpec) are not supported", None
+            )
+            return
+        if isinstance(decision, plan.Attach):
+            await self._attach(attachment, volume, endpoint)
+        else:
+            await self._detach(attachment, volume, endpoint)
+
+    async def _attach(self, attachment: Body, volume: Body | None, endpoint: Endpoint) -> None:
+        context = self.context
+        driver = endpoint.spec.driver_name
+        volume_name = attachment["spec"]["source"]["persistentVolumeName"]
+        if volume is None:
+            await self._attach_error(attachment, f"persistentvolume {volume_name} not found", None)
+            raise Requeue(None, "PV not found")
+        if volume["metadata"].get("deletionTimestamp"):
+            await self._attach_error(attachment, f"PersistentVolume {volume_name} is marked for deletion", None)
+            raise Requeue(None, "PV is being deleted")
+        assert endpoint.info is not None
+        try:
+            node = plan.node_id(attachment, context.stores.csinodes.get(attachment["spec"]["nodeName"]), driver)
+            capability = plan.publish_capability(
+                volume, endpoint.spec.provisioner.default_fstype, endpoint.info.controller
+            )
+        except ParameterError as error:
+            await self._attach_error(attachment, str(error), None)
+            raise Requeue(None, str(error)) from error
+        finalizer = plan.finalizer(driver)
+        await finalizers.add(context.kube, PV, volume, finalizer)
+        meta = attachment["metadata"]
+        if not finalizers.has(attachment, finalizer) or (meta.get("annotations") or {}).get(plan.ANN_NODE_ID) != node:
+            # The finalizer and the node ID go on before the call, so a detach after a
+            # crash knows what to unpublish.
+            attachment = await context.kube.patch(
+                VOLUME_ATTACHMENT,
+                meta["name"],
+                {
+                    "metadata": {
+                        "finalizers": sorted({*(meta.get("finalizers") or []), finalizer}),
+                        "annotations": {plan.ANN_NODE_ID: node},
+                        "resourceVersion": meta["resourceVersion"],
+                    }
+                },
+            )
+        request = plan.publish_request(volume, node, capability, endpoint.info.controller)
+        request.secrets.update(await self._secrets(volume, "controllerPublishSecretRef"))
+        faults.reached("before-controller-publish")
+        try:
+            response = await endpoint.call(
+                CSIClient.controller_publish_volume, request, operation="ControllerPublishVolume", obj=meta["name"]
+            )
+        except CSIError as error:
+            await self._attach_error(attachment, rpc_error_text(error), error.code)
+            raise Requeue(None, str(error)) from error
+        faults.reached("after-controller-publish")
+        await self._set_status(
+            attachment,
+            {"attached": True, "attachmentMetadata": dict(response.publish_context) or None, "attachError": None},
+        )
+
+    async def _detach(self, attachment: Body, volume: Body | None, endpoint: Endpoint) -> None:
+        context = self.context
+        driver = endpoint.spec.driver_name
+        meta = attachment["metadata"]
+        if volume is None:
+            await self._detach_error(
+                attachment, f"persistentvolume {meta['name']} not found: cannot find its volume ID"
+            )
+            raise Requeue(None, "PV not found")
+        try:
+            node = plan.node_id(attachment, context.stores.csinodes.get(attachment["spec"]["nodeName"]), driver)
+        except ParameterError as error:
+            await self._detach_error(attachment, str(error))
+            raise Requeue(None, str(error)) from error
+        request = csi.ControllerUnpublishVolumeRequest(volume_id=volume["spec"]["csi"]["volumeHandle"], node_id=node)
+        request.secrets.update(await self._secrets(volume, "controllerPublishSecretRef"))
+        try:
+            await endpoint.call(
+                CSIClient.controller_unpublish_volume, request, operation="ControllerUnpublishVolume", obj=meta["name"]
+            )
+        except CSIError as error:
+            await self._detach_error(attachment, rpc_error_text(error), error.code)
+            raise Requeue(None, str(error)) from error
+        faults.reached("after-controller-unpublish")
+        # Finalizer first, then attached=false: the reverse order lets a second worker see
+        # attached=false with the finalizer still on and unpublish again (external-attacher #587).
+        updated = await finalizers.remove(context.kube, VOLUME_ATTACHMENT, attachment, plan.finalizer(driver))
+        if updated is not None:
+            await self._set_status(updated, {"attached": False, "detachError": None})
+        self.volumes.add(volume["metadata"]["name"])
+
+    # --- the PV finalizer ----------------------------------------------------------
+
+    async def sync_volume(self, name: str) -> None:
+        """Remove external-attacher's finalizer from a PV that no VolumeAttachment uses any more."""
+        volume = self.context.stores.volumes.get(name)
+        if volume is None:
+            return
+        driver = ((volume.get("spec") or {}).get("csi") or {}).get("driver", "")
+        if not finalizers.has(volume, plan.finalizer(driver)):
+            return
+        if plan.references(list(self.context.stores.attachments.values()), name):
+            return
+        await finalizers.remove(self.context.kube, PV, volume, plan.finalizer(driver))
+
+    # --- writing -------------------------------------------------------------------
+
+    async def _set_status(self, attachment: Body, status: Body) -> None:
+        with contextlib.suppress(NotFound):
+            await self.context.kube.patch(
+                VOLUME_ATTACHMENT, attachment["metadata"]["name"], {"status": status}, subresource="status"
+            )
+
+    async def _attach_error(self, attachment: Body, message: str, code: Any) -> None:
+        await self._set_status(attachment, {"attachError": plan.volume_error(message, code)})
+
+    async def _detach_error(self, attachment: Body, message: str, code: Any = None) -> None:
+        await self._set_status(attachment, {"detachError": plan.volume_error(message, code)})
+
+    async def _secrets(self, volume: Body, ref_field: str) -> dict[str, str]:
+        ref = ((volume.get("spec") or {}).get("csi") or {}).get(ref_field)
+        if not ref:
+            return {}
+        secret = await self.context.kube.get_or_none(SECRET, ref["name"], ref.get("namespace"))
+        if secret is None:
+            raise Requeue(None, f"secret {ref.get('namespace')}/{ref['name']} not found")
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}

@@ -1,0 +1,124 @@
+"""Attaching as pure functions: VolumeAttachment + PV + CSINode -> ControllerPublish / Unpublish.
+
+external-attacher's rules (shared/reference/sidecars.md §2, §7.6).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from csi_client import csi
+from csi_client.errors import GO_CODE_NAMES
+from sidecarless.provisioner.parameters import ParameterError
+from sidecarless.provisioner.plan import access_mode
+
+Body = dict[str, Any]
+
+ANN_NODE_ID = "csi.alpha.kubernetes.io/node-id"
+_MODE = csi.VolumeCapability.AccessMode.Mode
+
+
+def finalizer(driver: str) -> str:
+    """`external-attacher/<driver>` with every character outside [a-zA-Z0-9-] turned into '-'."""
+    return "external-attacher/" + re.sub(r"[^a-zA-Z0-9-]", "-", driver)
+
+
+@dataclass(frozen=True)
+class Attach:
+    pass
+
+
+@dataclass(frozen=True)
+class Detach:
+    pass
+
+
+@dataclass(frozen=True)
+class Nothing:
+    reason: str
+
+
+AttachmentDecision = Attach | Detach | Nothing
+
+
+def attachment_decision(attachment: Body, driver: str) -> AttachmentDecision:
+    """What external-attacher's csiHandler would do with this VolumeAttachment now."""
+    meta, spec = attachment.get("metadata", {}), attachment.get("spec") or {}
+    if spec.get("attacher") != driver:
+        return Nothing("another attacher's VolumeAttachment")
+    if meta.get("deletionTimestamp"):
+        if finalizer(driver) in (meta.get("finalizers") or []):
+            return Detach()
+        return Nothing("being deleted and already detached")
+    if (attachment.get("status") or {}).get("attached"):
+        return Nothing("already attached")
+    return Attach()
+
+
+def node_id(attachment: Body, csinode: Body | None, driver: str) -> str:
+    """The driver's ID for the VA's node: from the CSINode, else the VA's node-id annotation."""
+    node = (attachment.get("spec") or {}).get("nodeName", "")
+    for entry in ((csinode or {}).get("spec") or {}).get("drivers") or []:
+        if entry.get("name") == driver and entry.get("nodeID"):
+            return str(entry["nodeID"])
+    annotated = ((attachment.get("metadata") or {}).get("annotations") or {}).get(ANN_NODE_ID)
+    if annotated:
+        return str(annotated)
+    raise ParameterError(f"CSINode {node} does not contain driver {driver}")
+
+
+def publish_capability(volume: Body, default_fstype: str, capabilities: frozenset[str]) -> csi.VolumeCapability:
+    """The VolumeCapability of a PV, with external-attacher's access-mode rules."""
+    spec = volume.get("spec") or {}
+    modes = list(spec.get("accessModes") or [])
+    if "ReadOnlyMany" in modes and "ReadWriteOnce" in modes:
+        raise ParameterError("a volume cannot be both ReadOnlyMany and ReadWriteOnce")
+    if "ReadWriteOncePod" in modes and len(modes) > 1:
+        raise ParameterError("ReadWriteOncePod cannot be combined with other access modes")
+    # One mode for the publish call: the widest the PV allows.
+    for preferred in ("ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod", "ReadWriteOnce"):
+        if preferred in modes:
+            mode = access_mode(preferred, capabilities)
+            break
+    else:
+        raise ParameterError(f"persistentvolume {volume['metadata']['name']} has no access modes")
+    capability = csi.VolumeCapability(access_mode=csi.VolumeCapability.AccessMode(mode=mode))
+    if spec.get("volumeMode") == "Block":
+        capability.block.SetInParent()
+    else:
+        capability.mount.fs_type = (spec.get("csi") or {}).get("fsType") or default_fstype
+        capability.mount.mount_flags.extend(spec.get("mountOptions") or [])
+    return capability
+
+
+def publish_request(
+    volume: Body, node: str, capability: csi.VolumeCapability, capabilities: frozenset[str]
+) -> csi.ControllerPublishVolumeRequest:
+    source = (volume.get("spec") or {}).get("csi") or {}
+    return csi.ControllerPublishVolumeRequest(
+        volume_id=source["volumeHandle"],
+        node_id=node,
+        volume_capability=capability,
+        readonly=bool(source.get("readOnly")) and "PUBLISH_READONLY" in capabilities,
+        volume_context=source.get("volumeAttributes") or {},
+    )
+
+
+def volume_error(message: str, code: grpc.StatusCode | None) -> Body:
+    """A VolumeAttachment's attachError / detachError."""
+    error: Body = {"message": message, "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if code is not None and code in GO_CODE_NAMES:
+        error["errorCode"] = code.value[0]
+    return error
+
+
+def references(attachments: list[Body], volume_name: str) -> list[Body]:
+    """VolumeAttachments that use the PV `volume_name`."""
+    return [
+        a for a in attachments if ((a.get("spec") or {}).get("source") or {}).get("persistentVolumeName") == volume_name
+    ]

@@ -1,0 +1,66 @@
+"""Adding and removing the sidecars' finalizers, the one way every controller does it.
+
+The patch carries the object's resourceVersion, so a finalizer list is never replaced on
+top of somebody else's change; a conflict re-queues the key to look again shortly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecarless.kube import Conflict, Kube, NotFound, Resource
+from sidecarless.workqueue import Requeue
+
+Body = dict[str, Any]
+
+CONFLICT_RETRY_SECONDS = 0.5
+
+
+def has(obj: Body, finalizer: str) -> bool:
+    return finalizer in (obj.get("metadata", {}).get("finalizers") or [])
+
+
+async def add(kube: Kube, resource: Resource, obj: Body, finalizer: str) -> Body | None:
+    """Add `finalizer` to `obj` unless it is there; return the patched object (None: unchanged or gone)."""
+    if has(obj, finalizer):
+        return None
+    return await _set(kube, resource, obj, [*(obj["metadata"].get("finalizers") or []), finalizer])
+
+
+async def remove(kube: Kube, resource: Resource, obj: Body, finalizer: str) -> Body | None:
+    """Remove `finalizer` from `obj` if it is there; return the patched object (None: unchanged or gone)."""
+    if not has(obj, finalizer):
+        return None
+    return await _set(kube, resource, obj, [f for f in obj["metadata"]["finalizers"] if f != finalizer])
+
+
+async def remove_fresh(
+    kube: Kube, resource: Resource, name: str, finalizer: str, namespace: str | None = None, *, attempts: int = 5
+) -> None:
+    """Remove `finalizer` from the current object, re-reading it after each conflict.
+
+    For the last step of a deletion: others (kube-controller-manager, for one) update an
+    object that is being deleted, and a finalizer left behind on a conflict leaves it stuck
+    (lib-external-provisioner #87, external-provisioner #1217).
+    """
+    for _ in range(attempts):
+        current = await kube.get_or_none(resource, name, namespace)
+        if current is None:
+            return
+        try:
+            await remove(kube, resource, current, finalizer)
+            return
+        except Requeue:
+            continue
+    raise Requeue(CONFLICT_RETRY_SECONDS, f"{resource.kind} {name} kept changing while {finalizer} was removed")
+
+
+async def _set(kube: Kube, resource: Resource, obj: Body, finalizers: list[str]) -> Body | None:
+    meta = obj["metadata"]
+    patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+    try:
+        return await kube.patch(resource, meta["name"], patch, meta.get("namespace"))
+    except NotFound:
+        return None
+    except Conflict as error:
+        raise Requeue(CONFLICT_RETRY_SECONDS, f"{resource.kind} {meta['name']} changed meanwhile") from error
