@@ -235,12 +235,19 @@ def _attach_required(stores: Stores, driver: str) -> bool:
 
 
 def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:
-    volumes = sum(
-        1
+    """Volumes provisioned through the endpoint, and how many of them are attached."""
+    volumes = {
+        v["metadata"]["name"]
         for v in stores.volumes.values()
         if (v["metadata"].get("annotations") or {}).get(ANN_ENDPOINT) == endpoint_name
+    }
+    attachments = sum(
+        1
+        for a in stores.attachments.values()
+        if ((a.get("spec") or {}).get("source") or {}).get("persistentVolumeName") in volumes
+        and (a.get("status") or {}).get("attached")
     )
-    return {"volumes": volumes}
+    return {"volumes": len(volumes), "attachments": attachments}
 
 
 async def _tls_config(kube: Kube, spec: dict[str, Any]) -> TLSConfig | None:

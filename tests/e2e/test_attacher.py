@@ -10,7 +10,7 @@ import pytest
 
 from csi_client import CSIClient, csi
 from devcluster import LocalCluster
-from sidecarless.kube import PV, PVC, VOLUME_ATTACHMENT, Kube, Resource
+from sidecarless.kube import DRIVER_ENDPOINT, PV, PVC, VOLUME_ATTACHMENT, Kube, Resource
 from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, eventually, wait_ready
 from tests.e2e.test_provisioner import bound_claim
 
@@ -79,6 +79,12 @@ async def test_pod_on_a_node_attaches_and_detaches(
     assert FINALIZER in (await kube.get(PV, volume_name))["metadata"]["finalizers"]
     address = cluster.driver_addresses[MOCK]
     assert await device_published(address, volume_id, MOCK)
+
+    async def counted() -> bool:
+        counts = ((await kube.get(DRIVER_ENDPOINT, endpoint)).get("status") or {}).get("counts") or {}
+        return counts.get("attachments") == 1
+
+    await eventually(counted, what="DriverEndpoint counts.attachments == 1", timeout=15)
 
     await kube.request("DELETE", POD.path("app", namespace), body={"gracePeriodSeconds": 0})
 

@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from devcluster import DriverSpec, LocalCluster
-from sidecarless.kube import EVENT, PVC, Kube
+from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PVC, VOLUME_ATTACHMENT, Kube
 from tests.e2e.conftest import claim, eventually, wait_ready
-from tests.e2e.test_provisioner import failed_event
+from tests.e2e.test_provisioner import bound_claim, failed_event
 
 pytestmark = pytest.mark.cluster
 
 INVALID = "mock-invalid.csi.sidecarless.dev"
 EXHAUSTED = "mock-exhausted.csi.sidecarless.dev"
+UNPUBLISHABLE = "mock-unpublishable.csi.sidecarless.dev"
 
 
 @pytest.fixture(scope="module")
 def failing_drivers(cluster: LocalCluster) -> Iterator[None]:
     cluster.add_driver(DriverSpec(INVALID, hooks={"createVolumeStart": "INVALIDARGUMENT"}))
     cluster.add_driver(DriverSpec(EXHAUSTED, topology=True, hooks={"createVolumeStart": "RESOURCEEXHAUSTED"}))
+    cluster.add_driver(DriverSpec(UNPUBLISHABLE, hooks={"controllerPublishVolumeStart": "INTERNAL"}))
     yield
-    cluster.remove_driver(INVALID)
-    cluster.remove_driver(EXHAUSTED)
+    for name in (INVALID, EXHAUSTED, UNPUBLISHABLE):
+        cluster.remove_driver(name)
 
 
 async def test_invalid_argument_is_infeasible_and_retried_slowly(
@@ -66,3 +69,47 @@ async def test_resource_exhausted_on_a_selected_node_reschedules(
         return "volume.kubernetes.io/selected-node" not in (current["metadata"].get("annotations") or {})
 
     await eventually(rescheduled, what="selected-node removed after ResourceExhausted", timeout=30)
+
+
+async def test_failed_publish_is_an_attach_error_with_the_code(
+    kube: Kube,
+    namespace: str,
+    failing_drivers: None,
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+    unique_name: Callable[[str], str],
+) -> None:
+    endpoint = await make_endpoint(UNPUBLISHABLE)
+    await wait_ready(kube, endpoint)
+    class_name = await make_class(endpoint, provisioner=UNPUBLISHABLE)
+    await kube.create(PVC, claim("unlucky", class_name), namespace)
+    volume_name = (await bound_claim(kube, namespace, "unlucky"))["spec"]["volumeName"]
+    name = unique_name("va")
+    await kube.create(
+        VOLUME_ATTACHMENT,
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "VolumeAttachment",
+            "metadata": {"name": name},
+            "spec": {"attacher": UNPUBLISHABLE, "nodeName": "node-1", "source": {"persistentVolumeName": volume_name}},
+        },
+    )
+
+    async def failed() -> dict[str, Any] | None:
+        attachment = await kube.get(VOLUME_ATTACHMENT, name)
+        return (attachment.get("status") or {}).get("attachError")
+
+    error = await eventually(failed, what="attachError", timeout=30)
+    assert error["message"].startswith("rpc error: code = Internal desc = ")
+    assert error["errorCode"] == 13
+    attachment = await kube.get(VOLUME_ATTACHMENT, name)
+    assert attachment["status"]["attached"] is False
+    assert attachment["metadata"]["finalizers"] == ["external-attacher/mock-unpublishable-csi-sidecarless-dev"]
+    async def reported() -> dict[str, Any] | None:
+        status = (await kube.get(DRIVER_ENDPOINT, endpoint)).get("status") or {}
+        return status if (status.get("lastError") or {}).get("operation") == "ControllerPublishVolume" else None
+
+    status = await eventually(reported, what="the failure in the DriverEndpoint status", timeout=15)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "OperationsFailing")
+    await kube.delete(VOLUME_ATTACHMENT, name)
