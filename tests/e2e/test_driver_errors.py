@@ -105,6 +105,7 @@ async def test_failed_publish_is_an_attach_error_with_the_code(
     attachment = await kube.get(VOLUME_ATTACHMENT, name)
     assert attachment["status"]["attached"] is False
     assert attachment["metadata"]["finalizers"] == ["external-attacher/mock-unpublishable-csi-sidecarless-dev"]
+
     async def reported() -> dict[str, Any] | None:
         status = (await kube.get(DRIVER_ENDPOINT, endpoint)).get("status") or {}
         return status if (status.get("lastError") or {}).get("operation") == "ControllerPublishVolume" else None
