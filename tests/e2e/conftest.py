@@ -106,6 +106,30 @@ async def make_class(kube: Kube, unique_name: Callable[[str], str]) -> AsyncIter
         await kube.delete(STORAGE_CLASS, name)
 
 
+@pytest.fixture
+def routed_class(
+    kube: Kube, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+) -> Callable[..., Awaitable[tuple[str, str]]]:
+    """A Ready DriverEndpoint for `driver` and a StorageClass routed to it: (endpoint, class)."""
+
+    async def make(driver: str = MOCK, **class_fields: Any) -> tuple[str, str]:
+        endpoint = await make_endpoint(driver)
+        await wait_ready(kube, endpoint)
+        return endpoint, await make_class(endpoint, provisioner=driver, **class_fields)
+
+    return make
+
+
+def volume_attachment(name: str, driver: str, volume_name: str, node: str = "node-1") -> dict[str, Any]:
+    """A VolumeAttachment as kube-controller-manager's attach/detach controller makes one."""
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "VolumeAttachment",
+        "metadata": {"name": name},
+        "spec": {"attacher": driver, "nodeName": node, "source": {"persistentVolumeName": volume_name}},
+    }
+
+
 async def wait_ready(
     kube: Kube, name: str, *, status: str = "True", reason: str | None = None, timeout: float = 30.0
 ) -> dict[str, Any]:

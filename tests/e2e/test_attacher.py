@@ -11,7 +11,7 @@ import pytest
 from csi_client import CSIClient, csi
 from devcluster import LocalCluster
 from sidecarless.kube import DRIVER_ENDPOINT, PV, PVC, VOLUME_ATTACHMENT, Kube, Resource
-from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, eventually, wait_ready
+from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, eventually, volume_attachment, wait_ready
 from tests.e2e.test_provisioner import bound_claim
 
 pytestmark = pytest.mark.cluster
@@ -51,12 +51,9 @@ async def test_pod_on_a_node_attaches_and_detaches(
     kube: Kube,
     namespace: str,
     cluster: LocalCluster,
-    make_endpoint: Callable[..., Awaitable[str]],
-    make_class: Callable[..., Awaitable[str]],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint)
+    endpoint, class_name = await routed_class()
     await kube.create(PVC, claim("data", class_name), namespace)
     volume_name = (await bound_claim(kube, namespace, "data"))["spec"]["volumeName"]
     volume_id = (await kube.get(PV, volume_name))["spec"]["csi"]["volumeHandle"]
@@ -117,12 +114,7 @@ async def test_driver_without_publish(
     name = unique_name("va")
     await kube.create(
         VOLUME_ATTACHMENT,
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "VolumeAttachment",
-            "metadata": {"name": name},
-            "spec": {"attacher": MOCK_NOATTACH, "nodeName": "node-1", "source": {"persistentVolumeName": volume_name}},
-        },
+        volume_attachment(name, MOCK_NOATTACH, volume_name),
     )
 
     async def attached() -> dict[str, Any] | None:
@@ -137,24 +129,16 @@ async def test_driver_without_publish(
 async def test_node_without_the_driver_is_an_attach_error(
     kube: Kube,
     namespace: str,
-    make_endpoint: Callable[..., Awaitable[str]],
-    make_class: Callable[..., Awaitable[str]],
     unique_name: Callable[[str], str],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint)
+    _, class_name = await routed_class()
     await kube.create(PVC, claim("lost", class_name), namespace)
     volume_name = (await bound_claim(kube, namespace, "lost"))["spec"]["volumeName"]
     name = unique_name("va")
     await kube.create(
         VOLUME_ATTACHMENT,
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "VolumeAttachment",
-            "metadata": {"name": name},
-            "spec": {"attacher": MOCK, "nodeName": "node-ghost", "source": {"persistentVolumeName": volume_name}},
-        },
+        volume_attachment(name, MOCK, volume_name, "node-ghost"),
     )
 
     async def failed() -> dict[str, Any] | None:

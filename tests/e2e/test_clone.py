@@ -23,11 +23,11 @@ def clone_of(name: str, source: str, class_name: str, size: str = "1Gi", **spec:
 
 
 async def test_clone_and_protection_finalizer(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+    kube: Kube,
+    namespace: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint)
+    _, class_name = await routed_class()
     await kube.create(PVC, claim("origin", class_name), namespace)
     origin = await bound_claim(kube, namespace, "origin")
     origin_volume = await kube.get(PV, origin["spec"]["volumeName"])
@@ -46,11 +46,11 @@ async def test_clone_and_protection_finalizer(
 
 
 async def test_clone_refusals(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+    kube: Kube,
+    namespace: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint)
+    _, class_name = await routed_class()
     await kube.create(PVC, claim("big", class_name, "2Gi"), namespace)
     await bound_claim(kube, namespace, "big")
 
@@ -71,25 +71,24 @@ async def test_clone_of_another_drivers_volume_is_refused(
     namespace: str,
     make_endpoint: Callable[..., Awaitable[str]],
     make_class: Callable[..., Awaitable[str]],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
     other = await make_endpoint("mock-noattach.csi.sidecarless.dev")
     await wait_ready(kube, other)
     other_class = await make_class(other, provisioner="mock-noattach.csi.sidecarless.dev")
     await kube.create(PVC, claim("foreign", other_class), namespace)
     await bound_claim(kube, namespace, "foreign")
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint)
+    _, class_name = await routed_class()
     await kube.create(PVC, clone_of("cross", "foreign", class_name), namespace)
     await failed_event(kube, namespace, "cross", contains="same driver")
 
 
 async def test_source_is_protected_while_a_clone_is_pending(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+    kube: Kube,
+    namespace: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint)
+    _, class_name = await routed_class()
     await kube.create(PVC, claim("guarded", class_name), namespace)
     await bound_claim(kube, namespace, "guarded")
     # The driver refuses this size, so the clone stays pending after passing every clone check.

@@ -10,7 +10,7 @@ import pytest
 
 from devcluster import DriverSpec, LocalCluster
 from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PVC, VOLUME_ATTACHMENT, Kube
-from tests.e2e.conftest import claim, eventually, wait_ready
+from tests.e2e.conftest import claim, eventually, volume_attachment
 from tests.e2e.test_provisioner import bound_claim, failed_event
 
 pytestmark = pytest.mark.cluster
@@ -34,12 +34,9 @@ async def test_invalid_argument_is_infeasible_and_retried_slowly(
     kube: Kube,
     namespace: str,
     failing_drivers: None,
-    make_endpoint: Callable[..., Awaitable[str]],
-    make_class: Callable[..., Awaitable[str]],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint(INVALID)
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint, provisioner=INVALID)
+    _, class_name = await routed_class(INVALID)
     await kube.create(PVC, claim("infeasible", class_name), namespace)
     await failed_event(kube, namespace, "infeasible", contains="code = InvalidArgument")
     # With the 1 s backoff there would be three more attempts in the next 7 s; an
@@ -53,12 +50,9 @@ async def test_resource_exhausted_on_a_selected_node_reschedules(
     kube: Kube,
     namespace: str,
     failing_drivers: None,
-    make_endpoint: Callable[..., Awaitable[str]],
-    make_class: Callable[..., Awaitable[str]],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint(EXHAUSTED)
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint, provisioner=EXHAUSTED, volumeBindingMode="WaitForFirstConsumer")
+    _, class_name = await routed_class(EXHAUSTED, volumeBindingMode="WaitForFirstConsumer")
     body = claim("full", class_name)
     body["metadata"]["annotations"] = {"volume.kubernetes.io/selected-node": "node-1"}
     await kube.create(PVC, body, namespace)
@@ -75,24 +69,16 @@ async def test_failed_publish_is_an_attach_error_with_the_code(
     kube: Kube,
     namespace: str,
     failing_drivers: None,
-    make_endpoint: Callable[..., Awaitable[str]],
-    make_class: Callable[..., Awaitable[str]],
     unique_name: Callable[[str], str],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint(UNPUBLISHABLE)
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint, provisioner=UNPUBLISHABLE)
+    endpoint, class_name = await routed_class(UNPUBLISHABLE)
     await kube.create(PVC, claim("unlucky", class_name), namespace)
     volume_name = (await bound_claim(kube, namespace, "unlucky"))["spec"]["volumeName"]
     name = unique_name("va")
     await kube.create(
         VOLUME_ATTACHMENT,
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "VolumeAttachment",
-            "metadata": {"name": name},
-            "spec": {"attacher": UNPUBLISHABLE, "nodeName": "node-1", "source": {"persistentVolumeName": volume_name}},
-        },
+        volume_attachment(name, UNPUBLISHABLE, volume_name),
     )
 
     async def failed() -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from csi_client import CSIClient, csi
 from devcluster import LocalCluster
 from devcluster.operator import OperatorProcess
 from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PV, PVC, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
-from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, condition, eventually, wait_ready
+from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, condition, eventually, volume_attachment, wait_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -196,12 +196,9 @@ async def test_retain_keeps_the_volume(
     kube: Kube,
     namespace: str,
     cluster: LocalCluster,
-    make_endpoint: Callable[..., Awaitable[str]],
-    make_class: Callable[..., Awaitable[str]],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint, reclaimPolicy="Retain")
+    _, class_name = await routed_class(reclaimPolicy="Retain")
     await kube.create(PVC, claim("kept", class_name), namespace)
     uid = (await bound_claim(kube, namespace, "kept"))["metadata"]["uid"]
     volume = await kube.get(PV, f"pvc-{uid}")
@@ -218,11 +215,11 @@ async def test_retain_keeps_the_volume(
 
 
 async def test_block_volume(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+    kube: Kube,
+    namespace: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint, parameters={"csi.storage.k8s.io/fstype": "ext4"})
+    _, class_name = await routed_class(parameters={"csi.storage.k8s.io/fstype": "ext4"})
     await kube.create(PVC, claim("raw", class_name, volumeMode="Block"), namespace)
     uid = (await bound_claim(kube, namespace, "raw"))["metadata"]["uid"]
     volume = await kube.get(PV, f"pvc-{uid}")
@@ -265,11 +262,11 @@ async def test_class_for_another_driver_is_refused(
 
 
 async def test_size_the_driver_refuses(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+    kube: Kube,
+    namespace: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint)
+    _, class_name = await routed_class()
     await kube.create(PVC, claim("huge", class_name, "4Ei"), namespace)
     await failed_event(kube, namespace, "huge", contains="code = OutOfRange")
     claim_now = await kube.get(PVC, "huge", namespace)
@@ -283,11 +280,11 @@ async def test_size_the_driver_refuses(
 
 
 async def test_unknown_reserved_parameter(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+    kube: Kube,
+    namespace: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint, parameters={"csi.storage.k8s.io/bogus": "x"})
+    _, class_name = await routed_class(parameters={"csi.storage.k8s.io/bogus": "x"})
     await kube.create(PVC, claim("bogus", class_name), namespace)
     await failed_event(kube, namespace, "bogus", contains='unknown parameter key "csi.storage.k8s.io/bogus"')
 
@@ -335,11 +332,11 @@ async def test_address_change_reconnects(
 
 
 async def test_deleted_endpoint_stops_serving(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
+    kube: Kube,
+    namespace: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint)
+    endpoint, class_name = await routed_class()
     await kube.delete(DRIVER_ENDPOINT, endpoint)
 
     async def gone() -> bool:
@@ -355,24 +352,16 @@ async def test_deletion_waits_for_attachments(
     namespace: str,
     cluster: LocalCluster,
     operator: OperatorProcess,
-    make_endpoint: Callable[..., Awaitable[str]],
-    make_class: Callable[..., Awaitable[str]],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    endpoint = await make_endpoint(MOCK_NOATTACH)
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(endpoint, provisioner=MOCK_NOATTACH)
+    _, class_name = await routed_class(MOCK_NOATTACH)
     await kube.create(PVC, claim("attached", class_name), namespace)
     uid = (await bound_claim(kube, namespace, "attached"))["metadata"]["uid"]
     volume_name = f"pvc-{uid}"
     attachment = f"csi-{uid}"
     await kube.create(
         VOLUME_ATTACHMENT,
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "VolumeAttachment",
-            "metadata": {"name": attachment},
-            "spec": {"attacher": MOCK_NOATTACH, "nodeName": "node-1", "source": {"persistentVolumeName": volume_name}},
-        },
+        volume_attachment(attachment, MOCK_NOATTACH, volume_name),
     )
     await kube.delete(PVC, "attached", namespace)
 
