@@ -43,6 +43,37 @@ def operator(cluster: LocalCluster, crds: None) -> Iterator[OperatorProcess]:
 
 
 @pytest.fixture
+def exclusive(operator: OperatorProcess, cluster: LocalCluster) -> Iterator[Callable[..., OperatorProcess]]:
+    """Pause the session's operator; hand out operators this test starts (and kills) itself."""
+    operator.stop()
+    log_dir = short_tmpdir("slc-kill-")
+    started: list[OperatorProcess] = []
+
+    def start(**env: str) -> OperatorProcess:
+        process = OperatorProcess(cluster.kubeconfig, log_dir, env=env)
+        process.starts = len(started)  # distinct log files per start
+        started.append(process)
+        process.start()
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
+        operator.start()
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def killed(process: OperatorProcess) -> Callable[[], bool]:
+    def check() -> bool:
+        assert process.process is not None
+        return process.process.popen is not None and process.process.popen.poll() is not None
+
+    return check
+
+
+@pytest.fixture
 async def kube(api: ApiClient) -> Kube:
     return Kube(api, qps=0, burst=1)
 

@@ -7,8 +7,7 @@ the claim is deleted before it restarts (its in-flight list lives in memory only
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,8 +18,7 @@ from devcluster.operator import OperatorProcess
 from devcluster.procs import wait_until
 from sidecarless.kube import CONFIGMAP, PV, PVC, Kube
 from sidecarless.provisioner.journal import journal_name
-from tests.conftest import short_tmpdir
-from tests.e2e.conftest import MOCK, claim, eventually, wait_ready
+from tests.e2e.conftest import MOCK, claim, eventually, killed, wait_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -33,42 +31,11 @@ async def backend_volumes_named(address: str, name: str) -> list[str]:
 
 
 @pytest.fixture
-def exclusive(operator: OperatorProcess, cluster: LocalCluster) -> Iterator[Callable[..., OperatorProcess]]:
-    """Pause the session's operator; hand out operators this test starts (and kills) itself."""
-    operator.stop()
-    log_dir = short_tmpdir("slc-kill-")
-    started: list[OperatorProcess] = []
-
-    def start(**env: str) -> OperatorProcess:
-        process = OperatorProcess(cluster.kubeconfig, log_dir, env=env)
-        process.starts = len(started)  # distinct log files per start
-        started.append(process)
-        process.start()
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.stop()
-        operator.start()
-        shutil.rmtree(log_dir, ignore_errors=True)
-
-
-@pytest.fixture
 async def journal_cleanup(kube: Kube) -> AsyncIterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
         await kube.delete(CONFIGMAP, journal_name(name), "default")
-
-
-def killed(process: OperatorProcess) -> Callable[[], bool]:
-    def check() -> bool:
-        assert process.process is not None
-        return process.process.popen is not None and process.process.popen.poll() is not None
-
-    return check
 
 
 async def crash_after_create_volume(

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from devcluster import build
-from devcluster.drivers import DriverSpec, RunningDriver, start_driver
+from devcluster.drivers import DriverSpec, RunningDriver, driver_calls, socket_name, start_driver
 from devcluster.kube import KubeError, KubeREST
 from devcluster.pki import ClusterPKI, KeyPair, load_cluster_pki, make_cluster_pki
 from devcluster.procs import ManagedProcess, free_port, stop_pid, wait_until
@@ -207,6 +207,10 @@ class LocalCluster:
                     content_type="application/merge-patch+json",
                 )
         return driver
+
+    def driver_calls(self, name: str, method: str) -> list[dict[str, Any]]:
+        """The CSI calls of `method` that driver `name` logged (started here or by the attached cluster)."""
+        return driver_calls(self.driver_dir / f"{Path(socket_name(name)).stem}.log", method)
 
     def remove_driver(self, name: str) -> None:
         """Stop a driver started by :meth:`add_driver` and remove its cluster objects."""

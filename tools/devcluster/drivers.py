@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,8 @@ class DriverSpec:
     attach_limit: int = 10_000  # the mock counts every attachment against one node
 
     def mock_args(self, hooks_file: Path | None) -> list[str]:
-        args = [f"--name={self.name}", f"--attach-limit={self.attach_limit}"]
+        # -v=3: the mock logs every gRPC call as one JSON line, which tests count (RunningDriver.calls).
+        args = [f"--name={self.name}", f"--attach-limit={self.attach_limit}", "-v=3"]
         if not self.attach:
             args.append("--disable-attach")
         if self.topology:
@@ -66,6 +68,18 @@ class RunningDriver:
                 return NodeIdentity(info.node_id, dict(info.accessible_topology.segments))
 
         return run_sync(ask)
+
+
+def driver_calls(log_path: Path, method: str) -> list[dict[str, Any]]:
+    """The calls of `method` ("ControllerPublishVolume") a mock driver logged, oldest first."""
+    calls = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        _, marker, payload = line.partition("gRPCCall: ")
+        if marker and payload.strip():
+            call = json.loads(payload)
+            if call.get("Method", "").endswith(f"/{method}"):
+                calls.append(call)
+    return calls
 
 
 def run_sync(coroutine_function: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -170,6 +170,7 @@ class Attacher:
             raise Requeue(None, str(error)) from error
         request = csi.ControllerUnpublishVolumeRequest(volume_id=volume["spec"]["csi"]["volumeHandle"], node_id=node)
         request.secrets.update(await self._secrets(volume, "controllerPublishSecretRef"))
+        faults.reached("before-controller-unpublish")
         try:
             await endpoint.call(
                 CSIClient.controller_unpublish_volume, request, operation="ControllerUnpublishVolume", obj=meta["name"]
