@@ -27,6 +27,9 @@ class Settings:
     provisioner_workers: int = 50  # claims handled at once (per-endpoint CSI concurrency is separate)
     volume_workers: int = 20  # PVs (deletion) handled at once
     attacher_workers: int = 10  # VolumeAttachments handled at once, in each of the attach and detach lanes
+    attacher_reconcile_seconds: float = (
+        60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
+    )
     resync_seconds: float = 600.0  # every object is looked at again this often, events or not
 
     @classmethod

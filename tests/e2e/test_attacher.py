@@ -21,6 +21,13 @@ SERVICE_ACCOUNT = Resource("", "v1", "serviceaccounts", "ServiceAccount", True)
 FINALIZER = "external-attacher/mock-csi-sidecarless-dev"
 
 
+def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def wrapped() -> bool:
+        return check()
+
+    return wrapped
+
+
 def pod(name: str, claim_name: str, node: str = "node-1") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -82,6 +89,15 @@ async def test_pod_on_a_node_attaches_and_detaches(
         return counts.get("attachments") == 1
 
     await eventually(counted, what="DriverEndpoint counts.attachments == 1", timeout=15)
+
+    # The ListVolumes reconcile (every 2 s in tests) runs and leaves a healthy attachment alone.
+    listed = len(cluster.driver_calls(MOCK, "ListVolumes"))
+    await eventually(
+        _async(lambda: len(cluster.driver_calls(MOCK, "ListVolumes")) > listed),
+        what="ListVolumes reconcile",
+        timeout=15,
+    )
+    assert (await attachment_of(kube, volume_name) or {}).get("status", {}).get("attached") is True
 
     await kube.request("DELETE", POD.path("app", namespace), body={"gracePeriodSeconds": 0})
 

@@ -37,6 +37,8 @@ class OperatorProcess:
                 "SIDECARLESS_METRICS_PORT": str(self.metrics_port),
                 "SIDECARLESS_NAMESPACE": "default",
                 "SIDECARLESS_LOG_LEVEL": "DEBUG",
+                # Tests look for the ListVolumes reconcile without waiting a minute.
+                "SIDECARLESS_ATTACHER_RECONCILE_SECONDS": "2",
                 **self.extra_env,
                 **env,
             },

@@ -6,6 +6,7 @@ starve attaches (external-attacher #761); each lane exports its depth and oldest
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -34,14 +35,69 @@ class Attacher:
         self.attaches: WorkQueue[str] = WorkQueue("attach", self.sync_attachment, workers=workers)
         self.detaches: WorkQueue[str] = WorkQueue("detach", self.sync_attachment, workers=workers)
         self.volumes: WorkQueue[str] = WorkQueue("attacher-volumes", self.sync_volume, workers=5)
+        self._forced: set[str] = set()  # VAs to publish again although marked attached
+        self._reconciler: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         for queue in (self.attaches, self.detaches, self.volumes):
             queue.start()
+        self._reconciler = asyncio.create_task(self._reconcile_periodically(), name="attacher-reconcile")
 
     async def stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
         for queue in (self.attaches, self.detaches, self.volumes):
             await queue.stop()
+
+    # --- ListVolumes reconcile -------------------------------------------------------
+
+    async def _reconcile_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.context.settings.attacher_reconcile_seconds)
+            for endpoint in self.context.endpoints.all():
+                try:
+                    await self.reconcile(endpoint)
+                except CSIError as error:
+                    log.warning("attacher: ListVolumes of %s failed: %s", endpoint.spec.name, error)
+
+    async def reconcile(self, endpoint: Endpoint) -> None:
+        """external-attacher's --reconcile-sync: re-publish attached volumes the driver lost.
+
+        It only re-queues; it never flips a VolumeAttachment's status by itself (#215).
+        """
+        needed = {"LIST_VOLUMES", "LIST_VOLUMES_PUBLISHED_NODES"}
+        if not endpoint.active("attacher") or endpoint.info is None or not needed <= endpoint.info.controller:
+            return
+        published: dict[str, set[str]] = {}
+        token = ""
+        while True:
+            page = await endpoint.call(
+                CSIClient.list_volumes, csi.ListVolumesRequest(starting_token=token), operation="ListVolumes", obj=""
+            )
+            for entry in page.entries:
+                published[entry.volume.volume_id] = set(entry.status.published_node_ids)
+            token = page.next_token
+            if not token:
+                break
+        stores = self.context.stores
+        mine = []
+        node_ids: dict[str, str] = {}
+        for attachment in stores.attachments.values():
+            if (attachment.get("spec") or {}).get("attacher") != endpoint.spec.driver_name:
+                continue
+            source = (attachment.get("spec") or {}).get("source") or {}
+            volume = stores.volumes.get(source.get("persistentVolumeName") or "")
+            if volume is None or self._endpoint(attachment, volume) is not endpoint:
+                continue
+            annotations = attachment["metadata"].get("annotations") or {}
+            node_ids[attachment["metadata"]["name"]] = annotations.get(plan.ANN_NODE_ID, "")
+            mine.append({**attachment, "_volume_id": volume["spec"]["csi"]["volumeHandle"]})
+        for name in plan.lost_attachments(mine, published, node_ids):
+            log.warning("attacher: the driver no longer lists VolumeAttachment %s as published; publishing again", name)
+            self._forced.add(name)
+            self.attaches.add(name)
 
     def enqueue(self, attachment: Body) -> None:
         lane = self.detaches if attachment["metadata"].get("deletionTimestamp") else self.attaches
@@ -83,7 +139,7 @@ class Attacher:
         if not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving")
         state = endpoint.controller_state("attacher")
-        decision = plan.attachment_decision(attachment, endpoint.spec.driver_name)
+        decision = plan.attachment_decision(attachment, endpoint.spec.driver_name, forced=name in self._forced)
         if isinstance(decision, plan.Nothing) or state not in (ACTIVE, UNSUPPORTED):
             return
         if state == UNSUPPORTED:
@@ -149,6 +205,7 @@ class Attacher:
             await self._attach_error(attachment, rpc_error_text(error), error.code)
             raise Requeue(None, str(error)) from error
         faults.reached("after-controller-publish")
+        self._forced.discard(meta["name"])
         await self._set_status(
             attachment,
             {"attached": True, "attachmentMetadata": dict(response.publish_context) or None, "attachError": None},

@@ -46,8 +46,12 @@ class Nothing:
 AttachmentDecision = Attach | Detach | Nothing
 
 
-def attachment_decision(attachment: Body, driver: str) -> AttachmentDecision:
-    """What external-attacher's csiHandler would do with this VolumeAttachment now."""
+def attachment_decision(attachment: Body, driver: str, *, forced: bool = False) -> AttachmentDecision:
+    """What external-attacher's csiHandler would do with this VolumeAttachment now.
+
+    `forced`: the driver's ListVolumes says an attached volume is not published on its
+    node, so it is published again.
+    """
     meta, spec = attachment.get("metadata", {}), attachment.get("spec") or {}
     if spec.get("attacher") != driver:
         return Nothing("another attacher's VolumeAttachment")
@@ -55,7 +59,7 @@ def attachment_decision(attachment: Body, driver: str) -> AttachmentDecision:
         if finalizer(driver) in (meta.get("finalizers") or []):
             return Detach()
         return Nothing("being deleted and already detached")
-    if (attachment.get("status") or {}).get("attached"):
+    if (attachment.get("status") or {}).get("attached") and not forced:
         return Nothing("already attached")
     return Attach()
 
@@ -115,6 +119,23 @@ def volume_error(message: str, code: grpc.StatusCode | None) -> Body:
     if code is not None and code in GO_CODE_NAMES:
         error["errorCode"] = code.value[0]
     return error
+
+
+def lost_attachments(attachments: list[Body], published: dict[str, set[str]], node_ids: dict[str, str]) -> list[str]:
+    """Attached VolumeAttachments whose volume the driver no longer lists as published on their node.
+
+    `published`: volume ID -> node IDs from ListVolumes; `node_ids`: VA name -> node ID;
+    attachments whose volume ID ListVolumes did not return are left alone.
+    """
+    lost = []
+    for attachment in attachments:
+        name = attachment["metadata"]["name"]
+        volume_id = attachment.get("_volume_id")
+        if not (attachment.get("status") or {}).get("attached") or attachment["metadata"].get("deletionTimestamp"):
+            continue
+        if volume_id in published and node_ids.get(name) not in published[volume_id]:
+            lost.append(name)
+    return lost
 
 
 def references(attachments: list[Body], volume_name: str) -> list[Body]:
