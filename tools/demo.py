@@ -25,10 +25,20 @@ from devcluster import ClusterOptions, ClusterState, LocalCluster
 from devcluster.build import cache_root
 from devcluster.operator import REPO, OperatorProcess
 from sidecarless.cli import format_status
-from sidecarless.kube import DRIVER_ENDPOINT, PVC, STORAGE_CLASS, Kube, load_configuration
+from sidecarless.kube import (
+    DRIVER_ENDPOINT,
+    PVC,
+    STORAGE_CLASS,
+    VOLUME_ATTACHMENT,
+    Kube,
+    Resource,
+    load_configuration,
+)
 
 DRIVER = "mock.csi.sidecarless.dev"
-ENDPOINT, CLASS, CLAIM = "mock", "sidecarless-demo", "demo-data"
+ENDPOINT, CLASS, CLAIM, POD = "mock", "sidecarless-demo", "demo-data", "demo-app"
+POD_RESOURCE = Resource("", "v1", "pods", "Pod", True)
+SERVICE_ACCOUNT = Resource("", "v1", "serviceaccounts", "ServiceAccount", True)
 
 
 def main() -> int:
@@ -124,6 +134,24 @@ async def provision(kubeconfig: Path, address: str) -> float:
         await wait_until(lambda: claim_bound(kube), f"claim {CLAIM} Bound")
         bound_after = time.monotonic() - created
         await wait_until(lambda: volumes_counted(kube), "DriverEndpoint status counting the volume")
+        step(f"Pod default/{POD} on node-1 uses the claim: kube-controller-manager asks for an attachment")
+        await wait_until(lambda: service_account_ready(kube), "default ServiceAccount")
+        await kube.create(
+            POD_RESOURCE,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": POD},
+                "spec": {
+                    "nodeName": "node-1",
+                    "containers": [{"name": "app", "image": "registry.invalid/demo:1"}],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": CLAIM}}],
+                },
+            },
+            "default",
+        )
+        await wait_until(lambda: attached(kube), "VolumeAttachment attached")
+        step("ControllerPublishVolume done: the VolumeAttachment is attached")
         print("\n$ sidecarless status")
         print(format_status(await kube.list(DRIVER_ENDPOINT)))
         return bound_after
@@ -144,6 +172,14 @@ async def endpoint_ready(kube: Kube) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
+async def service_account_ready(kube: Kube) -> bool:
+    return await kube.get_or_none(SERVICE_ACCOUNT, "default", "default") is not None
+
+
+async def attached(kube: Kube) -> bool:
+    return any((a.get("status") or {}).get("attached") for a in await kube.list(VOLUME_ATTACHMENT))
+
+
 async def claim_bound(kube: Kube) -> bool:
     return bool((await kube.get(PVC, CLAIM, "default")).get("status", {}).get("phase") == "Bound")
 
@@ -158,7 +194,7 @@ def show(kubeconfig: Path) -> None:
         print("(kubectl is not installed; skipping its views)")
         return
     for args in (
-        ["get", "driverendpoints,pvc,pv", "-A", "-o", "wide"],
+        ["get", "driverendpoints,pvc,pv,volumeattachments", "-A", "-o", "wide"],
         ["get", "driverendpoint", ENDPOINT, "-o", "jsonpath={.status}"],
     ):
         print(f"\n$ kubectl {' '.join(args)}")
