@@ -19,6 +19,7 @@ from devcluster.procs import wait_until
 from sidecarless.kube import CONFIGMAP, PV, PVC, Kube
 from sidecarless.provisioner.journal import journal_name
 from tests.e2e.conftest import MOCK, claim, eventually, killed, wait_ready
+from tests.e2e.test_provisioner import failed_event
 
 pytestmark = pytest.mark.cluster
 
@@ -127,3 +128,18 @@ async def test_claim_kept_binds_to_the_one_volume_after_restart(
 
 async def _gone(kube: Kube, resource: Any, name: str, namespace: str) -> bool:
     return await kube.get_or_none(resource, name, namespace) is None
+
+
+async def test_journal_that_cannot_be_written_is_reported_and_nothing_is_created(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    exclusive: Callable[..., OperatorProcess],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
+) -> None:
+    exclusive(SIDECARLESS_NAMESPACE="no-such-namespace")
+    _, class_name = await routed_class()
+    created = await kube.create(PVC, claim("unjournaled", class_name), namespace)
+    message = await failed_event(kube, namespace, "unjournaled", contains="could not record the provisioning intent")
+    assert "no-such-namespace/sidecarless-journal-" in message
+    assert not await backend_volumes_named(cluster.driver_addresses[MOCK], f"pvc-{created['metadata']['uid']}")

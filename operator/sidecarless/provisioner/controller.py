@@ -236,7 +236,12 @@ class Provisioner:
         try:
             await journal.record(Entry.from_plan(provision, key, meta["uid"]))
         except KubeError as error:
-            raise Requeue(None, f"could not record the provisioning intent: {error}") from error
+            await self._fail(
+                claim,
+                class_name,
+                f"could not record the provisioning intent in ConfigMap {journal.namespace}/{journal.name} "
+                f"(nothing was created): {error}",
+            )
         faults.reached("after-journal-record")
         try:
             response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=key)
