@@ -161,6 +161,7 @@ class Endpoint:
         self.probe_latency_ms = 0
         self.in_flight = 0
         self.failures = 0
+        self.operations: dict[str, int] = {}  # completed operations by kind ("attaches", "detaches")
         self.last_error: LastError | None = None
         self._slots = asyncio.Semaphore(spec.max_in_flight)
 
@@ -229,6 +230,9 @@ class Endpoint:
                 raise
             finally:
                 self.in_flight -= 1
+
+    def count(self, kind: str) -> None:
+        self.operations[kind] = self.operations.get(kind, 0) + 1
 
     def note_failure(self, operation: str, obj: str, message: str) -> None:
         self.failures += 1
@@ -300,7 +304,12 @@ def build_status(
     status_body["controllers"] = {c: endpoint.controller_state(c) for c in CONTROLLERS}
     if not attach_required:
         status_body["controllers"]["attacher"] = NOT_REQUIRED
-    status_body["counts"] = {**counts, "operationsInFlight": endpoint.in_flight, "failures": endpoint.failures}
+    status_body["counts"] = {
+        **counts,
+        **endpoint.operations,
+        "operationsInFlight": endpoint.in_flight,
+        "failures": endpoint.failures,
+    }
     if endpoint.info is not None:
         status_body["driver"] = {"name": endpoint.info.name, "vendorVersion": endpoint.info.vendor_version}
         status_body["capabilities"] = {

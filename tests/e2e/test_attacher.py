@@ -107,6 +107,9 @@ async def test_pod_on_a_node_attaches_and_detaches(
     await eventually(detached, what="VolumeAttachment gone after the pod", timeout=60)
     assert not await device_published(address, volume_id, MOCK)
 
+    counts = (await kube.get(DRIVER_ENDPOINT, endpoint))["status"]["counts"]
+    assert counts["attaches"] >= 1
+
     async def pv_released() -> bool:
         return FINALIZER not in ((await kube.get(PV, volume_name))["metadata"].get("finalizers") or [])
 
@@ -163,4 +166,25 @@ async def test_node_without_the_driver_is_an_attach_error(
 
     error = await eventually(failed, what="attachError", timeout=30)
     assert error["message"] == f"CSINode node-ghost does not contain driver {MOCK}"
+    await kube.delete(VOLUME_ATTACHMENT, name)
+
+
+async def test_volume_being_deleted_is_not_attached(
+    kube: Kube,
+    namespace: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
+    unique_name: Callable[[str], str],
+) -> None:
+    _, class_name = await routed_class()
+    await kube.create(PVC, claim("doomed", class_name), namespace)
+    volume_name = (await bound_claim(kube, namespace, "doomed"))["spec"]["volumeName"]
+    await kube.delete(PV, volume_name)  # stays, Terminating, while the claim holds it (pv-protection)
+    name = unique_name("va")
+    await kube.create(VOLUME_ATTACHMENT, volume_attachment(name, MOCK, volume_name))
+
+    async def failed() -> dict[str, Any] | None:
+        return ((await kube.get(VOLUME_ATTACHMENT, name)).get("status") or {}).get("attachError")
+
+    error = await eventually(failed, what="attachError for a PV being deleted", timeout=30)
+    assert error["message"] == f"PersistentVolume {volume_name} is marked for deletion"
     await kube.delete(VOLUME_ATTACHMENT, name)

@@ -205,6 +205,7 @@ class Attacher:
             await self._attach_error(attachment, rpc_error_text(error), error.code)
             raise Requeue(None, str(error)) from error
         faults.reached("after-controller-publish")
+        endpoint.count("attaches")
         self._forced.discard(meta["name"])
         await self._set_status(
             attachment,
@@ -236,6 +237,7 @@ class Attacher:
             await self._detach_error(attachment, rpc_error_text(error), error.code)
             raise Requeue(None, str(error)) from error
         faults.reached("after-controller-unpublish")
+        endpoint.count("detaches")
         # Finalizer first, then attached=false: the reverse order lets a second worker see
         # attached=false with the finalizer still on and unpublish again (external-attacher #587).
         updated = await finalizers.remove(context.kube, VOLUME_ATTACHMENT, attachment, plan.finalizer(driver))
