@@ -188,3 +188,36 @@ async def test_volume_being_deleted_is_not_attached(
     error = await eventually(failed, what="attachError for a PV being deleted", timeout=30)
     assert error["message"] == f"PersistentVolume {volume_name} is marked for deletion"
     await kube.delete(VOLUME_ATTACHMENT, name)
+
+
+async def test_inline_volumes_are_refused_with_an_attach_error(
+    kube: Kube, make_endpoint: Callable[..., Awaitable[str]], unique_name: Callable[[str], str]
+) -> None:
+    endpoint = await make_endpoint()
+    await wait_ready(kube, endpoint)
+    name = unique_name("va")
+    await kube.create(
+        VOLUME_ATTACHMENT,
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "VolumeAttachment",
+            "metadata": {"name": name},
+            "spec": {
+                "attacher": MOCK,
+                "nodeName": "node-1",
+                "source": {
+                    "inlineVolumeSpec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "csi": {"driver": MOCK, "volumeHandle": "inline-1"},
+                    }
+                },
+            },
+        },
+    )
+
+    async def failed() -> dict[str, Any] | None:
+        return ((await kube.get(VOLUME_ATTACHMENT, name)).get("status") or {}).get("attachError")
+
+    error = await eventually(failed, what="attachError for an inline volume", timeout=30)
+    assert "inline volumes" in error["message"]
+    await kube.delete(VOLUME_ATTACHMENT, name)
