@@ -1,14 +1,14 @@
-"""The operator killed mid-attach and mid-detach: the VolumeAttachment converges after a restart,
-and the driver's own log shows no Unpublish that should not have happened."""
+"""The operator killed mid-attach and mid-detach, and the driver down mid-detach: the VolumeAttachment
+converges, and the driver's own log shows no Unpublish that should not have happened."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from devcluster import LocalCluster
+from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import OperatorProcess
 from devcluster.procs import wait_until
 from sidecarless.kube import PV, PVC, Kube
@@ -88,3 +88,47 @@ async def test_killed_before_unpublish(
     await eventually(detached, what="detached after the restart", timeout=60)
     assert calls_for(cluster, "ControllerUnpublishVolume", volume_id) == 1
     assert not await device_published(cluster.driver_addresses[MOCK], volume_id, MOCK)
+
+
+FLAKY = "mock-flaky.csi.sidecarless.dev"
+
+
+@pytest.fixture
+def flaky_driver(cluster: LocalCluster) -> Iterator[str]:
+    cluster.add_driver(DriverSpec(FLAKY))
+    yield FLAKY
+    cluster.remove_driver(FLAKY)
+
+
+async def test_driver_down_during_detach_is_retried(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    flaky_driver: str,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
+) -> None:
+    _, class_name = await routed_class(flaky_driver)
+    await kube.create(PVC, claim("data", class_name), namespace)
+    volume_name = (await bound_claim(kube, namespace, "data"))["spec"]["volumeName"]
+    await eventually(
+        lambda: kube.get_or_none(SERVICE_ACCOUNT, "default", namespace), what="default ServiceAccount", timeout=30
+    )
+    await kube.create(POD, pod("app", "data"), namespace)
+    await eventually(lambda: attached(kube, volume_name), what="attached", timeout=60)
+
+    cluster.stop_driver(flaky_driver)
+    await kube.request("DELETE", POD.path("app", namespace), body={"gracePeriodSeconds": 0})
+
+    async def detach_failed() -> dict[str, Any] | None:
+        current = await attachment_of(kube, volume_name)
+        return ((current or {}).get("status") or {}).get("detachError")
+
+    error = await eventually(detach_failed, what="detachError while the driver is down", timeout=60)
+    assert "code = Unavailable" in error["message"]
+
+    cluster.restart_driver(flaky_driver)
+
+    async def detached() -> bool:
+        return await attachment_of(kube, volume_name) is None
+
+    await eventually(detached, what="detached once the driver is back", timeout=90)

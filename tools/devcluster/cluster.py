@@ -208,6 +208,16 @@ class LocalCluster:
                 )
         return driver
 
+    def stop_driver(self, name: str) -> None:
+        """Stop a driver this object started, leaving its cluster objects (the driver is 'down')."""
+        self.drivers[name].process.stop()
+
+    def restart_driver(self, name: str) -> RunningDriver:
+        """Start a stopped driver again on the same socket (csi-test's mock starts with no volumes)."""
+        spec = self.drivers[name].spec
+        self.drivers[name] = start_driver(spec, self.driver_dir, tied_to_parent=self.options.tied_to_parent)
+        return self.drivers[name]
+
     def driver_calls(self, name: str, method: str) -> list[dict[str, Any]]:
         """The CSI calls of `method` that driver `name` logged (started here or by the attached cluster)."""
         return driver_calls(self.driver_dir / f"{Path(socket_name(name)).stem}.log", method)
