@@ -47,8 +47,10 @@ async def test_killed_after_publish_before_status(
     exclusive: Callable[..., OperatorProcess],
     routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
-    faulty = exclusive(SIDECARLESS_FAULT_POINTS="after-controller-publish")
+    healthy = exclusive()
     volume_name, volume_id = await bound_volume_with_pod(kube, namespace, routed_class)
+    healthy.stop()
+    faulty = exclusive(SIDECARLESS_FAULT_POINTS=f"after-controller-publish@{volume_name}")
     await kube.create(POD, pod("app", "data"), namespace)
     wait_until("the operator killed after ControllerPublish", killed(faulty), timeout=60, watch=[])
     current = await attachment_of(kube, volume_name)
@@ -75,7 +77,7 @@ async def test_killed_before_unpublish(
     await eventually(lambda: attached(kube, volume_name), what="attached", timeout=60)
     healthy.stop()
 
-    faulty = exclusive(SIDECARLESS_FAULT_POINTS="before-controller-unpublish")
+    faulty = exclusive(SIDECARLESS_FAULT_POINTS=f"before-controller-unpublish@{volume_name}")
     await kube.request("DELETE", POD.path("app", namespace), body={"gracePeriodSeconds": 0})
     wait_until("the operator killed before ControllerUnpublish", killed(faulty), timeout=60, watch=[])
     assert calls_for(cluster, "ControllerUnpublishVolume", volume_id) == 0

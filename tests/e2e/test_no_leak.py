@@ -48,7 +48,7 @@ async def crash_after_create_volume(
     make_class: Callable[..., Awaitable[str]],
     journal_cleanup: list[str],
 ) -> tuple[OperatorProcess, dict[str, Any], str]:
-    faulty = exclusive(SIDECARLESS_FAULT_POINTS="after-create-volume")
+    faulty = exclusive(SIDECARLESS_FAULT_POINTS=f"after-create-volume@{namespace}/")
     endpoint = await make_endpoint()
     journal_cleanup.append(endpoint)
     await wait_ready(kube, endpoint)

@@ -57,3 +57,10 @@ def test_status_table() -> None:
     assert lines[0].split()[:4] == ["NAME", "DRIVER", "READY", "REASON"]
     assert lines[1].split()[:3] == ["a", "d1", "Unknown"]
     assert lines[2].split() == ["b", "d2", "False", "Unreachable", "0", "3", "no"]
+
+
+def test_fault_points_parse_targets() -> None:
+    from sidecarless.faults import _parse  # noqa: PLC0415 - the module reads the environment at import
+
+    assert _parse("a, b@team-1/ ,a@x") == {"a": ("", "x"), "b": ("team-1/",)}
+    assert _parse("") == {}

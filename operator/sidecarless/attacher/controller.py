@@ -196,7 +196,7 @@ class Attacher:
             )
         request = plan.publish_request(volume, node, capability, endpoint.info.controller)
         request.secrets.update(await self._secrets(volume, "controllerPublishSecretRef"))
-        faults.reached("before-controller-publish")
+        faults.reached("before-controller-publish", f"{meta['name']}/{volume_name}")
         try:
             response = await endpoint.call(
                 CSIClient.controller_publish_volume, request, operation="ControllerPublishVolume", obj=meta["name"]
@@ -204,7 +204,7 @@ class Attacher:
         except CSIError as error:
             await self._attach_error(attachment, rpc_error_text(error), error.code)
             raise Requeue(None, str(error)) from error
-        faults.reached("after-controller-publish")
+        faults.reached("after-controller-publish", f"{meta['name']}/{volume_name}")
         endpoint.count("attaches")
         self._forced.discard(meta["name"])
         await self._set_status(
@@ -228,7 +228,7 @@ class Attacher:
             raise Requeue(None, str(error)) from error
         request = csi.ControllerUnpublishVolumeRequest(volume_id=volume["spec"]["csi"]["volumeHandle"], node_id=node)
         request.secrets.update(await self._secrets(volume, "controllerPublishSecretRef"))
-        faults.reached("before-controller-unpublish")
+        faults.reached("before-controller-unpublish", f"{meta['name']}/{volume['metadata']['name']}")
         try:
             await endpoint.call(
                 CSIClient.controller_unpublish_volume, request, operation="ControllerUnpublishVolume", obj=meta["name"]
@@ -236,7 +236,7 @@ class Attacher:
         except CSIError as error:
             await self._detach_error(attachment, rpc_error_text(error), error.code)
             raise Requeue(None, str(error)) from error
-        faults.reached("after-controller-unpublish")
+        faults.reached("after-controller-unpublish", f"{meta['name']}/{volume['metadata']['name']}")
         endpoint.count("detaches")
         # Finalizer first, then attached=false: the reverse order lets a second worker see
         # attached=false with the finalizer still on and unpublish again (external-attacher #587).

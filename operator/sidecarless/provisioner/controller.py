@@ -242,7 +242,7 @@ class Provisioner:
                 f"could not record the provisioning intent in ConfigMap {journal.namespace}/{journal.name} "
                 f"(nothing was created): {error}",
             )
-        faults.reached("after-journal-record")
+        faults.reached("after-journal-record", key)
         try:
             response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=key)
         except CSIError as error:
@@ -254,7 +254,7 @@ class Provisioner:
                 await self._reschedule(claim)  # let the scheduler try another node
             delay = INFEASIBLE_RETRY_SECONDS if isinstance(error, InfeasibleError) else None
             await self._fail(claim, class_name, rpc_error_text(error), delay)
-        faults.reached("after-create-volume")
+        faults.reached("after-create-volume", key)
         try:
             volume = plan.pv_from_response(provision, response.volume, driver.identity)
         except plan.CapacityTooSmall as error:
@@ -263,7 +263,7 @@ class Provisioner:
             await self._fail(claim, class_name, str(error))
         await self._save_volume(volume)
         _remember(self._provisioned, meta["uid"])
-        faults.reached("after-save-volume")
+        faults.reached("after-save-volume", key)
         journal.forget(provision.volume_name)
         labels = {"class": class_name, "source": ""}
         PROVISION_TOTAL.labels(**labels).inc()
