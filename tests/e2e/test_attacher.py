@@ -10,6 +10,7 @@ import pytest
 
 from csi_client import CSIClient, csi
 from devcluster import LocalCluster
+from devcluster.operator import OperatorProcess
 from sidecarless.kube import DRIVER_ENDPOINT, PV, PVC, VOLUME_ATTACHMENT, Kube, Resource
 from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, eventually, volume_attachment, wait_ready
 from tests.e2e.test_provisioner import bound_claim
@@ -58,6 +59,7 @@ async def test_pod_on_a_node_attaches_and_detaches(
     kube: Kube,
     namespace: str,
     cluster: LocalCluster,
+    operator: OperatorProcess,
     routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
     endpoint, class_name = await routed_class()
@@ -109,6 +111,9 @@ async def test_pod_on_a_node_attaches_and_detaches(
 
     counts = (await kube.get(DRIVER_ENDPOINT, endpoint))["status"]["counts"]
     assert counts["attaches"] >= 1
+    metrics = operator.metrics()
+    assert f'sidecarless_attacher_backlog{{endpoint="{endpoint}",lane="attach"}} 0.0' in metrics
+    assert f'sidecarless_attacher_backlog_oldest_seconds{{endpoint="{endpoint}",lane="detach"}}' in metrics
 
     async def pv_released() -> bool:
         return FINALIZER not in ((await kube.get(PV, volume_name))["metadata"].get("finalizers") or [])

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from devcluster import DriverSpec, LocalCluster
+from devcluster.operator import OperatorProcess
 from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PVC, VOLUME_ATTACHMENT, Kube
 from tests.e2e.conftest import claim, eventually, volume_attachment
 from tests.e2e.test_provisioner import bound_claim, failed_event
@@ -68,6 +69,7 @@ async def test_resource_exhausted_on_a_selected_node_reschedules(
 async def test_failed_publish_is_an_attach_error_with_the_code(
     kube: Kube,
     namespace: str,
+    operator: OperatorProcess,
     failing_drivers: None,
     unique_name: Callable[[str], str],
     routed_class: Callable[..., Awaitable[tuple[str, str]]],
@@ -97,6 +99,8 @@ async def test_failed_publish_is_an_attach_error_with_the_code(
         return status if (status.get("lastError") or {}).get("operation") == "ControllerPublishVolume" else None
 
     status = await eventually(reported, what="the failure in the DriverEndpoint status", timeout=15)
+    waiting = f'sidecarless_attacher_backlog{{endpoint="{endpoint}",lane="attach"}} 1.0'
+    assert waiting in operator.metrics(), "the stuck attachment shows in the backlog"
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "OperationsFailing")
     await kube.delete(VOLUME_ATTACHMENT, name)

@@ -109,3 +109,21 @@ def test_lost_attachments_only_requeue_attached_ones_the_driver_does_not_list() 
     published = {"v-1": {"n-1"}, "v-2": {"n-9"}, "v-4": set()}
     node_ids = {"csi-1": "n-1", "csi-2": "n-1", "csi-3": "n-1", "csi-4": "n-1"}
     assert plan.lost_attachments([attached, elsewhere, unlisted, not_attached], published, node_ids) == ["csi-2"]
+
+
+def test_backlog_per_lane() -> None:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    now = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+    waiting = an_attachment(creationTimestamp="2026-01-01T00:05:00Z")
+    older = an_attachment(creationTimestamp="2026-01-01T00:00:00Z")
+    done = an_attachment(attached=True, creationTimestamp="2026-01-01T00:00:00Z")
+    leaving = an_attachment(
+        attached=True, deletionTimestamp="2026-01-01T00:09:00Z", finalizers=[plan.finalizer(DRIVER)]
+    )
+    gone = an_attachment(deletionTimestamp="2026-01-01T00:01:00Z")
+    assert plan.backlog([waiting, older, done, leaving, gone], DRIVER, now) == {
+        "attach": (2, 600.0),
+        "detach": (1, 60.0),
+    }
+    assert plan.backlog([waiting], "other", now) == {"attach": (0, 0.0), "detach": (0, 0.0)}

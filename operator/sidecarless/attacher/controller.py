@@ -10,7 +10,13 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
+
+from prometheus_client import REGISTRY
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from csi_client import CSIClient, CSIError, csi
 from sidecarless import faults, finalizers
@@ -28,6 +34,34 @@ Body = dict[str, Any]
 log = logging.getLogger("sidecarless.attacher")
 
 
+class BacklogCollector(Collector):
+    """`sidecarless_attacher_backlog{endpoint,lane}` and `..._oldest_seconds`, computed at scrape time
+    from what the watches have seen, so the backlog shows even when no worker is free."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "sidecarless_attacher_backlog",
+            "VolumeAttachments waiting, per endpoint and lane",
+            labels=["endpoint", "lane"],
+        )
+        oldest = GaugeMetricFamily(
+            "sidecarless_attacher_backlog_oldest_seconds",
+            "How long the oldest waiting VolumeAttachment has waited, per endpoint and lane",
+            labels=["endpoint", "lane"],
+        )
+        attachments = list(self.context.stores.attachments.values())
+        now = datetime.now(UTC)
+        for endpoint in self.context.endpoints.all():
+            for lane, (count, age) in plan.backlog(attachments, endpoint.spec.driver_name, now).items():
+                waiting.add_metric([endpoint.spec.name, lane], count)
+                oldest.add_metric([endpoint.spec.name, lane], age)
+        yield waiting
+        yield oldest
+
+
 class Attacher:
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -37,10 +71,13 @@ class Attacher:
         self.volumes: WorkQueue[str] = WorkQueue("attacher-volumes", self.sync_volume, workers=5)
         self._forced: set[str] = set()  # VAs to publish again although marked attached
         self._reconciler: asyncio.Task[None] | None = None
+        self._collector: BacklogCollector | None = None
 
     def start(self) -> None:
         for queue in (self.attaches, self.detaches, self.volumes):
             queue.start()
+        self._collector = BacklogCollector(self.context)
+        REGISTRY.register(self._collector)
         self._reconciler = asyncio.create_task(self._reconcile_periodically(), name="attacher-reconcile")
 
     async def stop(self) -> None:
@@ -50,6 +87,9 @@ class Attacher:
                 await self._reconciler
         for queue in (self.attaches, self.detaches, self.volumes):
             await queue.stop()
+        if self._collector is not None:
+            REGISTRY.unregister(self._collector)
+            self._collector = None
 
     # --- ListVolumes reconcile -------------------------------------------------------
 

@@ -138,6 +138,33 @@ def lost_attachments(attachments: list[Body], published: dict[str, set[str]], no
     return lost
 
 
+def backlog(attachments: list[Body], driver: str, now: datetime) -> dict[str, tuple[int, float]]:
+    """Per lane ("attach", "detach"): how many VolumeAttachments wait, and the oldest wait in seconds.
+
+    Waiting to attach: not attached and not being deleted (since creation). Waiting to
+    detach: being deleted and still carrying our finalizer (since the deletion).
+    """
+    lanes: dict[str, list[float]] = {"attach": [], "detach": []}
+    for attachment in attachments:
+        meta = attachment.get("metadata") or {}
+        if (attachment.get("spec") or {}).get("attacher") != driver:
+            continue
+        if meta.get("deletionTimestamp"):
+            if finalizer(driver) in (meta.get("finalizers") or []):
+                lanes["detach"].append(_age(meta["deletionTimestamp"], now))
+        elif not (attachment.get("status") or {}).get("attached"):
+            lanes["attach"].append(_age(meta.get("creationTimestamp", ""), now))
+    return {lane: (len(ages), max(ages, default=0.0)) for lane, ages in lanes.items()}
+
+
+def _age(stamp: str, now: datetime) -> float:
+    try:
+        since = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0
+    return max(0.0, (now - since).total_seconds())
+
+
 def references(attachments: list[Body], volume_name: str) -> list[Body]:
     """VolumeAttachments that use the PV `volume_name`."""
     return [
