@@ -193,10 +193,14 @@ class Attacher:
                 attachment, "inline volumes (spec.source.inlineVolumeSpec) are not supported", None
             )
             return
-        if isinstance(decision, plan.Attach):
-            await self._attach(attachment, volume, endpoint)
-        else:
-            await self._detach(attachment, volume, endpoint)
+        try:
+            if isinstance(decision, plan.Attach):
+                await self._attach(attachment, volume, endpoint)
+            else:
+                await self._detach(attachment, volume, endpoint)
+        except Requeue as requeue:
+            requeue.backoff = endpoint.backoff  # spec.retry of the volume's endpoint
+            raise
 
     async def _attach(self, attachment: Body, volume: Body | None, endpoint: Endpoint) -> None:
         context = self.context
