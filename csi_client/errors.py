@@ -113,6 +113,11 @@ class CSIError(Exception):
     def code_name(self) -> str:
         return go_code_name(self.code)
 
+    @property
+    def status_text(self) -> str:
+        """The text Go's gRPC status prints, which users know from the sidecars' events."""
+        return f"rpc error: code = {self.code_name} desc = {self.message}"
+
 
 class MaybeInProgressError(CSIError):
     error_class = ErrorClass.MAYBE_IN_PROGRESS

@@ -10,12 +10,12 @@ change handlers, finalizer and a daemon.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from typing import Any
 
 import kopf
+from kubernetes_asyncio.client.api_client import ApiClient
 
 from csi_client import TLSConfig
 from sidecarless import metrics_server
@@ -24,7 +24,7 @@ from sidecarless.config import Settings as OperatorConfig
 from sidecarless.context import Context, Stores
 from sidecarless.endpoints import EndpointRegistry, build_status
 from sidecarless.events import EventRecorder
-from sidecarless.kube import DRIVER_ENDPOINT, SECRET, Kube, KubeError, load_configuration
+from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, load_configuration
 from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.provisioner.plan import ANN_ENDPOINT
@@ -61,8 +61,6 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup(registry=registry)
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     _configure_kopf(settings)
-    from kubernetes_asyncio.client.api_client import ApiClient  # noqa: PLC0415 - startup only
-
     config = memo.settings
     kube = Kube(ApiClient(await load_configuration(config.kubeconfig)), qps=config.api_qps, burst=config.api_burst)
     context = Context(
@@ -254,10 +252,9 @@ async def _tls_config(kube: Kube, spec: dict[str, Any]) -> TLSConfig | None:
     tls = spec.get("tls")
     if not tls:
         return None
-    secret = await kube.get_or_none(SECRET, tls["secretName"], tls["secretNamespace"])
-    if secret is None:
+    data = await kube.secret_data(tls["secretName"], tls["secretNamespace"])
+    if data is None:
         raise kopf.TemporaryError(f"TLS secret {tls['secretNamespace']}/{tls['secretName']} not found", delay=30)
-    data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
     return TLSConfig(
         root_certificates=data.get("ca.crt"),
         private_key=data.get("tls.key"),

@@ -9,6 +9,7 @@ planning functions see one representation. 404 and 409 become :class:`NotFound` 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -189,6 +190,18 @@ class Kube:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions} if preconditions else None
         with contextlib.suppress(NotFound):
             await self.request("DELETE", resource.path(name, namespace), body=body)
+
+    async def secret_data(self, name: str, namespace: str) -> dict[str, bytes] | None:
+        """A Secret's decoded `data` (None when the Secret does not exist): read live, never cached."""
+        secret = await self.get_or_none(SECRET, name, namespace)
+        if secret is None:
+            return None
+        return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+
+    async def secret_strings(self, name: str, namespace: str) -> dict[str, str] | None:
+        """A Secret's data as the `secrets` map a CSI request takes."""
+        data = await self.secret_data(name, namespace)
+        return None if data is None else {key: value.decode() for key, value in data.items()}
 
     async def close(self) -> None:
         await self.api_client.close()

@@ -14,7 +14,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from devcluster import LocalCluster
 from devcluster.operator import REPO, OperatorProcess
-from sidecarless.kube import DRIVER_ENDPOINT, STORAGE_CLASS, Kube
+from sidecarless.kube import DRIVER_ENDPOINT, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
 from tests.conftest import short_tmpdir
 
 MOCK = "mock.csi.sidecarless.dev"
@@ -159,6 +159,17 @@ def volume_attachment(name: str, driver: str, volume_name: str, node: str = "nod
         "metadata": {"name": name},
         "spec": {"attacher": driver, "nodeName": node, "source": {"persistentVolumeName": volume_name}},
     }
+
+
+async def attach_error(kube: Kube, name: str, *, what: str = "attachError") -> dict[str, Any]:
+    """Wait for VolumeAttachment `name` to report an attachError; return it."""
+
+    async def failed() -> dict[str, Any] | None:
+        current = await kube.get(VOLUME_ATTACHMENT, name)
+        return (current.get("status") or {}).get("attachError")
+
+    error: dict[str, Any] = await eventually(failed, what=what, timeout=30)
+    return error
 
 
 async def wait_ready(

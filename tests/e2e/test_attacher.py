@@ -12,7 +12,7 @@ from csi_client import CSIClient, csi
 from devcluster import LocalCluster
 from devcluster.operator import OperatorProcess
 from sidecarless.kube import DRIVER_ENDPOINT, PV, PVC, VOLUME_ATTACHMENT, Kube, Resource
-from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, eventually, volume_attachment, wait_ready
+from tests.e2e.conftest import MOCK, MOCK_NOATTACH, attach_error, claim, eventually, volume_attachment, wait_ready
 from tests.e2e.test_provisioner import bound_claim
 
 pytestmark = pytest.mark.cluster
@@ -79,7 +79,8 @@ async def test_pod_on_a_node_attaches_and_detaches(
     assert attachment["spec"]["attacher"] == MOCK
     assert attachment["spec"]["nodeName"] == "node-1"
     assert attachment["metadata"]["finalizers"] == [FINALIZER]
-    assert attachment["metadata"]["annotations"]["csi.alpha.kubernetes.io/node-id"] == MOCK
+    # Only what external-attacher writes: no Kopf annotations or finalizers.
+    assert attachment["metadata"]["annotations"] == {"csi.alpha.kubernetes.io/node-id": MOCK}
     assert attachment["status"]["attachmentMetadata"], "the mock's publish_context"
     assert not attachment["status"].get("attachError")
     assert FINALIZER in (await kube.get(PV, volume_name))["metadata"]["finalizers"]
@@ -165,11 +166,7 @@ async def test_node_without_the_driver_is_an_attach_error(
         volume_attachment(name, MOCK, volume_name, "node-ghost"),
     )
 
-    async def failed() -> dict[str, Any] | None:
-        attachment = await kube.get(VOLUME_ATTACHMENT, name)
-        return (attachment.get("status") or {}).get("attachError")
-
-    error = await eventually(failed, what="attachError", timeout=30)
+    error = await attach_error(kube, name, what="attachError")
     assert error["message"] == f"CSINode node-ghost does not contain driver {MOCK}"
     await kube.delete(VOLUME_ATTACHMENT, name)
 
@@ -187,10 +184,7 @@ async def test_volume_being_deleted_is_not_attached(
     name = unique_name("va")
     await kube.create(VOLUME_ATTACHMENT, volume_attachment(name, MOCK, volume_name))
 
-    async def failed() -> dict[str, Any] | None:
-        return ((await kube.get(VOLUME_ATTACHMENT, name)).get("status") or {}).get("attachError")
-
-    error = await eventually(failed, what="attachError for a PV being deleted", timeout=30)
+    error = await attach_error(kube, name, what="attachError for a PV being deleted")
     assert error["message"] == f"PersistentVolume {volume_name} is marked for deletion"
     await kube.delete(VOLUME_ATTACHMENT, name)
 
@@ -220,9 +214,6 @@ async def test_inline_volumes_are_refused_with_an_attach_error(
         },
     )
 
-    async def failed() -> dict[str, Any] | None:
-        return ((await kube.get(VOLUME_ATTACHMENT, name)).get("status") or {}).get("attachError")
-
-    error = await eventually(failed, what="attachError for an inline volume", timeout=30)
+    error = await attach_error(kube, name, what="attachError for an inline volume")
     assert "inline volumes" in error["message"]
     await kube.delete(VOLUME_ATTACHMENT, name)

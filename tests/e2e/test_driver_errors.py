@@ -11,7 +11,7 @@ import pytest
 from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import OperatorProcess
 from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PVC, VOLUME_ATTACHMENT, Kube
-from tests.e2e.conftest import claim, eventually, volume_attachment
+from tests.e2e.conftest import attach_error, claim, eventually, volume_attachment
 from tests.e2e.test_provisioner import bound_claim, failed_event
 
 pytestmark = pytest.mark.cluster
@@ -83,11 +83,7 @@ async def test_failed_publish_is_an_attach_error_with_the_code(
         volume_attachment(name, UNPUBLISHABLE, volume_name),
     )
 
-    async def failed() -> dict[str, Any] | None:
-        attachment = await kube.get(VOLUME_ATTACHMENT, name)
-        return (attachment.get("status") or {}).get("attachError")
-
-    error = await eventually(failed, what="attachError", timeout=30)
+    error = await attach_error(kube, name, what="attachError")
     assert error["message"].startswith("rpc error: code = Internal desc = ")
     assert error["errorCode"] == 13
     attachment = await kube.get(VOLUME_ATTACHMENT, name)

@@ -102,13 +102,15 @@ def test_volume_error_carries_the_grpc_code() -> None:
 
 
 def test_lost_attachments_only_requeue_attached_ones_the_driver_does_not_list() -> None:
-    attached = {**an_attachment(attached=True), "_volume_id": "v-1"}
-    elsewhere = {**an_attachment(attached=True), "metadata": {"name": "csi-2"}, "_volume_id": "v-2"}
-    unlisted = {**an_attachment(attached=True), "metadata": {"name": "csi-3"}, "_volume_id": "v-3"}
-    not_attached = {**an_attachment(), "metadata": {"name": "csi-4"}, "_volume_id": "v-4"}
+    attached = an_attachment(attached=True)
+    elsewhere = {**an_attachment(attached=True), "metadata": {"name": "csi-2"}}
+    unlisted = {**an_attachment(attached=True), "metadata": {"name": "csi-3"}}
+    not_attached = {**an_attachment(), "metadata": {"name": "csi-4"}}
     published = {"v-1": {"n-1"}, "v-2": {"n-9"}, "v-4": set()}
-    node_ids = {"csi-1": "n-1", "csi-2": "n-1", "csi-3": "n-1", "csi-4": "n-1"}
-    assert plan.lost_attachments([attached, elsewhere, unlisted, not_attached], published, node_ids) == ["csi-2"]
+    node_ids = dict.fromkeys(("csi-1", "csi-2", "csi-3", "csi-4"), "n-1")
+    volume_ids = {"csi-1": "v-1", "csi-2": "v-2", "csi-3": "v-3", "csi-4": "v-4"}
+    lost = plan.lost_attachments([attached, elsewhere, unlisted, not_attached], published, node_ids, volume_ids)
+    assert lost == ["csi-2"]
 
 
 def test_backlog_per_lane() -> None:

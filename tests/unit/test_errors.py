@@ -88,3 +88,8 @@ def test_every_grpc_code_has_a_go_name() -> None:
     assert go_code_name(C.DEADLINE_EXCEEDED) == "DeadlineExceeded"
     assert go_code_name(C.CANCELLED) == "Canceled"
     assert go_code_name(None) == "Unknown"
+
+
+def test_status_text_reads_like_go() -> None:
+    error = error_for("CreateVolume", Operation.PROVISION, C.OUT_OF_RANGE, "too big")
+    assert error.status_text == "rpc error: code = OutOfRange desc = too big"

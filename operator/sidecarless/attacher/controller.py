@@ -7,7 +7,6 @@ starve attaches (external-attacher #761); each lane exports its depth and oldest
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -23,8 +22,7 @@ from sidecarless import faults, finalizers
 from sidecarless.attacher import plan
 from sidecarless.context import Context
 from sidecarless.endpoints import ACTIVE, UNSUPPORTED, Endpoint
-from sidecarless.kube import PV, SECRET, VOLUME_ATTACHMENT, NotFound
-from sidecarless.provisioner.controller import rpc_error_text
+from sidecarless.kube import PV, VOLUME_ATTACHMENT, NotFound
 from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.routing import endpoint_of_volume
 from sidecarless.workqueue import Requeue, WorkQueue
@@ -124,6 +122,7 @@ class Attacher:
         stores = self.context.stores
         mine = []
         node_ids: dict[str, str] = {}
+        volume_ids: dict[str, str] = {}
         for attachment in stores.attachments.values():
             if (attachment.get("spec") or {}).get("attacher") != endpoint.spec.driver_name:
                 continue
@@ -133,8 +132,9 @@ class Attacher:
                 continue
             annotations = attachment["metadata"].get("annotations") or {}
             node_ids[attachment["metadata"]["name"]] = annotations.get(plan.ANN_NODE_ID, "")
-            mine.append({**attachment, "_volume_id": volume["spec"]["csi"]["volumeHandle"]})
-        for name in plan.lost_attachments(mine, published, node_ids):
+            volume_ids[attachment["metadata"]["name"]] = volume["spec"]["csi"]["volumeHandle"]
+            mine.append(attachment)
+        for name in plan.lost_attachments(mine, published, node_ids, volume_ids):
             log.warning("attacher: the driver no longer lists VolumeAttachment %s as published; publishing again", name)
             self._forced.add(name)
             self.attaches.add(name)
@@ -246,7 +246,7 @@ class Attacher:
                 CSIClient.controller_publish_volume, request, operation="ControllerPublishVolume", obj=meta["name"]
             )
         except CSIError as error:
-            await self._attach_error(attachment, rpc_error_text(error), error.code)
+            await self._attach_error(attachment, error.status_text, error.code)
             raise Requeue(None, str(error)) from error
         faults.reached("after-controller-publish", f"{meta['name']}/{volume_name}")
         endpoint.count("attaches")
@@ -278,7 +278,7 @@ class Attacher:
                 CSIClient.controller_unpublish_volume, request, operation="ControllerUnpublishVolume", obj=meta["name"]
             )
         except CSIError as error:
-            await self._detach_error(attachment, rpc_error_text(error), error.code)
+            await self._detach_error(attachment, error.status_text, error.code)
             raise Requeue(None, str(error)) from error
         faults.reached("after-controller-unpublish", f"{meta['name']}/{volume['metadata']['name']}")
         endpoint.count("detaches")
@@ -321,7 +321,7 @@ class Attacher:
         ref = ((volume.get("spec") or {}).get("csi") or {}).get(ref_field)
         if not ref:
             return {}
-        secret = await self.context.kube.get_or_none(SECRET, ref["name"], ref.get("namespace"))
-        if secret is None:
+        data = await self.context.kube.secret_strings(ref["name"], ref.get("namespace", ""))
+        if data is None:
             raise Requeue(None, f"secret {ref.get('namespace')}/{ref['name']} not found")
-        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        return data

@@ -121,16 +121,18 @@ def volume_error(message: str, code: grpc.StatusCode | None) -> Body:
     return error
 
 
-def lost_attachments(attachments: list[Body], published: dict[str, set[str]], node_ids: dict[str, str]) -> list[str]:
+def lost_attachments(
+    attachments: list[Body], published: dict[str, set[str]], node_ids: dict[str, str], volume_ids: dict[str, str]
+) -> list[str]:
     """Attached VolumeAttachments whose volume the driver no longer lists as published on their node.
 
-    `published`: volume ID -> node IDs from ListVolumes; `node_ids`: VA name -> node ID;
-    attachments whose volume ID ListVolumes did not return are left alone.
+    `published`: volume ID -> node IDs from ListVolumes; `node_ids` and `volume_ids`: by VA
+    name; attachments whose volume ID ListVolumes did not return are left alone.
     """
     lost = []
     for attachment in attachments:
         name = attachment["metadata"]["name"]
-        volume_id = attachment.get("_volume_id")
+        volume_id = volume_ids.get(name)
         if not (attachment.get("status") or {}).get("attached") or attachment["metadata"].get("deletionTimestamp"):
             continue
         if volume_id in published and node_ids.get(name) not in published[volume_id]:

@@ -8,7 +8,6 @@ written onto a claim or a volume.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -19,11 +18,10 @@ import grpc
 
 from csi_client import CSIError, InfeasibleError, MaybeInProgressError, csi
 from csi_client.client import CSIClient
-from csi_client.errors import go_code_name
 from sidecarless import faults, finalizers
 from sidecarless.context import Context
 from sidecarless.endpoints import Endpoint
-from sidecarless.kube import PV, PVC, SECRET, Conflict, KubeError, NotFound
+from sidecarless.kube import PV, PVC, Conflict, KubeError, NotFound
 from sidecarless.metrics import (
     DELETE_DURATION,
     DELETE_FAILED,
@@ -46,11 +44,6 @@ RECENT_MEMORY = 10_000  # how many finished provisions and deletions are remembe
 JOURNAL_RESYNC_SECONDS = 60.0  # how often every journal is checked for orphaned entries
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-provisioner pauses an infeasible claim for 5 minutes
 MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue the claim anyway
-
-
-def rpc_error_text(error: CSIError) -> str:
-    """The text Go's gRPC status prints, which users know from the sidecars' events."""
-    return f"rpc error: code = {go_code_name(error.code)} desc = {error.message}"
 
 
 def _remember(memory: OrderedDict[str, None], uid: str) -> None:
@@ -253,7 +246,7 @@ class Provisioner:
             if error.code is grpc.StatusCode.RESOURCE_EXHAUSTED and selected_node and has_topology:
                 await self._reschedule(claim)  # let the scheduler try another node
             delay = INFEASIBLE_RETRY_SECONDS if isinstance(error, InfeasibleError) else None
-            await self._fail(claim, class_name, rpc_error_text(error), delay)
+            await self._fail(claim, class_name, error.status_text, delay)
         faults.reached("after-create-volume", key)
         try:
             volume = plan.pv_from_response(provision, response.volume, driver.identity)
@@ -383,10 +376,7 @@ class Provisioner:
             log.info("PV %s already exists", volume["metadata"]["name"])
 
     async def _secret_data(self, ref: SecretRef) -> dict[str, str] | None:
-        secret = await self.context.kube.get_or_none(SECRET, ref.name, ref.namespace)
-        if secret is None:
-            return None
-        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        return await self.context.kube.secret_strings(ref.name, ref.namespace)
 
     async def _delete_backend_volume(
         self, endpoint: Endpoint, volume_id: str, secret: SecretRef | None, obj: str
@@ -495,7 +485,7 @@ class Provisioner:
             await self._delete_backend_volume(endpoint, volume["spec"]["csi"]["volumeHandle"], secret, name)
         except CSIError as error:
             DELETE_FAILED.labels(**{"class": class_name}).inc()
-            await context.events.warning(volume, "VolumeFailedDelete", rpc_error_text(error))
+            await context.events.warning(volume, "VolumeFailedDelete", error.status_text)
             raise Requeue(None, str(error)) from error
         # Delete the PV first, then drop our finalizer: a failure in between leaves a PV
         # that is being deleted and still carries the finalizer, which this same path
