@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from csi_client.client import CSIClient
+from csi_client.errors import CSIError
 from csi_client.generated import csi_pb2 as csi
 
 _SERVICE = csi.PluginCapability.Service.Type
@@ -26,6 +27,10 @@ class DriverInfo:
     plugin: frozenset[str] = frozenset()
     controller: frozenset[str] = frozenset()  # CREATE_DELETE_VOLUME, PUBLISH_UNPUBLISH_VOLUME, ...
     group_controller: frozenset[str] = frozenset()  # CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT
+    # The Node service's capabilities on the same connection (EXPAND_VOLUME, ...), if it
+    # offers one: external-resizer asks the controller socket too, to tell drivers that
+    # expand only on the node.
+    node: frozenset[str] = frozenset()
 
     @property
     def has_controller_service(self) -> bool:
@@ -70,6 +75,10 @@ async def discover(client: CSIClient) -> DriverInfo:
     group: frozenset[str] = frozenset()
     if "GROUP_CONTROLLER_SERVICE" in plugin:
         group = group_controller_capability_names(await client.group_controller_get_capabilities())
+    try:
+        node = node_capability_names(await client.node_get_capabilities())
+    except CSIError:
+        node = frozenset()  # a controller-only endpoint: no Node service here
     return DriverInfo(
         name=info.name,
         vendor_version=info.vendor_version,
@@ -77,6 +86,7 @@ async def discover(client: CSIClient) -> DriverInfo:
         plugin=plugin,
         controller=controller,
         group_controller=group,
+        node=node,
     )
 
 

@@ -27,6 +27,7 @@ class Settings:
     provisioner_workers: int = 50  # claims handled at once (per-endpoint CSI concurrency is separate)
     volume_workers: int = 20  # PVs (deletion) handled at once
     attacher_workers: int = 10  # VolumeAttachments handled at once, in each of the attach and detach lanes
+    resizer_workers: int = 10  # claims expanded or modified at once (external-resizer --workers)
     attacher_reconcile_seconds: float = (
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
     )

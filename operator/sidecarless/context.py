@@ -20,6 +20,7 @@ class Stores:
     classes: Store = field(default_factory=lambda: Store("StorageClass"))
     attachments: Store = field(default_factory=lambda: Store("VolumeAttachment"))
     drivers: Store = field(default_factory=lambda: Store("CSIDriver"))
+    attribute_classes: Store = field(default_factory=lambda: Store("VolumeAttributesClass"))
     nodes: Store = field(default_factory=lambda: Store("Node", labels_only))
     csinodes: Store = field(default_factory=lambda: Store("CSINode", drivers_only))
 

@@ -29,16 +29,24 @@ Resp = TypeVar("Resp", bound=Message)
 
 log = logging.getLogger("sidecarless.endpoints")
 
-CONTROLLERS = ("provisioner", "attacher", "resizer", "snapshotter")
+# The switches of spec.controllers; the modifier (VolumeAttributesClass) goes with the
+# resizer, as both are external-resizer's.
+SWITCHES = ("provisioner", "attacher", "resizer", "snapshotter")
+CONTROLLERS = ("provisioner", "attacher", "resizer", "modifier", "snapshotter")
+_SWITCH_OF = {"modifier": "resizer"}
 # The capability each controller needs from the driver to do real work.
 REQUIRED_CAPABILITY = {
     "provisioner": "CREATE_DELETE_VOLUME",
     "attacher": "PUBLISH_UNPUBLISH_VOLUME",
     "resizer": "EXPAND_VOLUME",
+    "modifier": "MODIFY_VOLUME",
     "snapshotter": "CREATE_DELETE_SNAPSHOT",
 }
 ACTIVE, DISABLED, UNSUPPORTED = "Active", "Disabled", "Unsupported"
 NOT_REQUIRED = "NotRequired"  # the attacher, when the CSIDriver says attachRequired: false
+# The resizer, for a driver that expands only on the node: kubelet does the work, the
+# resizer just records the new size (external-resizer's "trivial resizer").
+NODE_ONLY = "NodeOnly"
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -68,8 +76,9 @@ class EndpointSpec:
     driver_name: str
     address: str
     tls: TLSSecretRef | None = None
-    controllers: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(CONTROLLERS, True))
+    controllers: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SWITCHES, True))
     provisioner: ProvisionerSettings = field(default_factory=ProvisionerSettings)
+    extra_modify_metadata: bool = False  # external-resizer's --extra-modify-metadata
     operation_timeout: float = 60.0
     probe_timeout: float = 5.0
     probe_interval: float = 10.0
@@ -98,7 +107,7 @@ def parse_spec(name: str, spec: Body) -> EndpointSpec:
         if endpoint.transport.value != "tcp":
             raise SpecError("spec.tls is for dns:/// addresses; a unix socket needs no TLS")
         tls = TLSSecretRef(spec["tls"]["secretName"], spec["tls"]["secretNamespace"], spec["tls"].get("serverName", ""))
-    controllers = {c: bool((spec.get("controllers") or {}).get(c, True)) for c in CONTROLLERS}
+    controllers = {c: bool((spec.get("controllers") or {}).get(c, True)) for c in SWITCHES}
     p = spec.get("provisioner") or {}
     provisioner = ProvisionerSettings(
         volume_name_prefix=p.get("volumeNamePrefix", "pvc"),
@@ -117,6 +126,7 @@ def parse_spec(name: str, spec: Body) -> EndpointSpec:
         tls=tls,
         controllers=controllers,
         provisioner=provisioner,
+        extra_modify_metadata=bool((spec.get("resizer") or {}).get("extraModifyMetadata", False)),
         operation_timeout=parse_duration(timeouts.get("operation", "60s"), "spec.timeouts.operation"),
         probe_timeout=parse_duration(timeouts.get("probe", "5s"), "spec.timeouts.probe"),
         probe_interval=parse_duration(timeouts.get("probeInterval", "10s"), "spec.timeouts.probeInterval"),
@@ -176,9 +186,11 @@ class Endpoint:
         return self.problem is None
 
     def controller_state(self, controller: str) -> str:
-        if not self.spec.controllers.get(controller, True):
+        if not self.spec.controllers.get(_SWITCH_OF.get(controller, controller), True):
             return DISABLED
         if self.info is not None and REQUIRED_CAPABILITY[controller] not in self.info.controller:
+            if controller == "resizer" and _expands_on_node(self.info):
+                return NODE_ONLY
             return UNSUPPORTED
         return ACTIVE
 
@@ -240,6 +252,14 @@ class Endpoint:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _expands_on_node(info: DriverInfo) -> bool:
+    """The Node service expands volumes (or, with no Node service on this connection, the
+    plugin says it supports expansion at all)."""
+    if info.node:
+        return "EXPAND_VOLUME" in info.node
+    return bool({"VOLUME_EXPANSION_ONLINE", "VOLUME_EXPANSION_OFFLINE"} & info.plugin)
 
 
 def _now() -> str:
@@ -316,6 +336,7 @@ def build_status(
             "plugin": sorted(endpoint.info.plugin),
             "controller": sorted(endpoint.info.controller),
             "groupController": sorted(endpoint.info.group_controller),
+            "node": sorted(endpoint.info.node),
         }
     if endpoint.probe_time is not None:
         status_body["probe"] = {

@@ -28,6 +28,7 @@ from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, load_configuratio
 from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.provisioner.plan import ANN_ENDPOINT
+from sidecarless.resizer.controller import Resizer
 from sidecarless.routing import endpoint_of_class
 
 log = logging.getLogger("sidecarless")
@@ -72,18 +73,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     provisioner = Provisioner(context)
     attacher = Attacher(context)
-    context.endpoints.on_change = _requeue_endpoint(provisioner, attacher)
+    resizer = Resizer(context)
+    context.endpoints.on_change = _requeue_endpoint(provisioner, attacher, resizer)
     provisioner.start()
     attacher.start()
+    resizer.start()
     memo.context = context
     memo.provisioner = provisioner
     memo.attacher = attacher
+    memo.resizer = resizer
 
 
-def _requeue_endpoint(provisioner: Provisioner, attacher: Attacher) -> Any:
+def _requeue_endpoint(provisioner: Provisioner, attacher: Attacher, resizer: Resizer) -> Any:
     async def requeue(name: str) -> None:
         provisioner.requeue_endpoint(name)
         attacher.requeue_all()
+        resizer.requeue_all()
 
     return requeue
 
@@ -107,6 +112,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.provisioner.stop()
     if "attacher" in memo:
         await memo.attacher.stop()
+    if "resizer" in memo:
+        await memo.resizer.stop()
     if "context" in memo:
         await memo.context.endpoints.close()
         await memo.context.kube.close()
@@ -120,7 +127,9 @@ async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     key = memo.context.stores.claims.apply_event(event["type"], event["object"])
     if event["type"] != "DELETED":
         memo.provisioner.claims.add(key)
+        memo.resizer.claim_changed(event["object"])
         return
+    memo.resizer.claim_deleted(key)
     # A deleted clone may free its source of the cloning-protection finalizer.
     source = sources.data_source(dict(event["object"]))
     if source is not None and sources.is_clone(source):
@@ -138,6 +147,7 @@ async def volume_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if event["type"] != "DELETED":
         memo.provisioner.volumes.add(key)
         memo.attacher.volumes.add(key)
+        memo.resizer.volume_changed(event["object"])
 
 
 @kopf.on.event("storage.k8s.io", "v1", "storageclasses", registry=registry)
@@ -169,6 +179,18 @@ async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("storage.k8s.io", "v1", "csinodes", registry=registry)
 async def csinode_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.context.stores.csinodes.apply_event(event["type"], event["object"])
+
+
+@kopf.on.event("storage.k8s.io", "v1", "volumeattributesclasses", registry=registry)
+async def attributes_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.context.stores.attribute_classes.apply_event(event["type"], event["object"])
+    if event["type"] == "DELETED":
+        return
+    # Claims waiting (Pending) for this class, or for provisioning with it, go again.
+    for claim in memo.context.stores.claims.values():
+        if (claim.get("spec") or {}).get("volumeAttributesClassName") == key:
+            memo.resizer.claim_changed(claim)
+            memo.provisioner.claims.add(f"{claim['metadata']['namespace']}/{claim['metadata']['name']}")
 
 
 @kopf.on.event("storage.k8s.io", "v1", "csidrivers", registry=registry)

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
 Body = dict[str, Any]
+Page = list[Body]  # (named here: inside Kube, `list` is a method)
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -60,6 +62,8 @@ STORAGE_CLASS = Resource("storage.k8s.io", "v1", "storageclasses", "StorageClass
 CSI_NODE = Resource("storage.k8s.io", "v1", "csinodes", "CSINode", False)
 CSI_DRIVER = Resource("storage.k8s.io", "v1", "csidrivers", "CSIDriver", False)
 VOLUME_ATTACHMENT = Resource("storage.k8s.io", "v1", "volumeattachments", "VolumeAttachment", False)
+POD = Resource("", "v1", "pods", "Pod", True)
+VOLUME_ATTRIBUTES_CLASS = Resource("storage.k8s.io", "v1", "volumeattributesclasses", "VolumeAttributesClass", False)
 DRIVER_ENDPOINT = Resource("sidecarless.io", "v1alpha1", "driverendpoints", "DriverEndpoint", False)
 
 
@@ -165,6 +169,17 @@ class Kube:
         listed = await self.request("GET", resource.path(namespace=namespace), query=query)
         items: list[Body] = listed.get("items", [])
         return items
+
+    async def pages(self, resource: Resource, namespace: str | None = None, *, limit: int = 500) -> AsyncIterator[Page]:
+        """List in pages of `limit`, so a large listing never sits in memory whole."""
+        token = ""
+        while True:
+            query = [("limit", str(limit))] + ([("continue", token)] if token else [])
+            listed = await self.request("GET", resource.path(namespace=namespace), query=query)
+            yield listed.get("items", [])
+            token = (listed.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     async def create(self, resource: Resource, body: Body, namespace: str | None = None) -> Body:
         return await self.request("POST", resource.path(namespace=namespace), body=body)

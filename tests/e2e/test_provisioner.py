@@ -62,6 +62,7 @@ async def test_endpoint_reports_driver_and_capabilities(
         "provisioner": "Active",
         "attacher": "Active",
         "resizer": "Active",
+        "modifier": "Unsupported",  # csi-test's mock has no ControllerModifyVolume
         "snapshotter": "Active",
     }
     assert status["probe"]["ready"] is True

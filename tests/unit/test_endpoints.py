@@ -69,6 +69,7 @@ def test_status_of_a_ready_endpoint_and_transition_times() -> None:
         "provisioner": "Active",
         "attacher": "Unsupported",
         "resizer": "Disabled",
+        "modifier": "Disabled",  # switched with the resizer
         "snapshotter": "Unsupported",
     }
     assert status["counts"] == {"volumes": 2, "operationsInFlight": 0, "failures": 0}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -166,7 +168,7 @@ class LocalCluster:
         """Stop every process this object started, drivers first, etcd last."""
         for name in list(self.drivers):
             if self.owned:
-                self.drivers.pop(name).process.stop()
+                self.drivers.pop(name).stop()
             else:
                 self.remove_driver(name)
         for process in reversed(self.processes):
@@ -210,7 +212,14 @@ class LocalCluster:
 
     def stop_driver(self, name: str) -> None:
         """Stop a driver this object started, leaving its cluster objects (the driver is 'down')."""
-        self.drivers[name].process.stop()
+        self.drivers[name].stop()
+
+    def pause_driver(self, name: str) -> None:
+        """Freeze the driver (SIGSTOP): connected, but answering nothing, like a hung backend."""
+        os.kill(self.drivers[name].process.pid, signal.SIGSTOP)
+
+    def resume_driver(self, name: str) -> None:
+        os.kill(self.drivers[name].process.pid, signal.SIGCONT)
 
     def restart_driver(self, name: str) -> RunningDriver:
         """Start a stopped driver again on the same socket (csi-test's mock starts with no volumes)."""
@@ -222,10 +231,14 @@ class LocalCluster:
         """The CSI calls of `method` that driver `name` logged (started here or by the attached cluster)."""
         return driver_calls(self.driver_dir / f"{Path(socket_name(name)).stem}.log", method)
 
+    def shim_calls(self, name: str, method: str) -> list[dict[str, Any]]:
+        """The calls of `method` that driver `name`'s driver_shim answered or checked itself."""
+        return driver_calls(self.driver_dir / f"{Path(socket_name(name)).stem}.shim.log", method)
+
     def remove_driver(self, name: str) -> None:
         """Stop a driver started by :meth:`add_driver` and remove its cluster objects."""
         driver = self.drivers.pop(name)
-        driver.process.stop()
+        driver.stop()
         rest = self.rest
         for node in self.nodes:
             csinode = rest.get(f"/apis/storage.k8s.io/v1/csinodes/{node}")
@@ -250,7 +263,7 @@ class LocalCluster:
             "kubeconfig": str(self.kubeconfig),
             "processes": [
                 {"name": p.name, "pid": p.pid, "exe": p.argv[0], "log": str(p.log_path)}
-                for p in [*(d.process for d in self.drivers.values()), *reversed(self.processes)]
+                for p in [*(p for d in self.drivers.values() for p in d.processes), *reversed(self.processes)]
             ],
             "drivers": {name: {"address": d.address, "attach": d.spec.attach} for name, d in self.drivers.items()},
             "nodes": list(self.nodes),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import sys
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from devcluster import build
 from devcluster.procs import ManagedProcess, wait_until
 
 T = TypeVar("T")
+TOOLS = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -28,10 +31,28 @@ class DriverSpec:
     attach: bool = True  # the driver's PUBLISH_UNPUBLISH_VOLUME, and CSIDriver attachRequired
     topology: bool = False  # VOLUME_ACCESSIBILITY_CONSTRAINTS
     node_expansion: bool = False  # the driver also wants NodeExpandVolume
+    controller_expansion: bool = True  # False: EXPAND_VOLUME only in the Node service
     # csi-test mock hooks: JavaScript run at points such as `createVolumeStart`, returning a
     # gRPC code to fail the call with (see csi-test's hooks-howto.md).
     hooks: dict[str, str] = field(default_factory=dict)
     attach_limit: int = 10_000  # the mock counts every attachment against one node
+    # csi-driver-host-path's flags, served by driver_shim in front of the mock: the keys
+    # ControllerModifyVolume accepts (None: no MODIFY_VOLUME), and the largest size
+    # ControllerExpandVolume grants (0: no limit).
+    accepted_mutable_parameters: tuple[str, ...] | None = None
+    max_volume_size: int = 0
+
+    @property
+    def shimmed(self) -> bool:
+        return self.accepted_mutable_parameters is not None or self.max_volume_size > 0
+
+    def shim_args(self) -> list[str]:
+        args = []
+        if self.accepted_mutable_parameters is not None:
+            args.append(f"--accepted-mutable-parameter-names={','.join(self.accepted_mutable_parameters)}")
+        if self.max_volume_size:
+            args.append(f"--max-volume-size={self.max_volume_size}")
+        return args
 
     def mock_args(self, hooks_file: Path | None) -> list[str]:
         # -v=3: the mock logs every gRPC call as one JSON line, which tests count (RunningDriver.calls).
@@ -42,6 +63,8 @@ class DriverSpec:
             args.append("--enable-topology")
         if self.node_expansion:
             args.append("--node-expand-required")
+        if not self.controller_expansion:
+            args.append("--disable-controller-expansion")
         if hooks_file is not None:
             args.append(f"--hooks-file={hooks_file}")
         return args
@@ -59,7 +82,16 @@ class NodeIdentity:
 class RunningDriver:
     spec: DriverSpec
     address: str  # unix:///... or, for a driver listening on TCP, dns:///127.0.0.1:PORT
-    process: ManagedProcess
+    process: ManagedProcess  # the mock driver
+    shim: ManagedProcess | None = None  # driver_shim in front of it, when the spec needs one
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self.shim, self.process) if p is not None]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
 
     def node_identity(self) -> NodeIdentity:
         async def ask() -> NodeIdentity:
@@ -95,7 +127,8 @@ def socket_name(driver_name: str) -> str:
 def start_driver(
     spec: DriverSpec, directory: Path, *, tied_to_parent: bool = True, tcp_port: int | None = None
 ) -> RunningDriver:
-    """Start `spec` as a mock driver; return once it answers Probe.
+    """Start `spec` as a mock driver (behind driver_shim if it needs hostpath's extras);
+    return once it answers Probe.
 
     It listens on a unix socket in `directory`, or on 127.0.0.1:`tcp_port` when given.
     """
@@ -108,19 +141,36 @@ def start_driver(
     if spec.hooks:
         hooks_file = directory / f"{socket.stem}.hooks.yaml"
         hooks_file.write_text(yaml.safe_dump(spec.hooks))
+    address = f"dns:///127.0.0.1:{tcp_port}" if tcp_port else f"unix://{socket}"
+    mock_address = f"unix://{socket.with_suffix('.mock.sock')}" if spec.shimmed else address
     process = ManagedProcess(
         name=f"driver {spec.name}",
         argv=[str(binary), *spec.mock_args(hooks_file)],
         log_path=directory / f"{socket.stem}.log",
-        env={"CSI_ENDPOINT": f"tcp://127.0.0.1:{tcp_port}" if tcp_port else f"unix://{socket}"},
+        env={"CSI_ENDPOINT": mock_address.replace("dns:///", "tcp://")},
     )
-    process.start(tied_to_parent=tied_to_parent)
-    address = f"dns:///127.0.0.1:{tcp_port}" if tcp_port else f"unix://{socket}"
-    driver = RunningDriver(spec, address, process)
+    shim = None
+    if spec.shimmed:
+        shim = ManagedProcess(
+            name=f"driver shim {spec.name}",
+            argv=[
+                sys.executable,
+                "-m",
+                "devcluster.driver_shim",
+                f"--listen={address}",
+                f"--backend={mock_address}",
+                *spec.shim_args(),
+            ],
+            log_path=directory / f"{socket.stem}.shim.log",
+            env={"PYTHONPATH": os.pathsep.join([str(TOOLS), str(TOOLS.parent)])},
+        )
+    driver = RunningDriver(spec, address, process, shim)
     try:
-        wait_until(f"driver {spec.name}", lambda: _answers_probe(driver), timeout=30, watch=[process])
+        for started in reversed(driver.processes):  # the mock first
+            started.start(tied_to_parent=tied_to_parent)
+        wait_until(f"driver {spec.name}", lambda: _answers_probe(driver), timeout=30, watch=driver.processes)
     except BaseException:
-        process.stop()
+        driver.stop()
         raise
     return driver
 

@@ -278,6 +278,9 @@ class Provisioner:
                 settings=endpoint.spec.provisioner,
                 accessibility=self._accessibility(claim, storage_class, endpoint),
                 content_source=self._content_source(claim, driver),
+                attributes_class=self.context.stores.attribute_classes.get(
+                    (claim.get("spec") or {}).get("volumeAttributesClassName") or ""
+                ),
             )
         except topology.TopologyError as error:
             if error.reschedule:

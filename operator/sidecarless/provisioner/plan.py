@@ -174,6 +174,7 @@ def plan_provision(
     settings: ProvisionerSettings,
     accessibility: csi.TopologyRequirement | None = None,
     content_source: csi.VolumeContentSource | None = None,
+    attributes_class: Body | None = None,
 ) -> ProvisionPlan:
     """Plan a CreateVolume for `claim`; raise ParameterError for anything a user must fix."""
     meta, spec = claim["metadata"], claim.get("spec", {})
@@ -211,6 +212,9 @@ def plan_provision(
         request.accessibility_requirements.CopyFrom(accessibility)
     if content_source is not None:
         request.volume_content_source.CopyFrom(content_source)
+    class_name = spec.get("volumeAttributesClassName") or ""
+    if class_name:
+        request.mutable_parameters.update(_mutable_parameters(class_name, attributes_class, driver.name))
     return ProvisionPlan(
         volume_name=name,
         request=request,
@@ -228,6 +232,18 @@ def plan_provision(
             fstype=fstype,
         ),
     )
+
+
+def _mutable_parameters(class_name: str, attributes_class: Body | None, driver: str) -> dict[str, str]:
+    """A VolumeAttributesClass's parameters, which CreateVolume takes as mutable_parameters."""
+    if attributes_class is None:
+        raise ParameterError(f"volumeattributesclass {class_name!r} not found")
+    if attributes_class.get("driverName") != driver:
+        raise ParameterError(
+            f"VAC {class_name} referenced in PVC is for driver {attributes_class.get('driverName')} "
+            f"which does not match driver name {driver}"
+        )
+    return {str(k): str(v) for k, v in (attributes_class.get("parameters") or {}).items()}
 
 
 def _pv_template(
@@ -281,6 +297,8 @@ def _pv_template(
             "csi": csi_source,
         },
     }
+    if spec.get("volumeAttributesClassName"):
+        pv["spec"]["volumeAttributesClassName"] = spec["volumeAttributesClassName"]
     if reclaim == "Delete":
         pv["metadata"]["finalizers"] = [PV_FINALIZER]
     if storage_class.get("mountOptions"):

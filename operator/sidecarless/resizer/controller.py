@@ -1,0 +1,366 @@
+"""The resizer: bigger claims -> ControllerExpandVolume, and VolumeAttributesClass changes
+-> ControllerModifyVolume (external-resizer's two controllers, in two queues).
+
+It holds no Pods in memory (external-resizer's cluster-wide Pod informer runs out of memory
+in large clusters, #211): only when a driver answers FAILED_PRECONDITION ("in use, expand
+offline") does it list the Pods of that one claim's namespace, page by page, before retrying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+from csi_client import CSIClient, CSIError, FinalError, InfeasibleError, MaybeInProgressError
+from sidecarless import faults
+from sidecarless.context import Context
+from sidecarless.endpoints import ACTIVE, NODE_ONLY, Endpoint
+from sidecarless.events import now_rfc3339
+from sidecarless.kube import POD, PV, PVC, Conflict, NotFound
+from sidecarless.provisioner.parameters import ParameterError
+from sidecarless.resizer import expand, modify
+from sidecarless.routing import endpoint_of_volume
+from sidecarless.workqueue import Requeue, WorkQueue
+
+Body = dict[str, Any]
+
+log = logging.getLogger("sidecarless.resizer")
+
+INFEASIBLE_RETRY_SECONDS = 300.0  # external-resizer's slow set: an infeasible size is retried this rarely
+CONFLICT_RETRY_SECONDS = 0.5  # the claim changed under us: its newer version is on its way
+
+
+class Resizer:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        workers = context.settings.resizer_workers
+        self.expansions: WorkQueue[str] = WorkQueue("expansions", self.sync_expansion, workers=workers)
+        self.modifications: WorkQueue[str] = WorkQueue("modifications", self.sync_modification, workers=workers)
+        # Claims (namespace/name) whose last ControllerExpandVolume ended in a final error:
+        # the driver is surely not working on it any more, so a new size may be asked for.
+        self._final_errors: set[str] = set()
+        self._in_use_errors: set[str] = set()  # claims whose driver said FAILED_PRECONDITION
+        # Infeasible expansions and modifications: key -> monotonic time of the next try.
+        self._slow: dict[tuple[str, str], float] = {}
+        # Claims whose modification failed with a final error in this process; any other
+        # InProgress modification is "uncertain" and continues to its recorded target.
+        self._modify_certain: set[str] = set()
+
+    def start(self) -> None:
+        self.expansions.start()
+        self.modifications.start()
+
+    async def stop(self) -> None:
+        await self.expansions.stop()
+        await self.modifications.stop()
+
+    # --- queueing ------------------------------------------------------------------
+
+    def claim_changed(self, claim: Body) -> None:
+        if (claim.get("status") or {}).get("phase") != "Bound":
+            return
+        key = f"{claim['metadata']['namespace']}/{claim['metadata']['name']}"
+        self.expansions.add(key)
+        if modify.wants_modification(claim):
+            self.modifications.add(key)
+
+    def claim_deleted(self, key: str) -> None:
+        self._final_errors.discard(key)
+        self._in_use_errors.discard(key)
+        self._modify_certain.discard(key)
+        for kind in ("expand", "modify"):
+            self._slow.pop((kind, key), None)
+
+    def volume_changed(self, volume: Body) -> None:
+        """A PV's change can finish a claim's business (its pre-resize annotation to drop)."""
+        ref = (volume.get("spec") or {}).get("claimRef") or {}
+        claim = self.context.stores.claims.get(f"{ref.get('namespace')}/{ref.get('name')}")
+        if claim is not None:
+            self.claim_changed(claim)
+
+    def requeue_all(self) -> None:
+        for claim in self.context.stores.claims.values():
+            self.claim_changed(claim)
+
+    # --- routing -------------------------------------------------------------------
+
+    def _endpoint(self, volume: Body) -> Endpoint | None:
+        """The PV's endpoint, if it serves the PV's driver; None: not Sidecarless' volume."""
+        driver = ((volume.get("spec") or {}).get("csi") or {}).get("driver")
+        class_name = (volume.get("spec") or {}).get("storageClassName") or ""
+        name = endpoint_of_volume(volume, self.context.stores.classes.get(class_name))
+        endpoint = self.context.endpoints.get(name) if name else None
+        if endpoint is None or endpoint.spec.driver_name != driver:
+            return None
+        return endpoint
+
+    def _claim_and_volume(self, key: str) -> tuple[Body, Body, Endpoint] | None:
+        stores = self.context.stores
+        claim = stores.claims.get(key)
+        if claim is None:
+            self.claim_deleted(key)
+            return None
+        volume_name = (claim.get("spec") or {}).get("volumeName")
+        if not volume_name:
+            return None
+        volume = stores.volumes.get(volume_name)
+        if volume is None:
+            raise Requeue(None, f"PV {volume_name} of claim {key} not seen yet")
+        endpoint = self._endpoint(volume)
+        if endpoint is None or not expand.bound_to(claim, volume):
+            return None
+        return claim, volume, endpoint
+
+    # --- expansion -----------------------------------------------------------------
+
+    async def sync_expansion(self, key: str) -> None:
+        found = self._claim_and_volume(key)
+        if found is None:
+            return
+        claim, volume, endpoint = found
+        annotations = (volume.get("metadata") or {}).get("annotations") or {}
+        if expand.ANN_PRE_RESIZE_CAPACITY in annotations and expand.node_expansion_complete(claim, volume):
+            volume = await self.context.kube.patch(PV, volume["metadata"]["name"], expand.pre_resize_cleanup_patch())
+        if not expand.needs_resize(claim):
+            return
+        state = endpoint.controller_state("resizer")
+        if state not in (ACTIVE, NODE_ONLY):
+            return
+        if not endpoint.serving:
+            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
+        plan = expand.plan_expansion(
+            claim, volume, final_error=key in self._final_errors, controller_expansion=state == ACTIVE
+        )
+        if plan is None:
+            return
+        if not plan.update_status:
+            remaining = self._slow_remaining("expand", key)
+            if remaining > 0:
+                raise Requeue(remaining, f"expansion of {key} was infeasible; trying again in {remaining:.0f}s")
+        try:
+            await self._expand(key, claim, volume, endpoint, plan, state=state)
+        except Requeue as requeue:
+            requeue.backoff = requeue.backoff or endpoint.backoff
+            raise
+
+    async def _expand(
+        self, key: str, claim: Body, volume: Body, endpoint: Endpoint, plan: expand.ExpansionPlan, *, state: str
+    ) -> None:
+        context = self.context
+        driver = endpoint.spec.driver_name
+        volume_name = volume["metadata"]["name"]
+        try:
+            claim = await self._patch_claim(claim, expand.in_progress_patch(claim, plan, now_rfc3339()))
+        except Conflict as error:
+            raise Requeue(CONFLICT_RETRY_SECONDS, "claim changed; using its newer version") from error
+        except NotFound:
+            return  # the claim is gone
+        if key in self._in_use_errors and await self._in_use(claim):
+            message = (
+                f"Unable to expand {key} because CSI driver {driver} only supports offline expansion "
+                "and volume is currently in-use"
+            )
+            await context.events.warning(claim, "VolumeResizeFailed", message)
+            raise Requeue(None, message)
+        await context.events.normal(claim, "Resizing", f"External resizer is resizing volume {volume_name}")
+        self._in_use_errors.discard(key)
+        if state == NODE_ONLY:
+            new_size, fs_resize_required = plan.size, True  # kubelet's NodeExpandVolume does it all
+        else:
+            assert endpoint.info is not None
+            try:
+                request = expand.expand_request(volume, plan.size, endpoint.info.controller)
+                request.secrets.update(await self._secrets(volume, "controllerExpandSecretRef"))
+            except (ParameterError, LookupError) as error:
+                await context.events.warning(claim, "VolumeResizeFailed", str(error))
+                raise Requeue(None, str(error)) from error
+            faults.reached("before-controller-expand", key)
+            try:
+                response = await endpoint.call(
+                    CSIClient.controller_expand_volume, request, operation="ControllerExpandVolume", obj=key
+                )
+            except CSIError as error:
+                await self._expansion_failed(key, claim, volume_name, driver, error)
+                raise Requeue(None, str(error)) from error
+            faults.reached("after-controller-expand", key)
+            new_size = response.capacity_bytes or plan.size
+            fs_resize_required = response.node_expansion_required
+        self._final_errors.discard(key)
+        self._slow.pop(("expand", key), None)
+        await context.kube.patch(
+            PV,
+            volume_name,
+            expand.volume_capacity_patch(volume, claim, new_size, fs_resize_required=fs_resize_required),
+        )
+        if fs_resize_required:
+            await self._patch_claim(claim, expand.node_pending_patch(claim, now_rfc3339()))
+            await context.events.normal(
+                claim, "FileSystemResizeRequired", "Require file system resize of volume on node"
+            )
+        else:
+            await self._patch_claim(claim, expand.finished_patch(claim, new_size))
+            await context.events.normal(claim, "VolumeResizeSuccessful", "Resize volume succeeded")
+        endpoint.count("expansions")
+
+    async def _expansion_failed(self, key: str, claim: Body, volume_name: str, driver: str, error: CSIError) -> None:
+        context = self.context
+        if error.code_name == "FailedPrecondition":
+            self._in_use_errors.add(key)
+        if isinstance(error, FinalError):
+            self._final_errors.add(key)
+            infeasible = isinstance(error, InfeasibleError)
+            if infeasible:
+                self._slow[("expand", key)] = time.monotonic() + INFEASIBLE_RETRY_SECONDS
+            else:
+                self._slow.pop(("expand", key), None)
+            with contextlib.suppress(NotFound):
+                await self._patch_claim(
+                    claim, expand.failed_patch(claim, error.status_text, infeasible=infeasible, now=now_rfc3339())
+                )
+        else:
+            self._final_errors.discard(key)
+            self._slow.pop(("expand", key), None)
+        await context.events.warning(
+            claim,
+            "VolumeResizeFailed",
+            f"resize volume {volume_name!r} by resizer {driver!r} failed: {error.status_text}",
+        )
+
+    async def _in_use(self, claim: Body) -> bool:
+        """Whether a Pod that has not terminated mounts the claim: asked only after FAILED_PRECONDITION."""
+        namespace, name = claim["metadata"]["namespace"], claim["metadata"]["name"]
+        async for page in self.context.kube.pages(POD, namespace):
+            for pod in page:
+                if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    continue
+                for volume in (pod.get("spec") or {}).get("volumes") or []:
+                    if (volume.get("persistentVolumeClaim") or {}).get("claimName") == name:
+                        return True
+        return False
+
+    # --- modification --------------------------------------------------------------
+
+    async def sync_modification(self, key: str) -> None:
+        found = self._claim_and_volume(key)
+        if found is None:
+            return
+        claim, volume, endpoint = found
+        if endpoint.controller_state("modifier") != ACTIVE:
+            return
+        if not endpoint.serving:
+            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
+        if modify.infeasible_for_current_spec(claim):
+            remaining = self._slow_remaining("modify", key)
+            if remaining > 0:
+                raise Requeue(remaining, f"modification of {key} was infeasible; trying again in {remaining:.0f}s")
+            self._slow[("modify", key)] = time.monotonic() + INFEASIBLE_RETRY_SECONDS
+        else:
+            self._slow.pop(("modify", key), None)
+        status = modify.modify_status(claim) or {}
+        uncertain = status.get("status") == modify.IN_PROGRESS and key not in self._modify_certain
+        decision = modify.modify_decision(claim, uncertain=uncertain)
+        try:
+            if isinstance(decision, modify.RollBack):
+                await self.context.events.normal(claim, "VolumeModifyCanceled", "Cancelled modify.")
+                await self._patch_claim(claim, modify.rolled_back_patch(claim))
+            elif isinstance(decision, modify.ModifyTo):
+                await self._modify(key, claim, volume, endpoint, decision)
+        except Conflict as error:
+            raise Requeue(CONFLICT_RETRY_SECONDS, "claim changed; using its newer version") from error
+        except NotFound:
+            return  # the claim is gone
+        except Requeue as requeue:
+            requeue.backoff = requeue.backoff or endpoint.backoff
+            raise
+
+    async def _modify(self, key: str, claim: Body, volume: Body, endpoint: Endpoint, decision: modify.ModifyTo) -> None:
+        context = self.context
+        attributes_class = context.stores.attribute_classes.get(decision.class_name)
+        if attributes_class is None:
+            await context.events.warning(claim, "VolumeModifyFailed", f"VAC {decision.class_name!r} does not exist.")
+            if decision.start:
+                await self._patch_claim(claim, modify.status_patch(claim, modify.PENDING, now_rfc3339()))
+            raise Requeue(None, f"VolumeAttributesClass {decision.class_name} not found")
+        if decision.start:
+            claim = await self._patch_claim(claim, modify.status_patch(claim, modify.IN_PROGRESS, now_rfc3339()))
+            await context.events.normal(
+                claim,
+                "VolumeModify",
+                f"external resizer is modifying volume {claim['metadata']['name']} with vac {decision.class_name}",
+            )
+        request = modify.request(
+            volume,
+            modify.mutable_parameters(
+                attributes_class, claim, volume["metadata"]["name"], extra_metadata=endpoint.spec.extra_modify_metadata
+            ),
+        )
+        ref = modify.secret_ref(volume)
+        if ref is not None:
+            secrets = await context.kube.secret_strings(*ref)
+            if secrets is None:
+                message = f"error getting secret {ref[0]} in namespace {ref[1]}: not found"
+                await context.events.warning(claim, "VolumeModifyFailed", message)
+                raise Requeue(None, message)
+            request.secrets.update(secrets)
+        faults.reached("before-controller-modify", key)
+        try:
+            await endpoint.call(
+                CSIClient.controller_modify_volume, request, operation="ControllerModifyVolume", obj=key
+            )
+        except CSIError as error:
+            await self._modification_failed(key, claim, decision.class_name, error)
+            raise Requeue(None, str(error)) from error
+        faults.reached("after-controller-modify", key)
+        self._modify_certain.discard(key)
+        target = str((modify.modify_status(claim) or {}).get("targetVolumeAttributesClassName") or decision.class_name)
+        await context.kube.patch(PV, volume["metadata"]["name"], modify.volume_patch(target))
+        await self._patch_claim(claim, modify.completed_patch(claim, target))
+        await context.events.normal(
+            claim,
+            "VolumeModifySuccessful",
+            f"external resizer modified volume {claim['metadata']['name']} with vac {target} successfully",
+        )
+        endpoint.count("modifications")
+
+    async def _modification_failed(self, key: str, claim: Body, class_name: str, error: CSIError) -> None:
+        message = error.status_text
+        state = modify.IN_PROGRESS
+        if isinstance(error, MaybeInProgressError):
+            self._modify_certain.discard(key)
+            message += f". Still modifying to VAC {class_name}"
+        else:
+            self._modify_certain.add(key)
+            if error.code_name == "InvalidArgument":
+                state = modify.INFEASIBLE
+                self._slow[("modify", key)] = time.monotonic() + INFEASIBLE_RETRY_SECONDS
+        patch = modify.status_patch(
+            claim,
+            state,
+            now_rfc3339(),
+            error=(error.code_name, error.message),
+            final=not isinstance(error, MaybeInProgressError),
+        )
+        with contextlib.suppress(NotFound, Conflict):
+            await self._patch_claim(claim, patch)
+        await self.context.events.warning(claim, "VolumeModifyFailed", message)
+
+    # --- helpers -------------------------------------------------------------------
+
+    async def _patch_claim(self, claim: Body, patch: Body) -> Body:
+        meta = claim["metadata"]
+        return await self.context.kube.patch(PVC, meta["name"], patch, meta["namespace"], subresource="status")
+
+    def _slow_remaining(self, kind: str, key: str) -> float:
+        until = self._slow.get((kind, key))
+        return max(0.0, until - time.monotonic()) if until is not None else 0.0
+
+    async def _secrets(self, volume: Body, ref_field: str) -> dict[str, str]:
+        ref = ((volume.get("spec") or {}).get("csi") or {}).get(ref_field)
+        if not ref:
+            return {}
+        data = await self.context.kube.secret_strings(ref["name"], ref.get("namespace", ""))
+        if data is None:
+            raise LookupError(f"error getting secret {ref['name']} in namespace {ref.get('namespace', '')}: not found")
+        return data

@@ -1,0 +1,184 @@
+"""What csi-driver-host-path adds over csi-test's mock driver, served in front of the mock.
+
+This workplace's Go module proxy refuses csi-driver-host-path (docs/devcluster.md), and
+the mock speaks CSI v1.3.0, which has no ControllerModifyVolume and no size limit on
+expansion. This process listens where the driver should, forwards every call to the mock
+unchanged (as raw bytes), and adds hostpath's behaviour for the rest, with hostpath's
+flag names and error texts:
+
+- ControllerGetCapabilities: the mock's, plus MODIFY_VOLUME when
+  `--accepted-mutable-parameter-names` is given;
+- ControllerModifyVolume: every mutable parameter key must be accepted (else
+  INVALID_ARGUMENT, "nothing applied"), and the volume must exist (the mock's
+  ControllerGetVolume answers NOT_FOUND otherwise);
+- CreateVolume: mutable parameters are checked the same way, then the call is forwarded;
+- ControllerExpandVolume: above `--max-volume-size`, OUT_OF_RANGE.
+
+Every call this process answers or checks is logged as one `gRPCCall: {json}` line, the
+format of the mock's own log, so tests can see what the driver was asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from csi_client import csi
+from csi_client.address import Transport, parse_address
+
+log = logging.getLogger("driver-shim")
+
+CONTROLLER = "/csi.v1.Controller/"
+Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+class Shim:
+    def __init__(self, backend: grpc.aio.Channel, accepted: frozenset[str] | None, max_volume_size: int) -> None:
+        self.backend = backend
+        self.accepted = accepted  # None: no MODIFY_VOLUME at all
+        self.max_volume_size = max_volume_size
+        self.own: dict[str, Behavior] = {
+            CONTROLLER + "ControllerGetCapabilities": self.capabilities,
+            CONTROLLER + "ControllerModifyVolume": self.modify,
+            CONTROLLER + "CreateVolume": self.create,
+            CONTROLLER + "ControllerExpandVolume": self.expand,
+        }
+
+    def handler(self, method: str) -> grpc.RpcMethodHandler:
+        behavior = self.own.get(method)
+        if behavior is None:
+
+            async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                return await self.forward(method, request, context)
+
+            behavior = forward
+        return grpc.unary_unary_rpc_method_handler(behavior)
+
+    async def forward(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            response: bytes = await self.backend.unary_unary(method)(request, timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as error:
+            await context.abort(error.code(), error.details() or "")
+        return response
+
+    async def capabilities(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raw = await self.forward(CONTROLLER + "ControllerGetCapabilities", request, context)
+        response = csi.ControllerGetCapabilitiesResponse.FromString(raw)
+        if self.accepted is not None:
+            capability = response.capabilities.add()
+            capability.rpc.type = csi.ControllerServiceCapability.RPC.MODIFY_VOLUME
+        return response.SerializeToString()
+
+    async def modify(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = csi.ControllerModifyVolumeRequest.FromString(raw)
+        if self.accepted is None:
+            await _fail(context, request, grpc.StatusCode.UNIMPLEMENTED, "ControllerModifyVolume is not supported")
+        if not request.volume_id:
+            await _fail(context, request, grpc.StatusCode.INVALID_ARGUMENT, "Volume ID missing in request")
+        await self._check_mutable(request, context)
+        probe = csi.ControllerGetVolumeRequest(volume_id=request.volume_id)
+        try:
+            await self.backend.unary_unary(CONTROLLER + "ControllerGetVolume")(
+                probe.SerializeToString(), timeout=context.time_remaining()
+            )
+        except grpc.aio.AioRpcError as error:
+            await _fail(context, request, error.code(), error.details() or "")
+        response = csi.ControllerModifyVolumeResponse()
+        _log(request, response)
+        return response.SerializeToString()
+
+    async def create(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = csi.CreateVolumeRequest.FromString(raw)
+        if request.mutable_parameters:
+            await self._check_mutable(request, context)
+            _log(request, None)
+        return await self.forward(CONTROLLER + "CreateVolume", raw, context)
+
+    async def expand(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = csi.ControllerExpandVolumeRequest.FromString(raw)
+        wanted = request.capacity_range.required_bytes
+        if self.max_volume_size and wanted > self.max_volume_size:
+            await _fail(
+                context,
+                request,
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"Requested capacity {wanted} exceeds maximum allowed {self.max_volume_size}",
+            )
+        return await self.forward(CONTROLLER + "ControllerExpandVolume", raw, context)
+
+    async def _check_mutable(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        for key in request.mutable_parameters:
+            if self.accepted is None or key not in self.accepted:
+                await _fail(context, request, grpc.StatusCode.INVALID_ARGUMENT, f"invalid parameter key: {key}")
+
+
+async def _fail(context: grpc.aio.ServicerContext, request: Message, code: grpc.StatusCode, message: str) -> None:
+    _log(request, None, f"rpc error: code = {code.name} desc = {message}")
+    await context.abort(code, message)
+
+
+def _log(request: Message, response: Message | None, error: str = "") -> None:
+    record = {
+        "Method": CONTROLLER + type(request).__name__.removesuffix("Request"),
+        "Request": MessageToDict(request, preserving_proto_field_name=True),
+        "Response": MessageToDict(response, preserving_proto_field_name=True) if response is not None else None,
+        "Error": error,
+    }
+    print("gRPCCall: " + json.dumps(record), flush=True)
+
+
+class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
+    def __init__(self, shim: Shim) -> None:
+        self.shim = shim
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return self.shim.handler(handler_call_details.method)
+
+
+def _bind_target(address: str) -> str:
+    endpoint = parse_address(address)
+    return f"unix:{endpoint.path}" if endpoint.transport is Transport.UNIX else f"{endpoint.host}:{endpoint.port}"
+
+
+async def serve(listen: str, backend: str, accepted: frozenset[str] | None, max_volume_size: int) -> None:
+    channel = grpc.aio.insecure_channel(parse_address(backend).target)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([_Handlers(Shim(channel, accepted, max_volume_size))])
+    server.add_insecure_port(_bind_target(listen))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("serving %s in front of %s", listen, backend)
+    await stop.wait()
+    await server.stop(grace=1)
+    await channel.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", required=True, help="unix:///path or dns:///127.0.0.1:PORT")
+    parser.add_argument("--backend", required=True, help="the mock driver's address")
+    parser.add_argument("--accepted-mutable-parameter-names", default=None, help="comma-separated; enables modify")
+    parser.add_argument("--max-volume-size", type=int, default=0, help="bytes; 0: no limit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+    accepted = None
+    if args.accepted_mutable_parameter_names is not None:
+        accepted = frozenset(filter(None, args.accepted_mutable_parameter_names.split(",")))
+    asyncio.run(serve(args.listen, args.backend, accepted, args.max_volume_size))
+
+
+if __name__ == "__main__":
+    main()
