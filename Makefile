@@ -17,6 +17,9 @@ setup: ## install uv if missing and the locked Python environment
 demo: binaries ## provision a volume with Sidecarless on a local cluster, show it, tear down (KEEP=1 keeps it)
 	$(UV) run python tools/demo.py $(if $(KEEP),--keep)
 
+bench-pods: binaries ## resizer memory with PODS Pods (default 5000): Sidecarless beside external-resizer
+	$(UV) run python -m bench.pods_memory --pods $(or $(PODS),5000)
+
 demo-down: setup ## stop a demo left running with KEEP=1
 	$(UV) run python -m devcluster down --dir $${SIDECARLESS_CACHE:-$$HOME/.cache/sidecarless}/clusters/demo
 

@@ -113,6 +113,7 @@ async def provision(kubeconfig: Path, address: str) -> float:
                 "metadata": {"name": CLASS, "annotations": {"sidecarless.io/endpoint": ENDPOINT}},
                 "provisioner": DRIVER,
                 "reclaimPolicy": "Delete",
+                "allowVolumeExpansion": True,
             },
         )
         step(f"PersistentVolumeClaim default/{CLAIM} (1Gi)")
@@ -152,6 +153,10 @@ async def provision(kubeconfig: Path, address: str) -> float:
         )
         await wait_until(lambda: attached(kube), "VolumeAttachment attached")
         step("ControllerPublishVolume done: the VolumeAttachment is attached")
+        step(f"PersistentVolumeClaim default/{CLAIM} asks for 2Gi")
+        await kube.patch(PVC, CLAIM, {"spec": {"resources": {"requests": {"storage": "2Gi"}}}}, "default")
+        await wait_until(lambda: claim_expanded(kube), f"claim {CLAIM} expanded to 2Gi")
+        step("ControllerExpandVolume done: the PV and the claim say 2Gi")
         print("\n$ sidecarless status")
         print(format_status(await kube.list(DRIVER_ENDPOINT)))
         return bound_after
@@ -182,6 +187,11 @@ async def attached(kube: Kube) -> bool:
 
 async def claim_bound(kube: Kube) -> bool:
     return bool((await kube.get(PVC, CLAIM, "default")).get("status", {}).get("phase") == "Bound")
+
+
+async def claim_expanded(kube: Kube) -> bool:
+    capacity = ((await kube.get(PVC, CLAIM, "default")).get("status") or {}).get("capacity") or {}
+    return bool(capacity.get("storage") == "2Gi")
 
 
 async def volumes_counted(kube: Kube) -> bool:

@@ -132,28 +132,38 @@ def module_dir(module: str, version: str) -> Path:
     return Path(info["Dir"])
 
 
-def ensure_mock_driver() -> Path:
-    """csi-test's mock CSI driver (cmd/mock-driver).
-
-    Its main package imports csi-test's internal packages, so it is built inside a
-    writable copy of the module; the module zip carries no vendor tree, so its
-    dependencies come from the proxy at the versions its go.mod names.
-    """
-    out = cache_root() / "bin" / f"mock-driver-{versions.CSI_TEST}-{_inputs_hash(extra=_go_version())}"
+def _build_from_module(module: str, version: str, package: str, binary: str) -> Path:
+    """Build `package` of a module from the proxy, in a writable copy of the module (its zip
+    carries no vendor tree), with dependencies at the versions its go.mod names."""
+    out = cache_root() / "bin" / f"{binary}-{version}-{_inputs_hash(extra=_go_version())}"
 
     def build(tmp: Path) -> None:
-        source = module_dir(versions.CSI_TEST_MODULE, versions.CSI_TEST)
-        work = cache_root() / "src" / f"csi-test-{versions.CSI_TEST}"
+        source = module_dir(module, version)
+        work = cache_root() / "src" / f"{binary}-{version}"
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(source, work)
         for path in [work, *work.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)
-        _go(
-            ["build", "-mod=mod", "-trimpath", "-o", str(tmp / "mock-driver"), "./cmd/mock-driver"], work, "mock-driver"
-        )
+        _go(["build", "-mod=mod", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / binary), package], work, binary)
 
-    _build_once(out, ["mock-driver"], build)
-    return out / "mock-driver"
+    _build_once(out, [binary], build)
+    return out / binary
+
+
+def ensure_external_resizer() -> Path:
+    """kubernetes-csi's external-resizer sidecar (cmd/csi-resizer), for benchmarks."""
+    return _build_from_module(
+        versions.EXTERNAL_RESIZER_MODULE, versions.EXTERNAL_RESIZER, "./cmd/csi-resizer", "csi-resizer"
+    )
+
+
+def ensure_mock_driver() -> Path:
+    """csi-test's mock CSI driver (cmd/mock-driver).
+
+    Its main package imports csi-test's internal packages, so it is built inside a copy
+    of the module rather than with `go install`.
+    """
+    return _build_from_module(versions.CSI_TEST_MODULE, versions.CSI_TEST, "./cmd/mock-driver", "mock-driver")
 
 
 def snapshot_crd_files() -> list[Path]:

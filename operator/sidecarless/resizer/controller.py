@@ -29,7 +29,8 @@ Body = dict[str, Any]
 log = logging.getLogger("sidecarless.resizer")
 
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-resizer's slow set: an infeasible size is retried this rarely
-CONFLICT_RETRY_SECONDS = 0.5  # the claim changed under us: its newer version is on its way
+CONFLICT_RETRY_SECONDS = 0.5
+IN_USE_PAGE = 100  # Pods per page of the in-use check: bounds its memory, whatever the namespace holds  # the claim changed under us: its newer version is on its way
 
 
 class Resizer:
@@ -231,7 +232,7 @@ class Resizer:
     async def _in_use(self, claim: Body) -> bool:
         """Whether a Pod that has not terminated mounts the claim: asked only after FAILED_PRECONDITION."""
         namespace, name = claim["metadata"]["namespace"], claim["metadata"]["name"]
-        async for page in self.context.kube.pages(POD, namespace):
+        async for page in self.context.kube.pages(POD, namespace, limit=IN_USE_PAGE):
             for pod in page:
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     continue
