@@ -29,8 +29,8 @@ Body = dict[str, Any]
 log = logging.getLogger("sidecarless.resizer")
 
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-resizer's slow set: an infeasible size is retried this rarely
-CONFLICT_RETRY_SECONDS = 0.5
-IN_USE_PAGE = 100  # Pods per page of the in-use check: bounds its memory, whatever the namespace holds  # the claim changed under us: its newer version is on its way
+CONFLICT_RETRY_SECONDS = 0.5  # the claim changed under us: its newer version is on its way
+IN_USE_PAGE = 100  # Pods per page of the in-use check: bounds its memory, whatever the namespace holds
 
 
 class Resizer:
