@@ -28,6 +28,10 @@ class Settings:
     volume_workers: int = 20  # PVs (deletion) handled at once
     attacher_workers: int = 10  # VolumeAttachments handled at once, in each of the attach and detach lanes
     resizer_workers: int = 10  # claims expanded or modified at once (external-resizer --workers)
+    snapshot_workers: int = 10  # snapshots and contents handled at once, per queue (--worker-threads)
+    # Do snapshot-controller's half too (binding VolumeSnapshots to contents, for every
+    # driver). Turn it off where the upstream snapshot-controller runs.
+    snapshot_controller: bool = True
     attacher_reconcile_seconds: float = (
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
     )
@@ -63,6 +67,10 @@ class Settings:
 
 def _convert(kind: Any, raw: str, name: str) -> Any:
     kind_name = kind if isinstance(kind, str) else kind.__name__
+    if kind_name == "bool":
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"SIDECARLESS_{name.upper()}={raw!r} is not true or false")
+        return raw.lower() in ("true", "1", "yes")
     try:
         if kind_name == "int":
             return int(raw)

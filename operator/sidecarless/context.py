@@ -21,6 +21,9 @@ class Stores:
     attachments: Store = field(default_factory=lambda: Store("VolumeAttachment"))
     drivers: Store = field(default_factory=lambda: Store("CSIDriver"))
     attribute_classes: Store = field(default_factory=lambda: Store("VolumeAttributesClass"))
+    snapshots: Store = field(default_factory=lambda: Store("VolumeSnapshot"))
+    contents: Store = field(default_factory=lambda: Store("VolumeSnapshotContent"))
+    snapshot_classes: Store = field(default_factory=lambda: Store("VolumeSnapshotClass"))
     nodes: Store = field(default_factory=lambda: Store("Node", labels_only))
     csinodes: Store = field(default_factory=lambda: Store("CSINode", drivers_only))
 

@@ -30,6 +30,8 @@ from sidecarless.provisioner.controller import Provisioner
 from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.resizer.controller import Resizer
 from sidecarless.routing import endpoint_of_class
+from sidecarless.snapshots.common import SnapshotController
+from sidecarless.snapshots.driver import Snapshotter
 
 log = logging.getLogger("sidecarless")
 
@@ -74,21 +76,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     provisioner = Provisioner(context)
     attacher = Attacher(context)
     resizer = Resizer(context)
-    context.endpoints.on_change = _requeue_endpoint(provisioner, attacher, resizer)
-    provisioner.start()
-    attacher.start()
-    resizer.start()
+    snapshotter = Snapshotter(context)
+    snapshot_controller = SnapshotController(context) if config.snapshot_controller else None
+    context.endpoints.on_change = _requeue_endpoint(provisioner, attacher, resizer, snapshotter)
+    for controller in (provisioner, attacher, resizer, snapshotter, snapshot_controller):
+        if controller is not None:
+            controller.start()
     memo.context = context
     memo.provisioner = provisioner
     memo.attacher = attacher
     memo.resizer = resizer
+    memo.snapshotter = snapshotter
+    memo.snapshot_controller = snapshot_controller
 
 
-def _requeue_endpoint(provisioner: Provisioner, attacher: Attacher, resizer: Resizer) -> Any:
+def _requeue_endpoint(provisioner: Provisioner, attacher: Attacher, resizer: Resizer, snapshotter: Snapshotter) -> Any:
     async def requeue(name: str) -> None:
         provisioner.requeue_endpoint(name)
         attacher.requeue_all()
         resizer.requeue_all()
+        snapshotter.requeue_all()
 
     return requeue
 
@@ -112,8 +119,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.provisioner.stop()
     if "attacher" in memo:
         await memo.attacher.stop()
-    if "resizer" in memo:
-        await memo.resizer.stop()
+    for name in ("resizer", "snapshotter", "snapshot_controller"):
+        if memo.get(name) is not None:
+            await memo[name].stop()
     if "context" in memo:
         await memo.context.endpoints.close()
         await memo.context.kube.close()
@@ -125,6 +133,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry)
 async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     key = memo.context.stores.claims.apply_event(event["type"], event["object"])
+    if memo.snapshot_controller is not None:
+        memo.snapshot_controller.claim_changed(event["object"])
     if event["type"] != "DELETED":
         memo.provisioner.claims.add(key)
         memo.resizer.claim_changed(event["object"])
@@ -134,6 +144,8 @@ async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     source = sources.data_source(dict(event["object"]))
     if source is not None and sources.is_clone(source):
         memo.provisioner.claims.add(f"{event['object']['metadata']['namespace']}/{source.name}")
+    if source is not None and sources.is_snapshot(source):
+        memo.provisioner.snapshot_sources.add(f"{event['object']['metadata']['namespace']}/{source.name}")
     # A claim deleted mid-provisioning leaves a journal entry to finish.
     class_name = (event["object"].get("spec") or {}).get("storageClassName") or ""
     endpoint_name = endpoint_of_class(memo.context.stores.classes.get(class_name))
@@ -191,6 +203,38 @@ async def attributes_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any
         if (claim.get("spec") or {}).get("volumeAttributesClassName") == key:
             memo.resizer.claim_changed(claim)
             memo.provisioner.claims.add(f"{claim['metadata']['namespace']}/{claim['metadata']['name']}")
+
+
+@kopf.on.event("snapshot.storage.k8s.io", "v1", "volumesnapshots", registry=registry)
+async def snapshot_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.context.stores.snapshots.apply_event(event["type"], event["object"])
+    if (event["object"].get("status") or {}).get("readyToUse"):
+        # Claims waiting to be restored from it need not wait for their backoff.
+        for claim in memo.provisioner.restores_of(key):
+            memo.provisioner.claims.add(claim)
+    controller: SnapshotController | None = memo.snapshot_controller
+    if controller is None:
+        return
+    if event["type"] == "DELETED":
+        controller.snapshot_deleted(dict(event["object"]))
+    else:
+        controller.snapshots.add(key)
+
+
+@kopf.on.event("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents", registry=registry)
+async def content_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.context.stores.contents.apply_event(event["type"], event["object"])
+    if memo.snapshot_controller is not None:
+        memo.snapshot_controller.content_changed(dict(event["object"]))
+    if event["type"] != "DELETED":
+        memo.snapshotter.contents.add(key)
+
+
+@kopf.on.event("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses", registry=registry)
+async def snapshot_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.context.stores.snapshot_classes.apply_event(event["type"], event["object"])
+    if event["type"] != "DELETED":
+        memo.snapshotter.requeue_all()
 
 
 @kopf.on.event("storage.k8s.io", "v1", "csidrivers", registry=registry)

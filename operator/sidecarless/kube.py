@@ -64,6 +64,11 @@ CSI_DRIVER = Resource("storage.k8s.io", "v1", "csidrivers", "CSIDriver", False)
 VOLUME_ATTACHMENT = Resource("storage.k8s.io", "v1", "volumeattachments", "VolumeAttachment", False)
 POD = Resource("", "v1", "pods", "Pod", True)
 VOLUME_ATTRIBUTES_CLASS = Resource("storage.k8s.io", "v1", "volumeattributesclasses", "VolumeAttributesClass", False)
+VOLUME_SNAPSHOT = Resource("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot", True)
+VOLUME_SNAPSHOT_CONTENT = Resource(
+    "snapshot.storage.k8s.io", "v1", "volumesnapshotcontents", "VolumeSnapshotContent", False
+)
+VOLUME_SNAPSHOT_CLASS = Resource("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses", "VolumeSnapshotClass", False)
 DRIVER_ENDPOINT = Resource("sidecarless.io", "v1alpha1", "driverendpoints", "DriverEndpoint", False)
 
 

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from sidecarless.provisioner.parameters import ParameterError
-from sidecarless.provisioner.sources import clone_source, data_source, is_clone, pending_clones_of
+from sidecarless.provisioner.sources import clone_source, data_source, is_clone, pending_uses_of
 
 DRIVER = "d"
 CAPS = frozenset({"CLONE_VOLUME"})
@@ -73,5 +73,5 @@ def test_pending_clones() -> None:
     bound = a_claim("done", volumeName="pv-1")
     other_source = a_claim("elsewhere", source="unrelated")
     pending = a_claim("waiting")
-    assert pending_clones_of("ns/origin", [bound, other_source, pending]) == [pending]
-    assert pending_clones_of("other-ns/origin", [pending]) == []
+    assert pending_uses_of("ns/origin", [bound, other_source, pending]) == [pending]
+    assert pending_uses_of("other-ns/origin", [pending]) == []

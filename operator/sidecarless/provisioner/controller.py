@@ -21,7 +21,7 @@ from csi_client.client import CSIClient
 from sidecarless import faults, finalizers
 from sidecarless.context import Context
 from sidecarless.endpoints import Endpoint
-from sidecarless.kube import PV, PVC, Conflict, KubeError, NotFound
+from sidecarless.kube import PV, PVC, VOLUME_SNAPSHOT, Conflict, KubeError, NotFound
 from sidecarless.metrics import (
     DELETE_DURATION,
     DELETE_FAILED,
@@ -60,6 +60,8 @@ class Provisioner:
         self.volumes: WorkQueue[str] = WorkQueue("volumes", self.sync_volume, workers=settings.volume_workers)
         # Keyed by endpoint name: finish what the journal says may have been created.
         self.recoveries: WorkQueue[str] = WorkQueue("journal-recovery", self.recover, workers=2)
+        # Keyed by VolumeSnapshot (namespace/name): restores from it may be over.
+        self.snapshot_sources: WorkQueue[str] = WorkQueue("snapshot-sources", self.release_snapshot_source, workers=2)
         self._journals: dict[str, Journal] = {}
         self._identities: dict[str, str] = {}
         # UIDs of PVs whose deletion finished; the store may still show them for a moment
@@ -73,6 +75,7 @@ class Provisioner:
         self.claims.start()
         self.volumes.start()
         self.recoveries.start()
+        self.snapshot_sources.start()
         self._resync = asyncio.create_task(self._recover_periodically(), name="journal-resync")
 
     async def stop(self) -> None:
@@ -80,7 +83,7 @@ class Provisioner:
             self._resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._resync
-        for queue in (self.claims, self.volumes, self.recoveries):
+        for queue in (self.claims, self.volumes, self.recoveries, self.snapshot_sources):
             await queue.stop()
         for journal in self._journals.values():
             await journal.close()
@@ -103,6 +106,14 @@ class Provisioner:
             f"{c['metadata']['namespace']}/{c['metadata']['name']}"
             for c in self.context.stores.claims.values()
             if (c.get("spec") or {}).get("storageClassName") == class_name
+        ]
+
+    def restores_of(self, snapshot_key: str) -> list[str]:
+        """Keys of the claims still waiting to be restored from the VolumeSnapshot `namespace/name`."""
+        claims = list(self.context.stores.claims.values())
+        return [
+            f"{c['metadata']['namespace']}/{c['metadata']['name']}"
+            for c in sources.pending_uses_of(snapshot_key, claims, snapshot=True)
         ]
 
     def requeue_endpoint(self, endpoint_name: str) -> None:
@@ -224,7 +235,7 @@ class Provisioner:
         await self.context.events.normal(
             claim, "Provisioning", f'External provisioner is provisioning volume for claim "{key}"'
         )
-        await self._protect_clone_source(claim)
+        await self._protect_source(claim)
         journal = self.journal(endpoint.spec.name)
         try:
             await journal.record(Entry.from_plan(provision, key, meta["uid"]))
@@ -293,44 +304,66 @@ class Provisioner:
         source = sources.data_source(claim)
         if source is None:
             return None
-        if not sources.is_clone(source):
-            raise ParameterError(f"data source {source.kind} {source.name!r} is not supported yet")
         stores = self.context.stores
+        namespace = claim["metadata"]["namespace"]
+        if sources.is_snapshot(source):
+            snapshot = stores.snapshots.get(f"{namespace}/{source.name}")
+            content_name = ((snapshot or {}).get("status") or {}).get("boundVolumeSnapshotContentName") or ""
+            return sources.snapshot_source(
+                claim, snapshot, stores.contents.get(content_name), driver.name, driver.controller_capabilities
+            )
+        if not sources.is_clone(source):
+            raise ParameterError(f"data source {source.kind} {source.name!r} is not supported")
         source_claim = stores.claims.get(f"{claim['metadata']['namespace']}/{source.name}")
         volume_name = ((source_claim or {}).get("spec") or {}).get("volumeName") or ""
         return sources.clone_source(
             claim, source_claim, stores.volumes.get(volume_name), driver.name, driver.controller_capabilities
         )
 
-    async def _protect_clone_source(self, claim: Body) -> None:
-        """Put the cloning-protection finalizer on the source claim before the clone is made."""
+    async def _protect_source(self, claim: Body) -> None:
+        """Put the protection finalizer on the source claim (clone) or VolumeSnapshot (restore)
+        before CreateVolume, so the source cannot go while the volume is made from it."""
         source = sources.data_source(claim)
-        if source is None or not sources.is_clone(source):
-            return
-        current = await self.context.kube.get(PVC, source.name, claim["metadata"]["namespace"])
-        await finalizers.add(self.context.kube, PVC, current, sources.CLONE_PROTECTION_FINALIZER)
+        namespace = claim["metadata"]["namespace"]
+        if sources.is_clone(source):
+            assert source is not None
+            current = await self.context.kube.get(PVC, source.name, namespace)
+            await finalizers.add(self.context.kube, PVC, current, sources.CLONE_PROTECTION_FINALIZER)
+        elif sources.is_snapshot(source):
+            assert source is not None
+            current = await self.context.kube.get(VOLUME_SNAPSHOT, source.name, namespace)
+            await finalizers.add(self.context.kube, VOLUME_SNAPSHOT, current, sources.SNAPSHOT_PROTECTION_FINALIZER)
 
     async def _release_clone_sources(self, key: str, claim: Body) -> None:
-        """A bound or deleted clone may free its source; a protected source checks itself."""
+        """A bound or deleted clone (or restore) may free its source; a protected source checks itself."""
         meta, spec = claim["metadata"], claim.get("spec") or {}
         source = sources.data_source(claim)
-        if (
-            source is not None
-            and sources.is_clone(source)
-            and (spec.get("volumeName") or meta.get("deletionTimestamp"))
-        ):
+        done = spec.get("volumeName") or meta.get("deletionTimestamp")
+        if source is not None and done and sources.is_clone(source):
             await self.release_clone_source(f"{meta['namespace']}/{source.name}")
+        if source is not None and done and sources.is_snapshot(source):
+            self.snapshot_sources.add(f"{meta['namespace']}/{source.name}")
         if sources.CLONE_PROTECTION_FINALIZER in (meta.get("finalizers") or []):
             await self.release_clone_source(key)
 
     async def release_clone_source(self, source_key: str) -> None:
         """Drop the cloning-protection finalizer once no pending clone of the source remains."""
-        if sources.pending_clones_of(source_key, list(self.context.stores.claims.values())):
+        if sources.pending_uses_of(source_key, list(self.context.stores.claims.values())):
             return
         namespace, name = source_key.split("/", 1)
         current = await self.context.kube.get_or_none(PVC, name, namespace)
         if current is not None:
             await finalizers.remove(self.context.kube, PVC, current, sources.CLONE_PROTECTION_FINALIZER)
+
+    async def release_snapshot_source(self, snapshot_key: str) -> None:
+        """Drop the restore-protection finalizer once no claim is still being restored from the snapshot."""
+        if sources.pending_uses_of(snapshot_key, list(self.context.stores.claims.values()), snapshot=True):
+            return
+        namespace, name = snapshot_key.split("/", 1)
+        with contextlib.suppress(NotFound):
+            await finalizers.remove_fresh(
+                self.context.kube, VOLUME_SNAPSHOT, name, sources.SNAPSHOT_PROTECTION_FINALIZER, namespace
+            )
 
     def _accessibility(self, claim: Body, storage_class: Body, endpoint: Endpoint) -> csi.TopologyRequirement | None:
         assert endpoint.info is not None

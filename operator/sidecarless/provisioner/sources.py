@@ -1,4 +1,4 @@
-"""Volume content sources: cloning a claim (and, later, restoring a snapshot). Pure functions."""
+"""Volume content sources: cloning a claim and restoring a VolumeSnapshot. Pure functions."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from sidecarless.provisioner.parameters import ParameterError, parse_quantity
 Body = dict[str, Any]
 
 CLONE_PROTECTION_FINALIZER = "provisioner.storage.kubernetes.io/cloning-protection"
+# external-provisioner's own finalizer on a VolumeSnapshot being restored (v6.4), kept until the PV exists.
+SNAPSHOT_PROTECTION_FINALIZER = "provisioner.storage.kubernetes.io/volumesnapshot-as-source-protection"
+ANN_ALLOW_VOLUME_MODE_CHANGE = "snapshot.storage.kubernetes.io/allow-volume-mode-change"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ def data_source(claim: Body) -> DataSource | None:
 
 def is_clone(source: DataSource | None) -> bool:
     return source is not None and source.kind == "PersistentVolumeClaim" and source.api_group == ""
+
+
+def is_snapshot(source: DataSource | None) -> bool:
+    return source is not None and source.kind == "VolumeSnapshot" and source.api_group == "snapshot.storage.k8s.io"
 
 
 def _requested(claim: Body) -> int:
@@ -82,9 +89,85 @@ def clone_source(
     )
 
 
-def pending_clones_of(source_key: str, claims: list[Body]) -> list[Body]:
-    """Claims still waiting to be cloned from the claim `namespace/name`."""
+def snapshot_source(
+    claim: Body,
+    snapshot: Body | None,
+    content: Body | None,
+    driver: str,
+    controller_capabilities: frozenset[str],
+) -> csi.VolumeContentSource:
+    """The content source for restoring `snapshot` into `claim` (external-provisioner's
+    getSnapshotSource, with its messages), or why it cannot be done."""
+    source = data_source(claim)
+    assert source is not None
+    if "CREATE_DELETE_SNAPSHOT" not in controller_capabilities:
+        raise ParameterError(f"driver {driver} does not support snapshots (no CREATE_DELETE_SNAPSHOT capability)")
+    if snapshot is None:
+        raise ParameterError(f"error getting snapshot {source.name} from api server: not found")
+    meta, status = snapshot["metadata"], snapshot.get("status") or {}
+    if meta.get("deletionTimestamp") and SNAPSHOT_PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
+        raise ParameterError(f"snapshot {source.name} is being deleted")
+    bound = status.get("boundVolumeSnapshotContentName")
+    if not bound:
+        raise ParameterError(f"snapshot {source.name} not bound")
+    if content is None:
+        raise ParameterError(f"error getting snapshotcontent {bound} for snapshot {source.name}")
+    ref = (content.get("spec") or {}).get("volumeSnapshotRef") or {}
+    if (ref.get("uid"), ref.get("namespace"), ref.get("name")) != (
+        meta.get("uid"),
+        meta.get("namespace"),
+        meta.get("name"),
+    ):
+        raise ParameterError(f"snapshotcontent {bound} for snapshot {source.name} is bound to a different snapshot")
+    if (content.get("spec") or {}).get("driver") != driver:
+        raise ParameterError(
+            f"snapshotcontent {bound} for snapshot {source.name} is not handled by CSI driver of StorageClass "
+            f"{(claim.get('spec') or {}).get('storageClassName')}"
+        )
+    if status.get("readyToUse") is not True:
+        raise ParameterError(f"snapshot {source.name} is not Ready")
+    handle = (content.get("status") or {}).get("snapshotHandle")
+    if not handle:
+        raise ParameterError(f"snapshot handle {source.name} is not available")
+    restore_size = status.get("restoreSize")
+    if restore_size:
+        size = parse_quantity(str(restore_size))
+        if _requested(claim) < size:
+            raise ParameterError(
+                f"requested volume size {_requested(claim)} is less than the size {size} "
+                f"for the source snapshot {source.name}"
+            )
+    _check_volume_mode(claim, content)
+    return csi.VolumeContentSource(snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=str(handle)))
+
+
+def _check_volume_mode(claim: Body, content: Body) -> None:
+    """A restore may change the volume mode only if the content allows it (prevent-volume-mode-conversion)."""
+    source_mode = (content.get("spec") or {}).get("sourceVolumeMode")
+    mode = (claim.get("spec") or {}).get("volumeMode")
+    if not source_mode or not mode or source_mode == mode:
+        return
+    meta = claim["metadata"]
+    allowed = (content["metadata"].get("annotations") or {}).get(ANN_ALLOW_VOLUME_MODE_CHANGE)
+    denied = (
+        f"requested volume {meta['namespace']}/{meta['name']} modifies the mode of the source volume "
+        "but does not have permission to do so. "
+    )
+    if allowed is None:
+        raise ParameterError(
+            denied + f"{ANN_ALLOW_VOLUME_MODE_CHANGE} annotation is not present on snapshotcontent "
+            f"{content['metadata']['name']}"
+        )
+    if allowed.lower() not in ("true", "1", "t"):
+        raise ParameterError(
+            denied + f"{ANN_ALLOW_VOLUME_MODE_CHANGE} is set to false on snapshotcontent {content['metadata']['name']}"
+        )
+
+
+def pending_uses_of(source_key: str, claims: list[Body], *, snapshot: bool = False) -> list[Body]:
+    """Claims still waiting to be cloned from the claim (or restored from the VolumeSnapshot) `namespace/name`."""
     namespace, name = source_key.split("/", 1)
+    kind_matches = is_snapshot if snapshot else is_clone
     return [
         c
         for c in claims
@@ -92,6 +175,6 @@ def pending_clones_of(source_key: str, claims: list[Body]) -> list[Body]:
         and not (c.get("spec") or {}).get("volumeName")
         and not c["metadata"].get("deletionTimestamp")
         and (source := data_source(c)) is not None
-        and is_clone(source)
+        and kind_matches(source)
         and source.name == name
     ]

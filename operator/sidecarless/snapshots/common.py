@@ -1,0 +1,371 @@
+"""snapshot-controller's half: VolumeSnapshots <-> VolumeSnapshotContents, cluster-wide.
+
+It binds snapshots to contents (creating `snapcontent-<uid>` for dynamic ones), keeps the
+finalizers on snapshots, contents and source PVCs, copies a content's status into its
+snapshot, and deletes contents per their deletionPolicy. It calls no driver: the driver
+half (:mod:`sidecarless.snapshots.driver`) does. Like snapshot-controller it serves every
+driver; turn it off (`SIDECARLESS_SNAPSHOT_CONTROLLER=false`) where the upstream
+snapshot-controller runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from sidecarless import finalizers
+from sidecarless.context import Context
+from sidecarless.events import now_rfc3339
+from sidecarless.kube import PVC, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Conflict, KubeError, NotFound
+from sidecarless.provisioner.parameters import ParameterError
+from sidecarless.snapshots import plan
+from sidecarless.snapshots.plan import SnapshotError
+from sidecarless.workqueue import Requeue, WorkQueue
+
+Body = dict[str, Any]
+
+log = logging.getLogger("sidecarless.snapshots")
+
+CONFLICT_RETRY_SECONDS = 0.5
+
+
+class SnapshotController:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        workers = context.settings.snapshot_workers
+        self.snapshots: WorkQueue[str] = WorkQueue("volumesnapshots", self.sync_snapshot, workers=workers)
+        self.contents: WorkQueue[str] = WorkQueue("volumesnapshotcontents", self.sync_content, workers=workers)
+
+    def start(self) -> None:
+        self.snapshots.start()
+        self.contents.start()
+
+    async def stop(self) -> None:
+        await self.snapshots.stop()
+        await self.contents.stop()
+
+    # --- queueing ------------------------------------------------------------------
+
+    def snapshot_deleted(self, snapshot: Body) -> None:
+        """A snapshot gone from the API: its content may now lose its finalizer; its PVC too."""
+        name = plan.bound_content_name(snapshot)
+        if name:
+            self.contents.add(name)
+        claim = plan.source_claim(snapshot)
+        if claim:
+            for other in self.context.stores.snapshots.values():
+                if other["metadata"]["namespace"] == snapshot["metadata"]["namespace"]:
+                    self.snapshots.add(plan.key_of(other))
+
+    def content_changed(self, content: Body) -> None:
+        self.contents.add(content["metadata"]["name"])
+        ref = (content.get("spec") or {}).get("volumeSnapshotRef") or {}
+        if ref.get("name"):
+            self.snapshots.add(f"{ref.get('namespace')}/{ref['name']}")
+
+    def claim_changed(self, claim: Body) -> None:
+        """A restore finished or a PVC changed: snapshots of (or restored into) it look again."""
+        namespace = claim["metadata"]["namespace"]
+        source = (claim.get("spec") or {}).get("dataSource") or {}
+        if source.get("kind") == "VolumeSnapshot" and source.get("name"):
+            self.snapshots.add(f"{namespace}/{source['name']}")
+        if plan.PVC_FINALIZER in (claim["metadata"].get("finalizers") or []):
+            for snapshot in self.context.stores.snapshots.values():
+                if snapshot["metadata"]["namespace"] == namespace:
+                    self.snapshots.add(plan.key_of(snapshot))
+
+    # --- VolumeSnapshots -----------------------------------------------------------
+
+    async def sync_snapshot(self, key: str) -> None:
+        snapshot = self.context.stores.snapshots.get(key)
+        if snapshot is None:
+            return
+        await self._release_claim(snapshot)
+        try:
+            if snapshot["metadata"].get("deletionTimestamp"):
+                await self._delete(snapshot)
+                return
+            plan.validate_source(snapshot)
+            snapshot = await self._ensure_class(snapshot)
+            content = self._content_of(snapshot)
+            await self._add_finalizers(snapshot, content)
+            if plan.is_ready(snapshot) and (snapshot.get("status") or {}).get("boundVolumeSnapshotContentName"):
+                self._check_ready(snapshot, content)
+            elif plan.is_dynamic(snapshot):
+                await self._sync_dynamic(snapshot, content)
+            else:
+                await self._sync_preprovisioned(snapshot, content)
+        except SnapshotError as error:
+            await self._error(snapshot, error)
+            raise Requeue(None, str(error)) from error
+        except Conflict as error:
+            raise Requeue(CONFLICT_RETRY_SECONDS, "snapshot changed; using its newer version") from error
+
+    def _content_of(self, snapshot: Body) -> Body | None:
+        name = plan.bound_content_name(snapshot)
+        return self.context.stores.contents.get(name) if name else None
+
+    async def _ensure_class(self, snapshot: Body) -> Body:
+        """An explicit class must exist; a dynamic snapshot without one gets its driver's default class."""
+        stores = self.context.stores
+        class_name = (snapshot.get("spec") or {}).get("volumeSnapshotClassName")
+        if class_name:
+            if stores.snapshot_classes.get(class_name) is None:
+                raise SnapshotError(
+                    "GetSnapshotClassFailed",
+                    "Failed to get snapshot class with error "
+                    f'volumesnapshotclass.snapshot.storage.k8s.io "{class_name}" not found',
+                )
+            return snapshot
+        if not plan.is_dynamic(snapshot):
+            return snapshot
+        volume = self._source_volume(snapshot)
+        driver = ((volume or {}).get("spec") or {}).get("csi", {}).get("driver")
+        if not driver:
+            raise SnapshotError(
+                "SetDefaultSnapshotClassFailed",
+                "Failed to set default snapshot class with error "
+                f"snapshotting non-CSI volumes is not supported, snapshot:{plan.key_of(snapshot)}",
+            )
+        default = plan.default_class(list(stores.snapshot_classes.values()), driver)
+        meta = snapshot["metadata"]
+        return await self.context.kube.patch(
+            VOLUME_SNAPSHOT,
+            meta["name"],
+            {"spec": {"volumeSnapshotClassName": default["metadata"]["name"]}},
+            meta["namespace"],
+        )
+
+    def _source_volume(self, snapshot: Body) -> Body | None:
+        stores = self.context.stores
+        claim = stores.claims.get(f"{snapshot['metadata']['namespace']}/{plan.source_claim(snapshot)}")
+        volume_name = ((claim or {}).get("spec") or {}).get("volumeName")
+        return stores.volumes.get(volume_name) if volume_name else None
+
+    async def _add_finalizers(self, snapshot: Body, content: Body | None) -> None:
+        updated = await finalizers.add(self.context.kube, VOLUME_SNAPSHOT, snapshot, plan.SOURCE_FINALIZER)
+        snapshot = updated or snapshot
+        bound = (snapshot.get("status") or {}).get("boundVolumeSnapshotContentName")
+        if content is not None and bound and (content.get("spec") or {}).get("deletionPolicy") == "Delete":
+            await finalizers.add(self.context.kube, VOLUME_SNAPSHOT, snapshot, plan.BOUND_FINALIZER)
+
+    def _check_ready(self, snapshot: Body, content: Body | None) -> None:
+        if content is None:
+            raise SnapshotError("SnapshotContentMissing", "VolumeSnapshotContent is missing")
+        if not plan.bound_to(content, snapshot):
+            raise SnapshotError(
+                "SnapshotMisbound", "VolumeSnapshotContent is not bound to the VolumeSnapshot correctly"
+            )
+
+    async def _sync_dynamic(self, snapshot: Body, content: Body | None) -> None:
+        if content is not None:
+            plan.check_content_binding(snapshot, content)
+            if ((content.get("spec") or {}).get("source") or {}).get("snapshotHandle"):
+                raise SnapshotError(
+                    "SnapshotHandleSet",
+                    f"Snapshot handle should not be set in content {plan.key_of(snapshot)} for dynamic provisioning",
+                )
+            await self._copy_status(snapshot, content)
+            return
+        content = await self._create_content(snapshot)
+        await self.context.events.normal(
+            snapshot,
+            "CreatingSnapshot",
+            f"Waiting for a snapshot {plan.key_of(snapshot)} to be created by the CSI driver.",
+        )
+        await self._copy_status(snapshot, content)
+
+    async def _create_content(self, snapshot: Body) -> Body:
+        context = self.context
+        stores = context.stores
+        namespace = snapshot["metadata"]["namespace"]
+        claim = stores.claims.get(f"{namespace}/{plan.source_claim(snapshot)}")
+        plan.check_claim(snapshot, claim)
+        assert claim is not None
+        # The PVC finalizer goes on before anything else, as snapshot-controller does: the
+        # claim cannot disappear between here and the driver's CreateSnapshot.
+        await finalizers.add(context.kube, PVC, claim, plan.PVC_FINALIZER)
+        volume_name = (claim.get("spec") or {}).get("volumeName") or ""
+        volume = stores.volumes.get(volume_name) if volume_name else None
+        plan.check_claim_and_volume(snapshot, claim, volume)
+        assert volume is not None
+        snapshot_class = stores.snapshot_classes.get((snapshot.get("spec") or {}).get("volumeSnapshotClassName") or "")
+        if snapshot_class is None:
+            raise SnapshotError(
+                "SnapshotContentCreationFailed",
+                "Failed to create snapshot content with error failed to get input parameters to create snapshot "
+                f'{snapshot["metadata"]["name"]}: "failed to take snapshot {snapshot["metadata"]["name"]} '
+                'without a snapshot class"',
+            )
+        volume_driver = volume["spec"]["csi"].get("driver")
+        if snapshot_class.get("driver") != volume_driver:
+            # snapshot-controller would hand the content to the class's driver, which knows
+            # nothing of this volume; refuse it here, where the user looks.
+            raise SnapshotError(
+                "SnapshotContentCreationFailed",
+                "Failed to create snapshot content with error "
+                f"VolumeSnapshotClass {snapshot_class['metadata']['name']} "
+                f"is for driver {snapshot_class.get('driver')}, but PVC {plan.source_claim(snapshot)} is a volume of "
+                f"driver {volume_driver}",
+            )
+        name = plan.dynamic_content_name(snapshot)
+        try:
+            secret = plan.snapshotter_secret(snapshot_class.get("parameters") or {}, name, snapshot)
+        except ParameterError as error:
+            raise SnapshotError(
+                "SnapshotContentCreationFailed",
+                "Failed to create snapshot content with error failed to get input parameters to create snapshot "
+                f'{snapshot["metadata"]["name"]}: "{error}"',
+            ) from error
+        body = plan.new_content(snapshot, volume, snapshot_class, secret)
+        try:
+            return await context.kube.create(VOLUME_SNAPSHOT_CONTENT, body)
+        except KubeError as error:
+            if error.status == 409:
+                return stores.contents.get(name) or body  # made by an earlier pass
+            await context.events.warning(
+                snapshot,
+                "CreateSnapshotContentFailed",
+                f"Error creating volume snapshot content object for snapshot {plan.key_of(snapshot)}: {error}.",
+            )
+            raise Requeue(None, str(error)) from error
+
+    async def _sync_preprovisioned(self, snapshot: Body, content: Body | None) -> None:
+        if content is None:
+            raise SnapshotError("SnapshotContentMissing", "VolumeSnapshotContent is missing")
+        plan.check_content_binding(snapshot, content)
+        spec = content.get("spec") or {}
+        ref = spec.get("volumeSnapshotRef") or {}
+        class_name = (snapshot.get("spec") or {}).get("volumeSnapshotClassName")
+        if not ref.get("uid") or not spec.get("volumeSnapshotClassName"):
+            patch: Body = {"spec": {"volumeSnapshotRef": {"uid": snapshot["metadata"]["uid"]}}}
+            if class_name:
+                patch["spec"]["volumeSnapshotClassName"] = class_name
+            try:
+                content = await self.context.kube.patch(VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"], patch)
+            except KubeError as error:
+                raise SnapshotError(
+                    "SnapshotBindFailed", f"Snapshot failed to bind VolumeSnapshotContent, {error}"
+                ) from error
+        await self._copy_status(snapshot, content)
+
+    async def _copy_status(self, snapshot: Body, content: Body) -> None:
+        status, events = plan.snapshot_status(snapshot, content)
+        for reason, message in events:
+            await self.context.events.normal(snapshot, reason, message)
+        meta = snapshot["metadata"]
+        try:
+            await self.context.kube.patch(
+                VOLUME_SNAPSHOT,
+                meta["name"],
+                {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status},
+                meta["namespace"],
+                subresource="status",
+            )
+        except NotFound:
+            return
+
+    async def _error(self, snapshot: Body, error: SnapshotError) -> None:
+        """snapshot-controller's updateSnapshotErrorStatusWithEvent: once per distinct message."""
+        if ((snapshot.get("status") or {}).get("error") or {}).get("message") == str(error):
+            return
+        meta = snapshot["metadata"]
+        ready_false = error.reason not in ("GetSnapshotClassFailed", "SetDefaultSnapshotClassFailed")
+        with contextlib.suppress(NotFound, Conflict):
+            await self.context.kube.patch(
+                VOLUME_SNAPSHOT,
+                meta["name"],
+                {"status": plan.error_status(str(error), now_rfc3339(), ready_false=ready_false)},
+                meta["namespace"],
+                subresource="status",
+            )
+        await self.context.events.warning(snapshot, error.reason, str(error))
+
+    # --- deletion ------------------------------------------------------------------
+
+    async def _delete(self, snapshot: Body) -> None:
+        context = self.context
+        meta = snapshot["metadata"]
+        content = self._content_of(snapshot)
+        if content is not None and not plan.bound_to(content, snapshot):
+            content = None
+        held = {plan.SOURCE_FINALIZER, plan.BOUND_FINALIZER} & set(meta.get("finalizers") or [])
+        if not held:
+            return
+        if content is not None and plan.restoring_from(snapshot, list(context.stores.claims.values())):
+            await context.events.warning(snapshot, "SnapshotDeletePending", "Snapshot is being used to restore a PVC")
+            raise Requeue(None, f"snapshot {plan.key_of(snapshot)} is in use (being used to restore a PVC)")
+        delete_content = content is not None and (content.get("spec") or {}).get("deletionPolicy") == "Delete"
+        if content is not None:
+            await self._mark_being_deleted(content)
+        if delete_content:
+            assert content is not None
+            await context.kube.delete(VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"])
+        remaining = [f for f in meta.get("finalizers") or [] if f != plan.SOURCE_FINALIZER]
+        if not delete_content:
+            remaining = [f for f in remaining if f != plan.BOUND_FINALIZER]
+        if remaining != list(meta.get("finalizers") or []):
+            try:
+                await context.kube.patch(
+                    VOLUME_SNAPSHOT,
+                    meta["name"],
+                    {"metadata": {"finalizers": remaining, "resourceVersion": meta["resourceVersion"]}},
+                    meta["namespace"],
+                )
+            except NotFound:
+                return
+        await self._release_claim(snapshot, skip_self=True)
+
+    async def _mark_being_deleted(self, content: Body) -> None:
+        if plan.ANN_BEING_DELETED in (content["metadata"].get("annotations") or {}):
+            return
+        with contextlib.suppress(NotFound):
+            await self.context.kube.patch(
+                VOLUME_SNAPSHOT_CONTENT,
+                content["metadata"]["name"],
+                {"metadata": {"annotations": {plan.ANN_BEING_DELETED: "yes"}}},
+            )
+
+    async def _release_claim(self, snapshot: Body, *, skip_self: bool = False) -> None:
+        """Drop pvc-as-source-protection from the source claim once none of its snapshots is unready."""
+        if not plan.is_dynamic(snapshot):
+            return
+        namespace = snapshot["metadata"]["namespace"]
+        claim = self.context.stores.claims.get(f"{namespace}/{plan.source_claim(snapshot)}")
+        if claim is None or not finalizers.has(claim, plan.PVC_FINALIZER):
+            return
+        others = [
+            s
+            for s in self.context.stores.snapshots.values()
+            if not (skip_self and s["metadata"].get("uid") == snapshot["metadata"].get("uid"))
+        ]
+        if plan.claim_in_use(plan.source_claim(snapshot), namespace, others):
+            return
+        await finalizers.remove_fresh(self.context.kube, PVC, claim["metadata"]["name"], plan.PVC_FINALIZER, namespace)
+
+    # --- VolumeSnapshotContents ------------------------------------------------------
+
+    async def sync_content(self, name: str) -> None:
+        content = self.context.stores.contents.get(name)
+        if content is None:
+            return
+        spec = content.get("spec") or {}
+        source = spec.get("source") or {}
+        if bool(source.get("volumeHandle")) == bool(source.get("snapshotHandle")):
+            await self.context.events.warning(
+                content, "ContentValidationError", "Exactly one of VolumeHandle and SnapshotHandle should be specified"
+            )
+            return
+        ref = spec.get("volumeSnapshotRef") or {}
+        if not ref.get("uid"):
+            return
+        if not content["metadata"].get("deletionTimestamp"):
+            await finalizers.add(self.context.kube, VOLUME_SNAPSHOT_CONTENT, content, plan.CONTENT_FINALIZER)
+        snapshot = self.context.stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
+        if snapshot is None or snapshot["metadata"].get("uid") != ref.get("uid"):
+            return
+        self.snapshots.add(plan.key_of(snapshot))
+        held = {plan.SOURCE_FINALIZER, plan.BOUND_FINALIZER} & set(snapshot["metadata"].get("finalizers") or [])
+        if snapshot["metadata"].get("deletionTimestamp") and held:
+            await self._mark_being_deleted(content)

@@ -1,0 +1,267 @@
+"""csi-snapshotter's half: VolumeSnapshotContents -> CreateSnapshot / ListSnapshots / DeleteSnapshot.
+
+A content routes to a DriverEndpoint through its VolumeSnapshotClass's
+`sidecarless.io/endpoint` annotation, else through its source PV (dynamic contents), and
+must name that endpoint's driver. `snapshot.storage.kubernetes.io/volumesnapshot-being-created`
+goes on before CreateSnapshot and comes off after success or a final error, so a content
+deleted meanwhile waits for the call instead of leaking the snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from csi_client import CSIClient, CSIError, FinalError, csi
+from sidecarless import faults, finalizers
+from sidecarless.context import Context
+from sidecarless.endpoints import ACTIVE, Endpoint
+from sidecarless.events import now_rfc3339
+from sidecarless.kube import VOLUME_SNAPSHOT_CONTENT, NotFound
+from sidecarless.provisioner.parameters import ParameterError
+from sidecarless.provisioner.plan import ANN_ENDPOINT
+from sidecarless.routing import endpoint_of_volume
+from sidecarless.snapshots import plan
+from sidecarless.workqueue import Requeue, WorkQueue
+
+Body = dict[str, Any]
+
+log = logging.getLogger("sidecarless.snapshotter")
+
+
+class Snapshotter:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.contents: WorkQueue[str] = WorkQueue(
+            "snapshotter", self.sync_content, workers=context.settings.snapshot_workers
+        )
+
+    def start(self) -> None:
+        self.contents.start()
+
+    async def stop(self) -> None:
+        await self.contents.stop()
+
+    def requeue_all(self) -> None:
+        for content in self.context.stores.contents.values():
+            self.contents.add(content["metadata"]["name"])
+
+    # --- routing -------------------------------------------------------------------
+
+    def endpoint_of(self, content: Body) -> Endpoint | None:
+        """The class's endpoint annotation, else the source PV's endpoint; None: not Sidecarless' content."""
+        stores, endpoints = self.context.stores, self.context.endpoints
+        spec = content.get("spec") or {}
+        driver = spec.get("driver")
+        name = None
+        snapshot_class = stores.snapshot_classes.get(spec.get("volumeSnapshotClassName") or "")
+        if snapshot_class is not None:
+            name = (snapshot_class["metadata"].get("annotations") or {}).get(ANN_ENDPOINT)
+        if not name:
+            volume = self._source_volume(content)
+            if volume is not None:
+                class_name = (volume.get("spec") or {}).get("storageClassName") or ""
+                name = endpoint_of_volume(volume, stores.classes.get(class_name))
+        endpoint = endpoints.get(name) if name else None
+        if endpoint is None or endpoint.spec.driver_name != driver:
+            return None
+        return endpoint
+
+    def _source_volume(self, content: Body) -> Body | None:
+        """The PV a dynamic content snapshots: through its VolumeSnapshot's claim, else by volume handle."""
+        stores = self.context.stores
+        spec = content.get("spec") or {}
+        handle = (spec.get("source") or {}).get("volumeHandle")
+        if not handle:
+            return None
+        ref = spec.get("volumeSnapshotRef") or {}
+        snapshot = stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
+        if snapshot is not None and plan.source_claim(snapshot):
+            claim = stores.claims.get(f"{ref.get('namespace')}/{plan.source_claim(snapshot)}")
+            volume = stores.volumes.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
+            if volume is not None and (volume.get("spec") or {}).get("csi", {}).get("volumeHandle") == handle:
+                return volume
+        for volume in stores.volumes.values():
+            source = (volume.get("spec") or {}).get("csi") or {}
+            if source.get("volumeHandle") == handle and source.get("driver") == spec.get("driver"):
+                return volume
+        return None
+
+    # --- sync ----------------------------------------------------------------------
+
+    async def sync_content(self, name: str) -> None:
+        content = self.context.stores.contents.get(name)
+        if content is None:
+            return
+        endpoint = self.endpoint_of(content)
+        if endpoint is None or endpoint.controller_state("snapshotter") != ACTIVE:
+            return
+        if not endpoint.serving:
+            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
+        decision = plan.content_decision(content)
+        try:
+            if isinstance(decision, plan.Delete):
+                await self._delete(content, endpoint, decision)
+            elif isinstance(decision, plan.Create):
+                await self._create(content, endpoint)
+            elif isinstance(decision, plan.Check):
+                await self._check(content, endpoint)
+            else:
+                await self._annotate(content, plan.ANN_BEING_CREATED, None)
+        except Requeue as requeue:
+            requeue.backoff = requeue.backoff or endpoint.backoff
+            raise
+
+    async def _create(self, content: Body, endpoint: Endpoint) -> None:
+        context = self.context
+        name = content["metadata"]["name"]
+        snapshot_class = context.stores.snapshot_classes.get(
+            (content.get("spec") or {}).get("volumeSnapshotClassName") or ""
+        )
+        try:
+            if snapshot_class is None:
+                raise ParameterError(f"failed to take snapshot {name} without a snapshot class")
+            secrets = await self._secrets(content)
+            parameters = plan.driver_parameters(snapshot_class.get("parameters") or {})
+            request = plan.create_request(
+                content, parameters, extra_metadata=endpoint.spec.provisioner.extra_create_metadata
+            )
+        except ParameterError as error:
+            # Nothing was asked of the driver, so nothing can be in flight: unlike
+            # csi-snapshotter, no being-created annotation is left to block deletion.
+            await self._failed(
+                content, f"failed to get input parameters to create snapshot for content {name}: {error}"
+            )
+            raise Requeue(None, str(error)) from error
+        request.secrets.update(secrets)
+        content = await self._annotate(content, plan.ANN_BEING_CREATED, "yes")
+        ref = content["spec"].get("volumeSnapshotRef") or {}
+        fault_key = f"{name}/{ref.get('namespace')}/{ref.get('name')}"
+        faults.reached("before-create-snapshot", fault_key)
+        try:
+            response = await endpoint.call(CSIClient.create_snapshot, request, operation="CreateSnapshot", obj=name)
+        except CSIError as error:
+            if isinstance(error, FinalError):
+                content = await self._annotate(content, plan.ANN_BEING_CREATED, None)
+            volume_id = content["spec"]["source"]["volumeHandle"]
+            await self._failed(content, f'failed to take snapshot of the volume {volume_id}: "{error.status_text}"')
+            raise Requeue(None, str(error)) from error
+        faults.reached("after-create-snapshot", fault_key)
+        content = await self._write_status(content, plan.content_status(response.snapshot, content.get("status") or {}))
+        await self._annotate(content, plan.ANN_BEING_CREATED, None)
+        endpoint.count("snapshots")
+        if not response.snapshot.ready_to_use:
+            raise Requeue(None, f"snapshot {response.snapshot.snapshot_id} is not ready yet")
+
+    async def _check(self, content: Body, endpoint: Endpoint) -> None:
+        """A pre-provisioned content: ask ListSnapshots about its handle (ready, if the driver cannot list)."""
+        assert endpoint.info is not None
+        spec, old = content.get("spec") or {}, content.get("status") or {}
+        handle = str(old.get("snapshotHandle") or (spec.get("source") or {}).get("snapshotHandle"))
+        name = content["metadata"]["name"]
+        if "LIST_SNAPSHOTS" not in endpoint.info.controller:
+            now = int(datetime.now(UTC).timestamp() * 1e9)
+            await self._write_status(
+                content, {"snapshotHandle": handle, "readyToUse": True, "creationTime": old.get("creationTime") or now}
+            )
+            return
+        request = csi.ListSnapshotsRequest(snapshot_id=handle)
+        try:
+            snapshot_class = self.context.stores.snapshot_classes.get(spec.get("volumeSnapshotClassName") or "")
+            ref = plan.list_secret((snapshot_class or {}).get("parameters") or {}, name)
+            if ref is not None:
+                request.secrets.update(await self._read_secret(ref.name, ref.namespace, name))
+        except ParameterError as error:
+            await self._failed(content, f"failed to get secret reference for snapshot content {name}: {error}")
+            raise Requeue(None, str(error)) from error
+        try:
+            listed = await endpoint.call(CSIClient.list_snapshots, request, operation="ListSnapshots", obj=name)
+        except CSIError as error:
+            await self._failed(content, f'failed to list snapshot for content {name}: "{error.status_text}"')
+            raise Requeue(None, str(error)) from error
+        if not listed.entries:
+            await self._failed(content, f"can not find snapshot for snapshotID {handle}")
+            raise Requeue(None, f"snapshot {handle} not found")
+        snapshot = listed.entries[0].snapshot
+        await self._write_status(content, plan.content_status(snapshot, old, handle=handle))
+        if not snapshot.ready_to_use:
+            raise Requeue(None, f"snapshot {handle} is not ready yet")
+
+    async def _delete(self, content: Body, endpoint: Endpoint, decision: plan.Delete) -> None:
+        context = self.context
+        name = content["metadata"]["name"]
+        if decision.call:
+            try:
+                secrets = await self._secrets(content)
+            except ParameterError as error:
+                await context.events.warning(content, "SnapshotDeleteError", "Failed to get snapshot credentials")
+                raise Requeue(None, str(error)) from error
+            request = csi.DeleteSnapshotRequest(snapshot_id=content["status"]["snapshotHandle"], secrets=secrets)
+            faults.reached("before-delete-snapshot", name)
+            try:
+                await endpoint.call(CSIClient.delete_snapshot, request, operation="DeleteSnapshot", obj=name)
+            except CSIError as error:
+                await context.events.warning(content, "SnapshotDeleteError", "Failed to delete snapshot")
+                raise Requeue(None, f"failed to delete snapshot content {name}: {error}") from error
+            content = await self._write_status(
+                content, {"snapshotHandle": None, "readyToUse": None, "creationTime": None, "restoreSize": None}
+            )
+            endpoint.count("snapshotDeletions")
+        await finalizers.remove_fresh(context.kube, VOLUME_SNAPSHOT_CONTENT, name, plan.CONTENT_FINALIZER)
+
+    # --- writing -------------------------------------------------------------------
+
+    async def _write_status(self, content: Body, status: Body) -> Body:
+        try:
+            return await self.context.kube.patch(
+                VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"], {"status": status}, subresource="status"
+            )
+        except NotFound:
+            return content
+
+    async def _annotate(self, content: Body, key: str, value: str | None) -> Body:
+        """Set (or, with None, remove) one annotation, touching no other."""
+        present = key in (content["metadata"].get("annotations") or {})
+        if (value is None and not present) or (value is not None and present):
+            return content
+        try:
+            return await self.context.kube.patch(
+                VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"], {"metadata": {"annotations": {key: value}}}
+            )
+        except NotFound:
+            return content
+
+    async def _failed(self, content: Body, message: str) -> None:
+        """csi-snapshotter's updateContentErrorStatusWithEvent: the error into status, once per message."""
+        status = content.get("status") or {}
+        if (status.get("error") or {}).get("message") == message:
+            return
+        if status:
+            reason, text = (
+                "SnapshotContentCheckandUpdateFailed",
+                f"Failed to check and update snapshot content: {message}",
+            )
+        else:
+            reason, text = "SnapshotCreationFailed", f"Failed to create snapshot: {message}"
+        with contextlib.suppress(NotFound):
+            await self.context.kube.patch(
+                VOLUME_SNAPSHOT_CONTENT,
+                content["metadata"]["name"],
+                {"status": {"readyToUse": False, "error": {"time": now_rfc3339(), "message": message}}},
+                subresource="status",
+            )
+        await self.context.events.warning(content, reason, text)
+
+    async def _secrets(self, content: Body) -> dict[str, str]:
+        ref = plan.deletion_secret(content)
+        if ref is None:
+            return {}
+        return await self._read_secret(ref.name, ref.namespace, content["metadata"]["name"])
+
+    async def _read_secret(self, name: str, namespace: str, content_name: str) -> dict[str, str]:
+        data = await self.context.kube.secret_strings(name, namespace)
+        if data is None:
+            raise ParameterError(f'cannot get credentials for snapshot content "{content_name}"')
+        return data
