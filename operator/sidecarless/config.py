@@ -32,6 +32,10 @@ class Settings:
     # Do snapshot-controller's half too (binding VolumeSnapshots to contents, for every
     # driver). Turn it off where the upstream snapshot-controller runs.
     snapshot_controller: bool = True
+    # A VolumeSnapshot deleted while its CreateSnapshot may still be running waits this long
+    # for the driver's answer; then it goes, and its content (still Terminating) finishes
+    # the call and deletes the snapshot (external-snapshotter #1388).
+    snapshot_deletion_wait_seconds: float = 60.0
     attacher_reconcile_seconds: float = (
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
     )

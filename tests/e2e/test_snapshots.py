@@ -28,14 +28,25 @@ from tests.e2e.test_provisioner import bound_claim, event_reasons
 pytestmark = pytest.mark.cluster
 
 UNSNAPPABLE = "mock-unsnappable.csi.sidecarless.dev"  # CreateSnapshot fails with INTERNAL
+SLOW = "mock-slow-snapshots.csi.sidecarless.dev"  # CreateSnapshot times out 25 times, then works
 Routed = Callable[..., Awaitable[tuple[str, str]]]
 
 
 @pytest.fixture(scope="module")
 def failing_snapshots(cluster: LocalCluster) -> Iterator[None]:
     cluster.add_driver(DriverSpec(UNSNAPPABLE, hooks={"createSnapshotStart": "INTERNAL"}))
+    cluster.add_driver(
+        DriverSpec(
+            SLOW,
+            hooks={
+                "globals": "calls = 0;",
+                "createSnapshotStart": "calls++; calls <= 25 ? DEADLINEEXCEEDED : OK;",
+            },
+        )
+    )
     yield
     cluster.remove_driver(UNSNAPPABLE)
+    cluster.remove_driver(SLOW)
 
 
 @pytest.fixture
@@ -424,3 +435,53 @@ async def test_driver_half_only_beside_an_upstream_snapshot_controller(
     assert not content["metadata"].get("finalizers"), "the content finalizer is snapshot-controller's to add"
     await kube.delete(VOLUME_SNAPSHOT_CONTENT, content_name)
     await kube.delete(VOLUME_SNAPSHOT, "theirs", namespace)
+
+
+async def test_snapshot_deleted_while_the_driver_does_not_answer(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    failing_snapshots: None,
+    exclusive: Callable[..., OperatorProcess],
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+    make_snapshot_class: Callable[..., Awaitable[str]],
+) -> None:
+    """external-snapshotter #1388: the VolumeSnapshot goes after a bounded wait; its content
+    stays until CreateSnapshot is answered, then deletes the snapshot: nothing wedged, nothing leaked."""
+    exclusive(SIDECARLESS_SNAPSHOT_DELETION_WAIT_SECONDS="3")
+    endpoint = await make_endpoint(SLOW, retry={"initialDelay": "200ms", "maxDelay": "500ms"})
+    class_name = await make_class(endpoint, provisioner=SLOW)
+    await kube.create(PVC, claim("data", class_name), namespace)
+    source = await bound_claim(kube, namespace, "data")
+    volume_id = (await kube.get(PV, source["spec"]["volumeName"]))["spec"]["csi"]["volumeHandle"]
+    snapshot_class = await make_snapshot_class(SLOW)
+    snapshot = await kube.create(
+        VOLUME_SNAPSHOT, volume_snapshot("hurried", claim_name="data", class_name=snapshot_class), namespace
+    )
+    content_name = f"snapcontent-{snapshot['metadata']['uid']}"
+
+    async def creating() -> bool:
+        content = await kube.get_or_none(VOLUME_SNAPSHOT_CONTENT, content_name)
+        return content is not None and plan.ANN_BEING_CREATED in (content["metadata"].get("annotations") or {})
+
+    await eventually(creating, what="CreateSnapshot in flight")
+    await kube.delete(VOLUME_SNAPSHOT, "hurried", namespace)
+    waiting = await snapshot_where(
+        kube,
+        namespace,
+        "hurried",
+        lambda s: "waiting up to 3s" in ((s.get("status") or {}).get("error") or {}).get("message", ""),
+        "the wait shown in the snapshot's status",
+    )
+    assert waiting["metadata"]["deletionTimestamp"]
+    await gone(kube, VOLUME_SNAPSHOT, "hurried", namespace)
+    content = await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name)
+    assert content["metadata"]["deletionTimestamp"], "the content stays, Terminating, to finish the call"
+    assert "waits for this call to end" in content["status"]["error"]["message"]
+
+    await gone(kube, VOLUME_SNAPSHOT_CONTENT, content_name)
+    async with CSIClient(cluster.driver_addresses[SLOW]) as client:
+        listed = await client.list_snapshots(csi.ListSnapshotsRequest(source_volume_id=volume_id))
+    assert len(listed.entries) == 0, "the snapshot the driver finally made was deleted"
+    assert len(cluster.driver_calls(SLOW, "DeleteSnapshot")) == 1

@@ -303,7 +303,7 @@ class SnapshotController:
             assert content is not None
             await context.kube.delete(VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"])
         remaining = [f for f in meta.get("finalizers") or [] if f != plan.SOURCE_FINALIZER]
-        if not delete_content:
+        if not delete_content or await self._stop_waiting_for_create(snapshot, content):
             remaining = [f for f in remaining if f != plan.BOUND_FINALIZER]
         if remaining != list(meta.get("finalizers") or []):
             try:
@@ -316,6 +316,38 @@ class SnapshotController:
             except NotFound:
                 return
         await self._release_claim(snapshot, skip_self=True)
+
+    async def _stop_waiting_for_create(self, snapshot: Body, content: Body | None) -> bool:
+        """Whether a snapshot whose content still waits for CreateSnapshot may go now.
+
+        snapshot-controller keeps the VolumeSnapshot until its content is gone, and the
+        content waits for CreateSnapshot to succeed or fail for good: a driver that never
+        answers wedges both (external-snapshotter #1388). Here the VolumeSnapshot waits
+        `snapshot_deletion_wait_seconds`, saying so in its status, then goes; the content
+        stays, Terminating, finishes the call and deletes what it made, so nothing leaks.
+        """
+        if content is None or plan.ANN_BEING_CREATED not in (content["metadata"].get("annotations") or {}):
+            return False
+        waited = plan.seconds_since(snapshot["metadata"]["deletionTimestamp"])
+        bound = self.context.settings.snapshot_deletion_wait_seconds
+        name = content["metadata"]["name"]
+        if waited < bound:
+            await self._error(
+                snapshot,
+                SnapshotError(
+                    "SnapshotDeletePending",
+                    f"waiting up to {bound:.0f}s for the driver to answer CreateSnapshot of VolumeSnapshotContent "
+                    f"{name} before deleting",
+                ),
+            )
+            raise Requeue(max(0.5, min(5.0, bound - waited)), f"{name}: CreateSnapshot may still be running")
+        await self.context.events.warning(
+            snapshot,
+            "SnapshotDeleteDeferred",
+            f"the driver has not answered CreateSnapshot for {waited:.0f}s: the VolumeSnapshot goes now, and "
+            f"VolumeSnapshotContent {name} stays until the driver answers, then deletes the snapshot it made",
+        )
+        return True
 
     async def _mark_being_deleted(self, content: Body) -> None:
         if plan.ANN_BEING_DELETED in (content["metadata"].get("annotations") or {}):

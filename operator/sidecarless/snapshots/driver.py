@@ -146,7 +146,10 @@ class Snapshotter:
             if isinstance(error, FinalError):
                 content = await self._annotate(content, plan.ANN_BEING_CREATED, None)
             volume_id = content["spec"]["source"]["volumeHandle"]
-            await self._failed(content, f'failed to take snapshot of the volume {volume_id}: "{error.status_text}"')
+            message = f'failed to take snapshot of the volume {volume_id}: "{error.status_text}"'
+            if content["metadata"].get("deletionTimestamp") and not isinstance(error, FinalError):
+                message += "; the content is being deleted and waits for this call to end, then deletes what it made"
+            await self._failed(content, message)
             raise Requeue(None, str(error)) from error
         faults.reached("after-create-snapshot", fault_key)
         content = await self._write_status(content, plan.content_status(response.snapshot, content.get("status") or {}))

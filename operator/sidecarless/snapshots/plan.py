@@ -341,6 +341,15 @@ def snapshot_status(snapshot: Body, content: Body) -> tuple[Body, list[tuple[str
     return status, events
 
 
+def seconds_since(stamp: str, now: datetime | None = None) -> float:
+    """Seconds since an RFC 3339 timestamp of the API ("2026-11-23T10:00:00Z"); 0 if unreadable."""
+    try:
+        then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0
+    return max(0.0, ((now or datetime.now(UTC)) - then).total_seconds())
+
+
 def rfc3339_from_nanoseconds(nanoseconds: int) -> str:
     return datetime.fromtimestamp(nanoseconds / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
