@@ -299,9 +299,9 @@ def _attach_required(stores: Stores, driver: str) -> bool:
 
 
 def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:
-    """Volumes provisioned through the endpoint, and how many of them are attached."""
+    """Volumes provisioned through the endpoint, how many of them are attached, and its snapshots."""
     volumes = {
-        v["metadata"]["name"]
+        v["metadata"]["name"]: ((v.get("spec") or {}).get("csi") or {}).get("volumeHandle")
         for v in stores.volumes.values()
         if (v["metadata"].get("annotations") or {}).get(ANN_ENDPOINT) == endpoint_name
     }
@@ -311,7 +311,22 @@ def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:
         if ((a.get("spec") or {}).get("source") or {}).get("persistentVolumeName") in volumes
         and (a.get("status") or {}).get("attached")
     )
-    return {"volumes": len(volumes), "attachments": attachments}
+    handles = set(volumes.values())
+    routed_classes = {
+        c["metadata"]["name"]
+        for c in stores.snapshot_classes.values()
+        if (c["metadata"].get("annotations") or {}).get(ANN_ENDPOINT) == endpoint_name
+    }
+    snapshots = sum(
+        1
+        for c in stores.contents.values()
+        if (c.get("status") or {}).get("snapshotHandle")
+        and (
+            ((c.get("spec") or {}).get("source") or {}).get("volumeHandle") in handles
+            or (c.get("spec") or {}).get("volumeSnapshotClassName") in routed_classes
+        )
+    )
+    return {"volumes": len(volumes), "attachments": attachments, "snapshots": snapshots}
 
 
 async def _tls_config(kube: Kube, spec: dict[str, Any]) -> TLSConfig | None:

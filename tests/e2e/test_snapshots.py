@@ -13,6 +13,7 @@ from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import OperatorProcess
 from devcluster.procs import wait_until
 from sidecarless.kube import (
+    DRIVER_ENDPOINT,
     PV,
     PVC,
     VOLUME_SNAPSHOT,
@@ -263,6 +264,12 @@ async def test_preprovisioned_snapshot_is_imported(
     assert content["spec"]["volumeSnapshotRef"]["uid"] == snapshot["metadata"]["uid"]
     assert content["status"]["snapshotHandle"] == handle
     assert calls(cluster, MOCK, "ListSnapshots", snapshot_id=handle), "readiness asked with ListSnapshots"
+
+    async def counted() -> bool:
+        status = (await kube.get(DRIVER_ENDPOINT, endpoint)).get("status") or {}
+        return bool((status.get("counts") or {}).get("snapshots") == 1)
+
+    await eventually(counted, what="the snapshot counted in the DriverEndpoint's status")
     await kube.delete(VOLUME_SNAPSHOT, "imported", namespace)
     await kube.delete(VOLUME_SNAPSHOT_CONTENT, content_name)
     await gone(kube, VOLUME_SNAPSHOT_CONTENT, content_name)

@@ -154,7 +154,7 @@ class Snapshotter:
         faults.reached("after-create-snapshot", fault_key)
         content = await self._write_status(content, plan.content_status(response.snapshot, content.get("status") or {}))
         await self._annotate(content, plan.ANN_BEING_CREATED, None)
-        endpoint.count("snapshots")
+        endpoint.count("snapshotCreations")
         if not response.snapshot.ready_to_use:
             raise Requeue(None, f"snapshot {response.snapshot.snapshot_id} is not ready yet")
 
