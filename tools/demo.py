@@ -2,7 +2,8 @@
 
 Builds what it needs, starts the local control plane with the csi-test mock driver,
 installs the CRD, runs the operator, declares a DriverEndpoint, routes a StorageClass to
-it, creates a PVC, waits for it to be Bound, shows the objects, then tears everything
+it, creates a PVC, waits for it to be Bound, attaches it to a Pod, expands it, takes a
+VolumeSnapshot and restores it into a new PVC, shows the objects, then tears everything
 down. `--keep` (or SIDECARLESS_DEMO_KEEP=1) leaves it running and says how to reach it.
 """
 
@@ -30,6 +31,8 @@ from sidecarless.kube import (
     PVC,
     STORAGE_CLASS,
     VOLUME_ATTACHMENT,
+    VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CLASS,
     Kube,
     Resource,
     load_configuration,
@@ -37,6 +40,7 @@ from sidecarless.kube import (
 
 DRIVER = "mock.csi.sidecarless.dev"
 ENDPOINT, CLASS, CLAIM, POD = "mock", "sidecarless-demo", "demo-data", "demo-app"
+SNAPSHOT_CLASS, SNAPSHOT, RESTORED = "sidecarless-demo", "demo-snapshot", "demo-restored"
 POD_RESOURCE = Resource("", "v1", "pods", "Pod", True)
 SERVICE_ACCOUNT = Resource("", "v1", "serviceaccounts", "ServiceAccount", True)
 
@@ -157,6 +161,7 @@ async def provision(kubeconfig: Path, address: str) -> float:
         await kube.patch(PVC, CLAIM, {"spec": {"resources": {"requests": {"storage": "2Gi"}}}}, "default")
         await wait_until(lambda: claim_expanded(kube), f"claim {CLAIM} expanded to 2Gi")
         step("ControllerExpandVolume done: the PV and the claim say 2Gi")
+        await snapshot_and_restore(kube)
         print("\n$ sidecarless status")
         print(format_status(await kube.list(DRIVER_ENDPOINT)))
         return bound_after
@@ -185,8 +190,56 @@ async def attached(kube: Kube) -> bool:
     return any((a.get("status") or {}).get("attached") for a in await kube.list(VOLUME_ATTACHMENT))
 
 
-async def claim_bound(kube: Kube) -> bool:
-    return bool((await kube.get(PVC, CLAIM, "default")).get("status", {}).get("phase") == "Bound")
+async def claim_bound(kube: Kube, name: str = CLAIM) -> bool:
+    return bool((await kube.get(PVC, name, "default")).get("status", {}).get("phase") == "Bound")
+
+
+async def snapshot_and_restore(kube: Kube) -> None:
+    step(f"VolumeSnapshotClass {SNAPSHOT_CLASS} and VolumeSnapshot default/{SNAPSHOT} of {CLAIM}")
+    await kube.create(
+        VOLUME_SNAPSHOT_CLASS,
+        {
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshotClass",
+            "metadata": {"name": SNAPSHOT_CLASS},
+            "driver": DRIVER,
+            "deletionPolicy": "Delete",
+        },
+    )
+    await kube.create(
+        VOLUME_SNAPSHOT,
+        {
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshot",
+            "metadata": {"name": SNAPSHOT},
+            "spec": {"volumeSnapshotClassName": SNAPSHOT_CLASS, "source": {"persistentVolumeClaimName": CLAIM}},
+        },
+        "default",
+    )
+    await wait_until(lambda: snapshot_ready(kube), f"VolumeSnapshot {SNAPSHOT} readyToUse")
+    step("CreateSnapshot done: the VolumeSnapshot is bound to its content and readyToUse")
+    step(f"PersistentVolumeClaim default/{RESTORED} restored from {SNAPSHOT}")
+    await kube.create(
+        PVC,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": RESTORED},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": CLASS,
+                "resources": {"requests": {"storage": "2Gi"}},
+                "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": SNAPSHOT},
+            },
+        },
+        "default",
+    )
+    await wait_until(lambda: claim_bound(kube, RESTORED), f"claim {RESTORED} Bound")
+    step("CreateVolume from the snapshot done: the restored claim is Bound")
+
+
+async def snapshot_ready(kube: Kube) -> bool:
+    return bool(((await kube.get(VOLUME_SNAPSHOT, SNAPSHOT, "default")).get("status") or {}).get("readyToUse"))
 
 
 async def claim_expanded(kube: Kube) -> bool:
@@ -204,7 +257,7 @@ def show(kubeconfig: Path) -> None:
         print("(kubectl is not installed; skipping its views)")
         return
     for args in (
-        ["get", "driverendpoints,pvc,pv,volumeattachments", "-A", "-o", "wide"],
+        ["get", "driverendpoints,pvc,pv,volumeattachments,volumesnapshots,volumesnapshotcontents", "-A", "-o", "wide"],
         ["get", "driverendpoint", ENDPOINT, "-o", "jsonpath={.status}"],
     ):
         print(f"\n$ kubectl {' '.join(args)}")
