@@ -12,7 +12,11 @@ flag names and error texts:
   INVALID_ARGUMENT, "nothing applied"), and the volume must exist (the mock's
   ControllerGetVolume answers NOT_FOUND otherwise);
 - CreateVolume: mutable parameters are checked the same way, then the call is forwarded;
-- ControllerExpandVolume: above `--max-volume-size`, OUT_OF_RANGE.
+- ControllerExpandVolume: above `--max-volume-size`, OUT_OF_RANGE;
+- with `--enable-volume-group-snapshots`, the GroupController service (and the plugin
+  capability GROUP_CONTROLLER_SERVICE): CreateVolumeGroupSnapshot cuts one mock snapshot
+  per volume (named `<group name>-<volume id>`), Get and Delete act on the group; groups
+  are kept in this process's memory, as hostpath keeps them in its state file.
 
 Every call this process answers or checks is logged as one `gRPCCall: {json}` line, the
 format of the mock's own log, so tests can see what the driver was asked.
@@ -27,6 +31,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -39,20 +44,40 @@ from csi_client.address import Transport, parse_address
 log = logging.getLogger("driver-shim")
 
 CONTROLLER = "/csi.v1.Controller/"
+GROUP = "/csi.v1.GroupController/"
+IDENTITY = "/csi.v1.Identity/"
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
+@dataclass
+class Group:
+    name: str
+    volume_ids: list[str]
+    snapshots: list[csi.Snapshot]
+
+
 class Shim:
-    def __init__(self, backend: grpc.aio.Channel, accepted: frozenset[str] | None, max_volume_size: int) -> None:
+    def __init__(
+        self, backend: grpc.aio.Channel, accepted: frozenset[str] | None, max_volume_size: int, groups: bool
+    ) -> None:
         self.backend = backend
         self.accepted = accepted  # None: no MODIFY_VOLUME at all
         self.max_volume_size = max_volume_size
+        self.groups: dict[str, Group] | None = {} if groups else None  # by group snapshot ID
         self.own: dict[str, Behavior] = {
             CONTROLLER + "ControllerGetCapabilities": self.capabilities,
             CONTROLLER + "ControllerModifyVolume": self.modify,
             CONTROLLER + "CreateVolume": self.create,
             CONTROLLER + "ControllerExpandVolume": self.expand,
         }
+        if groups:
+            self.own |= {
+                IDENTITY + "GetPluginCapabilities": self.plugin_capabilities,
+                GROUP + "GroupControllerGetCapabilities": self.group_capabilities,
+                GROUP + "CreateVolumeGroupSnapshot": self.create_group,
+                GROUP + "GetVolumeGroupSnapshot": self.get_group,
+                GROUP + "DeleteVolumeGroupSnapshot": self.delete_group,
+            }
 
     def handler(self, method: str) -> grpc.RpcMethodHandler:
         behavior = self.own.get(method)
@@ -116,6 +141,79 @@ class Shim:
             )
         return await self.forward(CONTROLLER + "ControllerExpandVolume", raw, context)
 
+    async def plugin_capabilities(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raw = await self.forward(IDENTITY + "GetPluginCapabilities", request, context)
+        response = csi.GetPluginCapabilitiesResponse.FromString(raw)
+        response.capabilities.add().service.type = csi.PluginCapability.Service.GROUP_CONTROLLER_SERVICE
+        return response.SerializeToString()
+
+    async def group_capabilities(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        response = csi.GroupControllerGetCapabilitiesResponse()
+        kind = csi.GroupControllerServiceCapability.RPC.CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT
+        response.capabilities.add().rpc.type = kind
+        return response.SerializeToString()
+
+    async def create_group(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        assert self.groups is not None
+        request = csi.CreateVolumeGroupSnapshotRequest.FromString(raw)
+        if not request.name or not request.source_volume_ids:
+            await _fail(context, request, grpc.StatusCode.INVALID_ARGUMENT, "name and source volume IDs are required")
+        existing = next(((i, g) for i, g in self.groups.items() if g.name == request.name), None)
+        if existing is not None and sorted(existing[1].volume_ids) != sorted(request.source_volume_ids):
+            await _fail(
+                context, request, grpc.StatusCode.ALREADY_EXISTS, f"group {request.name} exists with other volumes"
+            )
+        group_id = existing[0] if existing is not None else f"group-{len(self.groups) + 1}-{request.name[-8:]}"
+        snapshots = []
+        for volume_id in request.source_volume_ids:
+            member = csi.CreateSnapshotRequest(name=f"{request.name}-{volume_id}", source_volume_id=volume_id)
+            try:
+                answer = await self.backend.unary_unary(CONTROLLER + "CreateSnapshot")(
+                    member.SerializeToString(), timeout=context.time_remaining()
+                )
+            except grpc.aio.AioRpcError as error:
+                await _fail(context, request, error.code(), error.details() or "")
+            snapshot = csi.CreateSnapshotResponse.FromString(answer).snapshot
+            snapshot.group_snapshot_id = group_id
+            snapshots.append(snapshot)
+        self.groups[group_id] = Group(request.name, list(request.source_volume_ids), snapshots)
+        response = csi.CreateVolumeGroupSnapshotResponse(group_snapshot=self._group(group_id))
+        _log(request, response)
+        return response.SerializeToString()
+
+    async def get_group(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        assert self.groups is not None
+        request = csi.GetVolumeGroupSnapshotRequest.FromString(raw)
+        if request.group_snapshot_id not in self.groups:
+            await _fail(context, request, grpc.StatusCode.NOT_FOUND, f"group {request.group_snapshot_id} not found")
+        response = csi.GetVolumeGroupSnapshotResponse(group_snapshot=self._group(request.group_snapshot_id))
+        _log(request, response)
+        return response.SerializeToString()
+
+    async def delete_group(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        assert self.groups is not None
+        request = csi.DeleteVolumeGroupSnapshotRequest.FromString(raw)
+        group = self.groups.get(request.group_snapshot_id)
+        for snapshot in group.snapshots if group is not None else []:
+            delete = csi.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id)
+            try:
+                await self.backend.unary_unary(CONTROLLER + "DeleteSnapshot")(
+                    delete.SerializeToString(), timeout=context.time_remaining()
+                )
+            except grpc.aio.AioRpcError as error:
+                await _fail(context, request, error.code(), error.details() or "")
+        self.groups.pop(request.group_snapshot_id, None)
+        response = csi.DeleteVolumeGroupSnapshotResponse()
+        _log(request, response)
+        return response.SerializeToString()
+
+    def _group(self, group_id: str) -> csi.VolumeGroupSnapshot:
+        assert self.groups is not None
+        group = self.groups[group_id]
+        answer = csi.VolumeGroupSnapshot(group_snapshot_id=group_id, snapshots=group.snapshots, ready_to_use=True)
+        answer.creation_time.CopyFrom(group.snapshots[0].creation_time)
+        return answer
+
     async def _check_mutable(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         for key in request.mutable_parameters:
             if self.accepted is None or key not in self.accepted:
@@ -128,8 +226,10 @@ async def _fail(context: grpc.aio.ServicerContext, request: Message, code: grpc.
 
 
 def _log(request: Message, response: Message | None, error: str = "") -> None:
+    method = type(request).__name__.removesuffix("Request")
+    service = GROUP if "VolumeGroupSnapshot" in method else CONTROLLER
     record = {
-        "Method": CONTROLLER + type(request).__name__.removesuffix("Request"),
+        "Method": service + method,
         "Request": MessageToDict(request, preserving_proto_field_name=True),
         "Response": MessageToDict(response, preserving_proto_field_name=True) if response is not None else None,
         "Error": error,
@@ -150,10 +250,10 @@ def _bind_target(address: str) -> str:
     return f"unix:{endpoint.path}" if endpoint.transport is Transport.UNIX else f"{endpoint.host}:{endpoint.port}"
 
 
-async def serve(listen: str, backend: str, accepted: frozenset[str] | None, max_volume_size: int) -> None:
+async def serve(listen: str, backend: str, accepted: frozenset[str] | None, max_volume_size: int, groups: bool) -> None:
     channel = grpc.aio.insecure_channel(parse_address(backend).target)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([_Handlers(Shim(channel, accepted, max_volume_size))])
+    server.add_generic_rpc_handlers([_Handlers(Shim(channel, accepted, max_volume_size, groups))])
     server.add_insecure_port(_bind_target(listen))
     await server.start()
     stop = asyncio.Event()
@@ -172,12 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", required=True, help="the mock driver's address")
     parser.add_argument("--accepted-mutable-parameter-names", default=None, help="comma-separated; enables modify")
     parser.add_argument("--max-volume-size", type=int, default=0, help="bytes; 0: no limit")
+    parser.add_argument("--enable-volume-group-snapshots", action="store_true", help="serve the GroupController")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     accepted = None
     if args.accepted_mutable_parameter_names is not None:
         accepted = frozenset(filter(None, args.accepted_mutable_parameter_names.split(",")))
-    asyncio.run(serve(args.listen, args.backend, accepted, args.max_volume_size))
+    asyncio.run(serve(args.listen, args.backend, accepted, args.max_volume_size, args.enable_volume_group_snapshots))
 
 
 if __name__ == "__main__":

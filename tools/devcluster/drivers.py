@@ -41,10 +41,11 @@ class DriverSpec:
     # ControllerExpandVolume grants (0: no limit).
     accepted_mutable_parameters: tuple[str, ...] | None = None
     max_volume_size: int = 0
+    group_snapshots: bool = False  # the GroupController service (CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT)
 
     @property
     def shimmed(self) -> bool:
-        return self.accepted_mutable_parameters is not None or self.max_volume_size > 0
+        return self.accepted_mutable_parameters is not None or self.max_volume_size > 0 or self.group_snapshots
 
     def shim_args(self) -> list[str]:
         args = []
@@ -52,6 +53,8 @@ class DriverSpec:
             args.append(f"--accepted-mutable-parameter-names={','.join(self.accepted_mutable_parameters)}")
         if self.max_volume_size:
             args.append(f"--max-volume-size={self.max_volume_size}")
+        if self.group_snapshots:
+            args.append("--enable-volume-group-snapshots")
         return args
 
     def mock_args(self, hooks_file: Path | None) -> list[str]:
