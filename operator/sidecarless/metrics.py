@@ -34,3 +34,12 @@ DELETE_DURATION = Histogram(
     ["class"],
     buckets=_DURATION_BUCKETS,
 )
+
+# snapshot-controller's operation histogram: from the VolumeSnapshot's creation to the
+# snapshot being cut (CreateSnapshot) and ready (CreateSnapshotAndReady).
+SNAPSHOT_OPERATION_SECONDS = Histogram(
+    "snapshot_controller_operation_total_seconds",
+    "Total number of seconds spent by the controller on an operation",
+    ["driver_name", "operation_name", "operation_status", "snapshot_type"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600),
+)

@@ -130,6 +130,7 @@ async def test_snapshot_restore_and_delete(
     kube: Kube,
     namespace: str,
     cluster: LocalCluster,
+    operator: OperatorProcess,
     routed_class: Routed,
     make_snapshot_class: Callable[..., Awaitable[str]],
 ) -> None:
@@ -162,6 +163,11 @@ async def test_snapshot_restore_and_delete(
     assert created[0]["parameters"] == {"color": "blue"}
     reasons = await event_reasons(kube, namespace, "snap")
     assert {"CreatingSnapshot", "SnapshotCreated", "SnapshotReady"} <= set(reasons)
+    metric = (
+        'snapshot_controller_operation_total_seconds_count{driver_name="mock.csi.sidecarless.dev",'
+        'operation_name="CreateSnapshotAndReady",operation_status="Success",snapshot_type="Dynamic"}'
+    )
+    assert metric in operator.metrics()
 
     async def claim_released() -> bool:
         current = await kube.get(PVC, "data", namespace)

@@ -18,6 +18,7 @@ from sidecarless import finalizers
 from sidecarless.context import Context
 from sidecarless.events import now_rfc3339
 from sidecarless.kube import PVC, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Conflict, KubeError, NotFound
+from sidecarless.metrics import SNAPSHOT_OPERATION_SECONDS
 from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.plan import SnapshotError
@@ -252,8 +253,15 @@ class SnapshotController:
 
     async def _copy_status(self, snapshot: Body, content: Body) -> None:
         status, events = plan.snapshot_status(snapshot, content)
+        operations = {"SnapshotCreated": "CreateSnapshot", "SnapshotReady": "CreateSnapshotAndReady"}
         for reason, message in events:
             await self.context.events.normal(snapshot, reason, message)
+            SNAPSHOT_OPERATION_SECONDS.labels(
+                driver_name=(content.get("spec") or {}).get("driver", ""),
+                operation_name=operations[reason],
+                operation_status="Success",
+                snapshot_type="Dynamic" if plan.is_dynamic(snapshot) else "PreProvisioned",
+            ).observe(plan.seconds_since(snapshot["metadata"].get("creationTimestamp", "")))
         meta = snapshot["metadata"]
         try:
             await self.context.kube.patch(
