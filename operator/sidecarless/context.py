@@ -24,6 +24,9 @@ class Stores:
     snapshots: Store = field(default_factory=lambda: Store("VolumeSnapshot"))
     contents: Store = field(default_factory=lambda: Store("VolumeSnapshotContent"))
     snapshot_classes: Store = field(default_factory=lambda: Store("VolumeSnapshotClass"))
+    group_snapshots: Store = field(default_factory=lambda: Store("VolumeGroupSnapshot"))
+    group_contents: Store = field(default_factory=lambda: Store("VolumeGroupSnapshotContent"))
+    group_classes: Store = field(default_factory=lambda: Store("VolumeGroupSnapshotClass"))
     nodes: Store = field(default_factory=lambda: Store("Node", labels_only))
     csinodes: Store = field(default_factory=lambda: Store("CSINode", drivers_only))
 

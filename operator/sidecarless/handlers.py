@@ -32,6 +32,7 @@ from sidecarless.resizer.controller import Resizer
 from sidecarless.routing import endpoint_of_class
 from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
+from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
 
 log = logging.getLogger("sidecarless")
 
@@ -78,10 +79,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     resizer = Resizer(context)
     snapshotter = Snapshotter(context)
     snapshot_controller = SnapshotController(context) if config.snapshot_controller else None
+    group_snapshotter = GroupSnapshotter(context)
+    group_controller = GroupSnapshotController(context) if config.snapshot_controller else None
     context.endpoints.on_change = _requeue_endpoint(provisioner, attacher, resizer, snapshotter)
-    for controller in (provisioner, attacher, resizer, snapshotter, snapshot_controller):
+    controllers = (
+        provisioner,
+        attacher,
+        resizer,
+        snapshotter,
+        snapshot_controller,
+        group_snapshotter,
+        group_controller,
+    )
+    for controller in controllers:
         if controller is not None:
             controller.start()
+    memo.group_snapshotter = group_snapshotter
+    memo.group_controller = group_controller
     memo.context = context
     memo.provisioner = provisioner
     memo.attacher = attacher
@@ -119,7 +133,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.provisioner.stop()
     if "attacher" in memo:
         await memo.attacher.stop()
-    for name in ("resizer", "snapshotter", "snapshot_controller"):
+    for name in ("resizer", "snapshotter", "snapshot_controller", "group_snapshotter", "group_controller"):
         if memo.get(name) is not None:
             await memo[name].stop()
     if "context" in memo:
@@ -235,6 +249,34 @@ async def snapshot_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) 
     memo.context.stores.snapshot_classes.apply_event(event["type"], event["object"])
     if event["type"] != "DELETED":
         memo.snapshotter.requeue_all()
+
+
+@kopf.on.event("groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshots", registry=registry)
+async def group_snapshot_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.context.stores.group_snapshots.apply_event(event["type"], event["object"])
+    if event["type"] != "DELETED" and memo.group_controller is not None:
+        memo.group_controller.groups.add(key)
+    if event["type"] == "DELETED" and memo.snapshot_controller is not None:
+        # Its members may go now.
+        for snapshot in memo.context.stores.snapshots.values():
+            if snapshot["metadata"].get("namespace") == event["object"]["metadata"].get("namespace"):
+                memo.snapshot_controller.snapshots.add(
+                    f"{snapshot['metadata']['namespace']}/{snapshot['metadata']['name']}"
+                )
+
+
+@kopf.on.event("groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshotcontents", registry=registry)
+async def group_content_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.context.stores.group_contents.apply_event(event["type"], event["object"])
+    if memo.group_controller is not None:
+        memo.group_controller.content_changed(dict(event["object"]))
+    if event["type"] != "DELETED":
+        memo.group_snapshotter.contents.add(key)
+
+
+@kopf.on.event("groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshotclasses", registry=registry)
+async def group_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.context.stores.group_classes.apply_event(event["type"], event["object"])
 
 
 @kopf.on.event("storage.k8s.io", "v1", "csidrivers", registry=registry)

@@ -69,6 +69,12 @@ VOLUME_SNAPSHOT_CONTENT = Resource(
     "snapshot.storage.k8s.io", "v1", "volumesnapshotcontents", "VolumeSnapshotContent", False
 )
 VOLUME_SNAPSHOT_CLASS = Resource("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses", "VolumeSnapshotClass", False)
+VOLUME_GROUP_SNAPSHOT = Resource(
+    "groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshots", "VolumeGroupSnapshot", True
+)
+VOLUME_GROUP_SNAPSHOT_CONTENT = Resource(
+    "groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshotcontents", "VolumeGroupSnapshotContent", False
+)
 DRIVER_ENDPOINT = Resource("sidecarless.io", "v1alpha1", "driverendpoints", "DriverEndpoint", False)
 
 

@@ -21,6 +21,7 @@ from sidecarless.kube import PVC, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Conf
 from sidecarless.metrics import SNAPSHOT_OPERATION_SECONDS
 from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.snapshots import plan
+from sidecarless.snapshots.group_plan import MEMBER_FINALIZER, group_of
 from sidecarless.snapshots.plan import SnapshotError
 from sidecarless.workqueue import Requeue, WorkQueue
 
@@ -119,8 +120,8 @@ class SnapshotController:
                     f'volumesnapshotclass.snapshot.storage.k8s.io "{class_name}" not found',
                 )
             return snapshot
-        if not plan.is_dynamic(snapshot):
-            return snapshot
+        if not plan.is_dynamic(snapshot) or group_of(snapshot):
+            return snapshot  # pre-provisioned and group members need no class
         volume = self._source_volume(snapshot)
         driver = ((volume or {}).get("spec") or {}).get("csi", {}).get("driver")
         if not driver:
@@ -148,7 +149,8 @@ class SnapshotController:
         updated = await finalizers.add(self.context.kube, VOLUME_SNAPSHOT, snapshot, plan.SOURCE_FINALIZER)
         snapshot = updated or snapshot
         bound = (snapshot.get("status") or {}).get("boundVolumeSnapshotContentName")
-        if content is not None and bound and (content.get("spec") or {}).get("deletionPolicy") == "Delete":
+        delete_policy = content is not None and (content.get("spec") or {}).get("deletionPolicy") == "Delete"
+        if bound and delete_policy and not group_of(snapshot):
             await finalizers.add(self.context.kube, VOLUME_SNAPSHOT, snapshot, plan.BOUND_FINALIZER)
 
     def _check_ready(self, snapshot: Body, content: Body | None) -> None:
@@ -160,6 +162,12 @@ class SnapshotController:
             )
 
     async def _sync_dynamic(self, snapshot: Body, content: Body | None) -> None:
+        if group_of(snapshot):
+            # A group member: the group controller made and bound its content.
+            if content is None:
+                raise Requeue(None, f"detected group snapshot member {plan.key_of(snapshot)} with no content, retrying")
+            await self._copy_status(snapshot, content)
+            return
         if content is not None:
             plan.check_content_binding(snapshot, content)
             if ((content.get("spec") or {}).get("source") or {}).get("snapshotHandle"):
@@ -253,6 +261,9 @@ class SnapshotController:
 
     async def _copy_status(self, snapshot: Body, content: Body) -> None:
         status, events = plan.snapshot_status(snapshot, content)
+        group = group_of(snapshot)
+        if group:
+            status["volumeGroupSnapshotName"] = group
         operations = {"SnapshotCreated": "CreateSnapshot", "SnapshotReady": "CreateSnapshotAndReady"}
         for reason, message in events:
             await self.context.events.normal(snapshot, reason, message)
@@ -298,9 +309,19 @@ class SnapshotController:
         content = self._content_of(snapshot)
         if content is not None and not plan.bound_to(content, snapshot):
             content = None
-        held = {plan.SOURCE_FINALIZER, plan.BOUND_FINALIZER} & set(meta.get("finalizers") or [])
+        held = {plan.SOURCE_FINALIZER, plan.BOUND_FINALIZER, MEMBER_FINALIZER} & set(meta.get("finalizers") or [])
         if not held:
             return
+        group = group_of(snapshot)
+        if group and context.stores.group_snapshots.get(f"{meta['namespace']}/{group}") is not None:
+            await context.events.warning(
+                snapshot,
+                "SnapshotDeletePending",
+                f"deletion of the individual volume snapshot {plan.key_of(snapshot)} is not allowed as it belongs to "
+                f"group snapshot {meta['namespace']}/{group}. Deleting the group snapshot will trigger the deletion "
+                "of all the individual volume snapshots that are part of the group.",
+            )
+            raise Requeue(None, f"{plan.key_of(snapshot)} belongs to group snapshot {group}")
         if content is not None and plan.restoring_from(snapshot, list(context.stores.claims.values())):
             await context.events.warning(snapshot, "SnapshotDeletePending", "Snapshot is being used to restore a PVC")
             raise Requeue(None, f"snapshot {plan.key_of(snapshot)} is in use (being used to restore a PVC)")
@@ -310,7 +331,7 @@ class SnapshotController:
         if delete_content:
             assert content is not None
             await context.kube.delete(VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"])
-        remaining = [f for f in meta.get("finalizers") or [] if f != plan.SOURCE_FINALIZER]
+        remaining = [f for f in meta.get("finalizers") or [] if f not in (plan.SOURCE_FINALIZER, MEMBER_FINALIZER)]
         if not delete_content or await self._stop_waiting_for_create(snapshot, content):
             remaining = [f for f in remaining if f != plan.BOUND_FINALIZER]
         if remaining != list(meta.get("finalizers") or []):

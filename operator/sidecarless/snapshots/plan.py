@@ -192,16 +192,28 @@ def check_claim_and_volume(snapshot: Body, claim: Body, volume: Body | None) -> 
 
 def snapshotter_secret(parameters: Body, content_name: str, snapshot: Body | None) -> SecretRef | None:
     """The snapshotter secret a class names, its templates expanded (None: the class names none)."""
-    return _secret(parameters, SECRET_KEYS, content_name, snapshot, "Snapshotter")
+    namespace_values = {"volumesnapshotcontent.name": content_name}
+    if snapshot is not None:
+        namespace_values["volumesnapshot.namespace"] = _meta(snapshot).get("namespace", "")
+    name_values = dict(namespace_values)
+    if snapshot is not None:
+        name_values["volumesnapshot.name"] = _meta(snapshot).get("name", "")
+    return secret_from_templates(parameters, SECRET_KEYS, namespace_values, name_values, "Snapshotter")
 
 
 def list_secret(parameters: Body, content_name: str) -> SecretRef | None:
-    return _secret(parameters, LIST_SECRET_KEYS, content_name, None, "SnapshotterList")
+    values = {"volumesnapshotcontent.name": content_name}
+    return secret_from_templates(parameters, LIST_SECRET_KEYS, values, values, "SnapshotterList")
 
 
-def _secret(
-    parameters: Body, keys: tuple[str, str], content_name: str, snapshot: Body | None, what: str
+def secret_from_templates(
+    parameters: Body,
+    keys: tuple[str, str],
+    namespace_values: dict[str, str],
+    name_values: dict[str, str],
+    what: str,
 ) -> SecretRef | None:
+    """A secret named by a class's (name, namespace) parameter pair, with `${token}` templates."""
     name_key, namespace_key = keys
     has_name, has_namespace = name_key in parameters, namespace_key in parameters
     if not has_name and not has_namespace:
@@ -210,13 +222,8 @@ def _secret(
         raise ParameterError(f"either name and namespace for {what} secrets specified, Both must be specified")
     if not parameters[name_key] or not parameters[namespace_key]:
         raise ParameterError(f"{what} secrets specified in parameters but value of either namespace or name is empty")
-    values = {"volumesnapshotcontent.name": content_name}
-    if snapshot is not None:
-        values["volumesnapshot.namespace"] = _meta(snapshot).get("namespace", "")
-    namespace = _expand(str(parameters[namespace_key]), values)
-    if snapshot is not None:
-        values["volumesnapshot.name"] = _meta(snapshot).get("name", "")
-    name = _expand(str(parameters[name_key]), values)
+    namespace = _expand(str(parameters[namespace_key]), namespace_values)
+    name = _expand(str(parameters[name_key]), name_values)
     if not _DNS1123_LABEL.match(namespace):
         raise ParameterError(
             f'"{parameters[namespace_key]}" resolved to "{namespace}" which is not a valid namespace name'
