@@ -9,7 +9,6 @@ deleted meanwhile waits for the call instead of leaking the snapshot.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -18,12 +17,12 @@ from csi_client import CSIClient, CSIError, FinalError, csi
 from sidecarless import faults, finalizers
 from sidecarless.context import Context
 from sidecarless.endpoints import ACTIVE, Endpoint
-from sidecarless.events import now_rfc3339
-from sidecarless.kube import VOLUME_SNAPSHOT_CONTENT, NotFound
+from sidecarless.kube import VOLUME_SNAPSHOT_CONTENT
 from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots import plan
+from sidecarless.snapshots.content_writes import ContentWrites, ErrorEvents
 from sidecarless.workqueue import Requeue, WorkQueue
 
 Body = dict[str, Any]
@@ -36,6 +35,17 @@ class Snapshotter:
         self.context = context
         self.contents: WorkQueue[str] = WorkQueue(
             "snapshotter", self.sync_content, workers=context.settings.snapshot_workers
+        )
+        self.writes = ContentWrites(
+            context.kube,
+            context.events,
+            VOLUME_SNAPSHOT_CONTENT,
+            ErrorEvents(
+                "SnapshotCreationFailed",
+                "Failed to create snapshot",
+                "SnapshotContentCheckandUpdateFailed",
+                "Failed to check and update snapshot content",
+            ),
         )
 
     def start(self) -> None:
@@ -109,7 +119,7 @@ class Snapshotter:
             elif isinstance(decision, plan.Check):
                 await self._check(content, endpoint)
             else:
-                await self._annotate(content, plan.ANN_BEING_CREATED, None)
+                await self.writes.annotate(content, plan.ANN_BEING_CREATED, None)
         except Requeue as requeue:
             requeue.backoff = requeue.backoff or endpoint.backoff
             raise
@@ -131,12 +141,12 @@ class Snapshotter:
         except ParameterError as error:
             # Nothing was asked of the driver, so nothing can be in flight: unlike
             # csi-snapshotter, no being-created annotation is left to block deletion.
-            await self._failed(
+            await self.writes.failed(
                 content, f"failed to get input parameters to create snapshot for content {name}: {error}"
             )
             raise Requeue(None, str(error)) from error
         request.secrets.update(secrets)
-        content = await self._annotate(content, plan.ANN_BEING_CREATED, "yes")
+        content = await self.writes.annotate(content, plan.ANN_BEING_CREATED, "yes")
         ref = content["spec"].get("volumeSnapshotRef") or {}
         fault_key = f"{name}/{ref.get('namespace')}/{ref.get('name')}"
         faults.reached("before-create-snapshot", fault_key)
@@ -144,16 +154,16 @@ class Snapshotter:
             response = await endpoint.call(CSIClient.create_snapshot, request, operation="CreateSnapshot", obj=name)
         except CSIError as error:
             if isinstance(error, FinalError):
-                content = await self._annotate(content, plan.ANN_BEING_CREATED, None)
+                content = await self.writes.annotate(content, plan.ANN_BEING_CREATED, None)
             volume_id = content["spec"]["source"]["volumeHandle"]
             message = f'failed to take snapshot of the volume {volume_id}: "{error.status_text}"'
             if content["metadata"].get("deletionTimestamp") and not isinstance(error, FinalError):
                 message += "; the content is being deleted and waits for this call to end, then deletes what it made"
-            await self._failed(content, message)
+            await self.writes.failed(content, message)
             raise Requeue(None, str(error)) from error
         faults.reached("after-create-snapshot", fault_key)
-        content = await self._write_status(content, plan.content_status(response.snapshot, content.get("status") or {}))
-        await self._annotate(content, plan.ANN_BEING_CREATED, None)
+        content = await self.writes.status(content, plan.content_status(response.snapshot, content.get("status") or {}))
+        await self.writes.annotate(content, plan.ANN_BEING_CREATED, None)
         endpoint.count("snapshotCreations")
         if not response.snapshot.ready_to_use:
             raise Requeue(None, f"snapshot {response.snapshot.snapshot_id} is not ready yet")
@@ -166,7 +176,7 @@ class Snapshotter:
         name = content["metadata"]["name"]
         if "LIST_SNAPSHOTS" not in endpoint.info.controller:
             now = int(datetime.now(UTC).timestamp() * 1e9)
-            await self._write_status(
+            await self.writes.status(
                 content, {"snapshotHandle": handle, "readyToUse": True, "creationTime": old.get("creationTime") or now}
             )
             return
@@ -177,18 +187,18 @@ class Snapshotter:
             if ref is not None:
                 request.secrets.update(await self._read_secret(ref.name, ref.namespace, name))
         except ParameterError as error:
-            await self._failed(content, f"failed to get secret reference for snapshot content {name}: {error}")
+            await self.writes.failed(content, f"failed to get secret reference for snapshot content {name}: {error}")
             raise Requeue(None, str(error)) from error
         try:
             listed = await endpoint.call(CSIClient.list_snapshots, request, operation="ListSnapshots", obj=name)
         except CSIError as error:
-            await self._failed(content, f'failed to list snapshot for content {name}: "{error.status_text}"')
+            await self.writes.failed(content, f'failed to list snapshot for content {name}: "{error.status_text}"')
             raise Requeue(None, str(error)) from error
         if not listed.entries:
-            await self._failed(content, f"can not find snapshot for snapshotID {handle}")
+            await self.writes.failed(content, f"can not find snapshot for snapshotID {handle}")
             raise Requeue(None, f"snapshot {handle} not found")
         snapshot = listed.entries[0].snapshot
-        await self._write_status(content, plan.content_status(snapshot, old, handle=handle))
+        await self.writes.status(content, plan.content_status(snapshot, old, handle=handle))
         if not snapshot.ready_to_use:
             raise Requeue(None, f"snapshot {handle} is not ready yet")
 
@@ -208,54 +218,13 @@ class Snapshotter:
             except CSIError as error:
                 await context.events.warning(content, "SnapshotDeleteError", "Failed to delete snapshot")
                 raise Requeue(None, f"failed to delete snapshot content {name}: {error}") from error
-            content = await self._write_status(
+            content = await self.writes.status(
                 content, {"snapshotHandle": None, "readyToUse": None, "creationTime": None, "restoreSize": None}
             )
             endpoint.count("snapshotDeletions")
         await finalizers.remove_fresh(context.kube, VOLUME_SNAPSHOT_CONTENT, name, plan.CONTENT_FINALIZER)
 
     # --- writing -------------------------------------------------------------------
-
-    async def _write_status(self, content: Body, status: Body) -> Body:
-        try:
-            return await self.context.kube.patch(
-                VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"], {"status": status}, subresource="status"
-            )
-        except NotFound:
-            return content
-
-    async def _annotate(self, content: Body, key: str, value: str | None) -> Body:
-        """Set (or, with None, remove) one annotation, touching no other."""
-        present = key in (content["metadata"].get("annotations") or {})
-        if (value is None and not present) or (value is not None and present):
-            return content
-        try:
-            return await self.context.kube.patch(
-                VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"], {"metadata": {"annotations": {key: value}}}
-            )
-        except NotFound:
-            return content
-
-    async def _failed(self, content: Body, message: str) -> None:
-        """csi-snapshotter's updateContentErrorStatusWithEvent: the error into status, once per message."""
-        status = content.get("status") or {}
-        if (status.get("error") or {}).get("message") == message:
-            return
-        if status:
-            reason, text = (
-                "SnapshotContentCheckandUpdateFailed",
-                f"Failed to check and update snapshot content: {message}",
-            )
-        else:
-            reason, text = "SnapshotCreationFailed", f"Failed to create snapshot: {message}"
-        with contextlib.suppress(NotFound):
-            await self.context.kube.patch(
-                VOLUME_SNAPSHOT_CONTENT,
-                content["metadata"]["name"],
-                {"status": {"readyToUse": False, "error": {"time": now_rfc3339(), "message": message}}},
-                subresource="status",
-            )
-        await self.context.events.warning(content, reason, text)
 
     async def _secrets(self, content: Body) -> dict[str, str]:
         ref = plan.deletion_secret(content)

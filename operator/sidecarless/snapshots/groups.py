@@ -32,6 +32,7 @@ from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots import group_plan as gplan
 from sidecarless.snapshots import plan
+from sidecarless.snapshots.content_writes import ContentWrites, ErrorEvents
 from sidecarless.snapshots.plan import SnapshotError
 from sidecarless.workqueue import Requeue, WorkQueue
 
@@ -304,6 +305,17 @@ class GroupSnapshotter:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.contents: WorkQueue[str] = WorkQueue("groupsnapshotter", self.sync_content, workers=4)
+        self.writes = ContentWrites(
+            context.kube,
+            context.events,
+            VOLUME_GROUP_SNAPSHOT_CONTENT,
+            ErrorEvents(
+                "GroupSnapshotCreationFailed",
+                "Failed to create group snapshot",
+                "GroupSnapshotContentCheckandUpdateFailed",
+                "Failed to check and update group snapshot content",
+            ),
+        )
 
     def start(self) -> None:
         self.contents.start()
@@ -334,7 +346,7 @@ class GroupSnapshotter:
             ):
                 await self._delete(content, endpoint)
             elif status.get("readyToUse") is True:
-                await self._annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
+                await self.writes.annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
             elif handles:
                 await self._create(content, endpoint, group_class)
         except Requeue as requeue:
@@ -349,29 +361,29 @@ class GroupSnapshotter:
             request = gplan.create_request(content, plan.driver_parameters(group_class.get("parameters") or {}))
             request.secrets.update(await self._secrets(content))
         except ParameterError as error:
-            await self._failed(
+            await self.writes.failed(
                 content,
                 f"failed to get input parameters to create group snapshot for group snapshot content {name}: {error}",
             )
             raise Requeue(None, str(error)) from error
-        content = await self._annotate(content, gplan.ANN_GROUP_BEING_CREATED, "yes")
+        content = await self.writes.annotate(content, gplan.ANN_GROUP_BEING_CREATED, "yes")
         try:
             response = await endpoint.call(
                 CSIClient.create_volume_group_snapshot, request, operation="CreateVolumeGroupSnapshot", obj=name
             )
         except CSIError as error:
             if isinstance(error, FinalError):
-                content = await self._annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
-            await self._failed(
+                content = await self.writes.annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
+            await self.writes.failed(
                 content,
                 f"failed to take group snapshot of the volumes {list(request.source_volume_ids)}: "
                 f'"{error.status_text}"',
             )
             raise Requeue(None, str(error)) from error
-        content = await self._write_status(
+        content = await self.writes.status(
             content, gplan.content_status(response.group_snapshot, content.get("status") or {})
         )
-        await self._annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
+        await self.writes.annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
         endpoint.count("groupSnapshotCreations")
         if not response.group_snapshot.ready_to_use:
             raise Requeue(None, f"group snapshot {response.group_snapshot.group_snapshot_id} is not ready yet")
@@ -394,46 +406,12 @@ class GroupSnapshotter:
                     content, "GroupSnapshotDeleteError", "Failed to delete group snapshot"
                 )
                 raise Requeue(None, str(error)) from error
-            await self._write_status(
+            await self.writes.status(
                 content, {"volumeGroupSnapshotHandle": None, "readyToUse": None, "creationTime": None, "error": None}
             )
         await finalizers.remove_fresh(
             self.context.kube, VOLUME_GROUP_SNAPSHOT_CONTENT, name, gplan.GROUP_CONTENT_FINALIZER
         )
-
-    async def _write_status(self, content: Body, status: Body) -> Body:
-        try:
-            return await self.context.kube.patch(
-                VOLUME_GROUP_SNAPSHOT_CONTENT, content["metadata"]["name"], {"status": status}, subresource="status"
-            )
-        except NotFound:
-            return content
-
-    async def _annotate(self, content: Body, key: str, value: str | None) -> Body:
-        present = key in (content["metadata"].get("annotations") or {})
-        if (value is None) != present:
-            return content
-        try:
-            return await self.context.kube.patch(
-                VOLUME_GROUP_SNAPSHOT_CONTENT, content["metadata"]["name"], {"metadata": {"annotations": {key: value}}}
-            )
-        except NotFound:
-            return content
-
-    async def _failed(self, content: Body, message: str) -> None:
-        status = content.get("status") or {}
-        if (status.get("error") or {}).get("message") == message:
-            return
-        with contextlib.suppress(NotFound):
-            await self.context.kube.patch(
-                VOLUME_GROUP_SNAPSHOT_CONTENT,
-                content["metadata"]["name"],
-                {"status": {"readyToUse": False, "error": {"time": now_rfc3339(), "message": message}}},
-                subresource="status",
-            )
-        reason = "GroupSnapshotContentCheckandUpdateFailed" if status else "GroupSnapshotCreationFailed"
-        prefix = "Failed to check and update group snapshot content" if status else "Failed to create group snapshot"
-        await self.context.events.warning(content, reason, f"{prefix}: {message}")
 
     async def _secrets(self, content: Body) -> dict[str, str]:
         annotations = content["metadata"].get("annotations") or {}
