@@ -23,10 +23,11 @@ bench-pods: binaries ## resizer memory with PODS Pods (default 5000): Sidecarles
 demo-down: setup ## stop a demo left running with KEEP=1
 	$(UV) run python -m devcluster down --dir $${SIDECARLESS_CACHE:-$$HOME/.cache/sidecarless}/clusters/demo
 
-lint: setup ## ruff, ruff format --check, mypy --strict
+lint: setup ## ruff, ruff format --check, mypy --strict, hadolint
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
+	$(UV) run hadolint --failure-threshold info Dockerfile
 
 binaries: setup ## build (or find cached) kube-apiserver, kube-controller-manager, etcd and the CSI drivers
 	$(UV) run python -m devcluster build
