@@ -20,6 +20,9 @@ demo: binaries ## provision a volume with Sidecarless on a local cluster, show i
 bench-pods: binaries ## resizer memory with PODS Pods (default 5000): Sidecarless beside external-resizer
 	$(UV) run python -m bench.pods_memory --pods $(or $(PODS),5000)
 
+chart-docs: setup ## regenerate charts/sidecarless/README.md from the documented values
+	$(UV) run python tools/chart_readme.py
+
 demo-down: setup ## stop a demo left running with KEEP=1
 	$(UV) run python -m devcluster down --dir $${SIDECARLESS_CACHE:-$$HOME/.cache/sidecarless}/clusters/demo
 

@@ -8,7 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from devcluster.build import BuildError, cache_root, ensure_kubernetes, ensure_mock_driver, snapshot_crd_files
+from devcluster.build import (
+    BuildError,
+    cache_root,
+    ensure_helm,
+    ensure_kubernetes,
+    ensure_mock_driver,
+    snapshot_crd_files,
+)
 from devcluster.cluster import ClusterOptions, ClusterState, LocalCluster
 from devcluster.procs import ProcessDiedError
 
@@ -74,6 +81,7 @@ def build_all(_: Path) -> int:
         print(f"kubernetes: {binaries.kube_apiserver.parent}")
         print(f"mock driver: {ensure_mock_driver()}")
         print(f"snapshot CRDs: {snapshot_crd_files()[0].parent}")
+        print(f"helm: {ensure_helm()}")
     except BuildError as error:
         print(error, file=sys.stderr)
         return 1

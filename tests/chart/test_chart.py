@@ -1,0 +1,116 @@
+"""The Helm chart rendered with the real helm binary (from the npm package that ships it):
+lint, schema, CRDs kept identical to crds/ and to the upstream snapshot CRDs, security
+context, RBAC rules each with its reason, and the values README current."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import chart_readme
+import pytest
+import yaml
+
+from devcluster import build
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "sidecarless"
+CRD_FILE = "driverendpoints.sidecarless.io.yaml"
+KEEP = "helm.sh/resource-policy"
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return build.ensure_helm()
+
+
+def render(helm: Path, *sets: str) -> list[dict[str, Any]]:
+    argv = [str(helm), "template", "sl", str(CHART), "--namespace", "storage"]
+    for value in sets:
+        argv += ["--set", value]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def of_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in documents if d["kind"] == kind]
+
+
+def test_helm_lint_strict(helm: Path) -> None:
+    result = subprocess.run([str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_refuses_a_wrong_value(helm: Path) -> None:
+    result = subprocess.run(
+        [str(helm), "template", "sl", str(CHART), "--set", "operator.logFormat=xml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "logFormat" in result.stderr
+
+
+def test_the_crd_is_the_one_in_crds(helm: Path) -> None:
+    assert (CHART / "files" / "crds" / CRD_FILE).read_bytes() == (REPO / "crds" / CRD_FILE).read_bytes()
+    [crd] = of_kind(render(helm), "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"] == {KEEP: "keep"}
+    del crd["metadata"]["annotations"]
+    assert crd == yaml.safe_load((REPO / "crds" / CRD_FILE).read_text())
+    [unkept] = of_kind(render(helm, "crds.keep=false"), "CustomResourceDefinition")
+    assert KEEP not in (unkept["metadata"].get("annotations") or {})
+    assert of_kind(render(helm, "crds.enabled=false"), "CustomResourceDefinition") == []
+
+
+def test_the_upstream_snapshot_crds_are_optional_and_unchanged(helm: Path) -> None:
+    upstream = {p.name: p.read_bytes() for p in build.snapshot_crd_files()}
+    copied = {p.name: p.read_bytes() for p in (CHART / "files" / "snapshot-crds").glob("*.yaml")}
+    assert copied == upstream
+    crds = of_kind(render(helm, "crds.snapshots=true"), "CustomResourceDefinition")
+    names = {c["metadata"]["name"] for c in crds}
+    assert {
+        "volumesnapshots.snapshot.storage.k8s.io",
+        "volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io",
+    } <= names
+    assert len(crds) == 7
+
+
+def test_the_deployment_is_locked_down(helm: Path) -> None:
+    [deployment] = of_kind(render(helm), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [container] = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["args"] == ["run"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["SIDECARLESS_SNAPSHOT_CONTROLLER"]["value"] == "true"
+
+
+def test_secrets_are_only_read_and_can_be_limited(helm: Path) -> None:
+    def secret_rules(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        [role] = of_kind(documents, "ClusterRole")
+        return [r for r in role["rules"] if "secrets" in r["resources"]]
+
+    assert secret_rules(render(helm)) == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    [limited] = secret_rules(render(helm, "rbac.secretNames={a,b}"))
+    assert limited["resourceNames"] == ["a", "b"]
+
+
+def test_every_rbac_rule_says_why() -> None:
+    lines = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:"):
+            assert lines[number - 1].strip().startswith("#"), f"rbac.yaml line {number + 1}: a rule without its reason"
+
+
+def test_the_values_readme_is_current() -> None:
+    assert (CHART / "README.md").read_text() == chart_readme.render(), "run make chart-docs"
