@@ -106,11 +106,12 @@ def _build_once(out_dir: Path, names: list[str], build: Callable[[Path], None]) 
 
 def ensure_kubernetes() -> KubernetesBinaries:
     """etcd, kube-apiserver and kube-controller-manager, built from the wrapper module."""
+    ldflags = _kubernetes_ldflags()
     key = _inputs_hash(
         GOMOD_KUBERNETES / "go.mod",
         GOMOD_KUBERNETES / "go.sum",
         GOMOD_KUBERNETES / "cmd" / "etcd" / "main.go",
-        extra=_go_version(),
+        extra=_go_version() + ldflags,
     )
     out = cache_root() / "bin" / f"kubernetes-{versions.KUBERNETES}-{key}"
     names = ["etcd", "kube-apiserver", "kube-controller-manager"]
@@ -118,13 +119,29 @@ def ensure_kubernetes() -> KubernetesBinaries:
     def build(tmp: Path) -> None:
         log.info("building Kubernetes %s (about 10 minutes on 2 cores from a cold Go cache)", versions.KUBERNETES)
         _go(
-            ["build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/", *KUBERNETES_PACKAGES],
+            ["build", "-trimpath", f"-ldflags={ldflags}", "-o", f"{tmp}/", *KUBERNETES_PACKAGES],
             GOMOD_KUBERNETES,
             f"kubernetes {versions.KUBERNETES}",
         )
 
     _build_once(out, names, build)
     return KubernetesBinaries(out / "etcd", out / "kube-apiserver", out / "kube-controller-manager")
+
+
+def _kubernetes_ldflags() -> str:
+    """Stripped binaries that report their release (`/version`), as release builds do: clients
+    such as helm check a chart's kubeVersion against it."""
+    major, minor = versions.KUBERNETES.lstrip("v").split(".")[:2]
+    stamp = "k8s.io/component-base/version"
+    return " ".join(
+        [
+            "-s -w",
+            f"-X {stamp}.gitVersion={versions.KUBERNETES}",
+            f"-X {stamp}.gitMajor={major}",
+            f"-X {stamp}.gitMinor={minor}",
+            f"-X {stamp}.gitTreeState=clean",
+        ]
+    )
 
 
 def module_dir(module: str, version: str) -> Path:
