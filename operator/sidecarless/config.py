@@ -36,6 +36,9 @@ class Settings:
     # for the driver's answer; then it goes, and its content (still Terminating) finishes
     # the call and deletes the snapshot (external-snapshotter #1388).
     snapshot_deletion_wait_seconds: float = 60.0
+    # Of several replicas, only the holder of the Lease `sidecarless-leader` in `namespace`
+    # runs the controllers; the others watch and wait. Off: this process runs them at once.
+    leader_election: bool = True
     attacher_reconcile_seconds: float = (
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
     )

@@ -25,6 +25,7 @@ from sidecarless.context import Context, Stores
 from sidecarless.endpoints import EndpointRegistry, build_status
 from sidecarless.events import EventRecorder
 from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, load_configuration
+from sidecarless.leader import LeaderElector
 from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.provisioner.plan import ANN_ENDPOINT
@@ -82,18 +83,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     group_snapshotter = GroupSnapshotter(context)
     group_controller = GroupSnapshotController(context) if config.snapshot_controller else None
     context.endpoints.on_change = _requeue_endpoint(provisioner, attacher, resizer, snapshotter)
-    controllers = (
-        provisioner,
-        attacher,
-        resizer,
-        snapshotter,
-        snapshot_controller,
-        group_snapshotter,
-        group_controller,
-    )
-    for controller in controllers:
-        if controller is not None:
-            controller.start()
+    every = (provisioner, attacher, resizer, snapshotter, snapshot_controller, group_snapshotter, group_controller)
+    controllers = [c for c in every if c is not None]
+    memo.controllers = controllers
+    memo.leader = None
+    if config.leader_election:
+        # Its own client and rate limit: a busy operator must not starve the renewals.
+        lease_kube = Kube(ApiClient(await load_configuration(config.kubeconfig)), qps=10, burst=20)
+        memo.leader = LeaderElector(
+            lease_kube,
+            config.namespace,
+            config.identity,
+            on_started=_start_all(controllers),
+            on_stopped=_stop_all(controllers),
+        )
+        memo.leader.start()
+    else:
+        await _start_all(controllers)()
     memo.group_snapshotter = group_snapshotter
     memo.group_controller = group_controller
     memo.context = context
@@ -102,6 +108,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.resizer = resizer
     memo.snapshotter = snapshotter
     memo.snapshot_controller = snapshot_controller
+
+
+def _start_all(controllers: list[Any]) -> Any:
+    async def start() -> None:
+        for controller in controllers:
+            controller.start()
+
+    return start
+
+
+def _stop_all(controllers: list[Any]) -> Any:
+    async def stop() -> None:
+        for controller in controllers:
+            await controller.stop()
+
+    return stop
 
 
 def _requeue_endpoint(provisioner: Provisioner, attacher: Attacher, resizer: Resizer, snapshotter: Snapshotter) -> Any:
@@ -129,13 +151,11 @@ def _configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.cleanup(registry=registry)
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    if "provisioner" in memo:
-        await memo.provisioner.stop()
-    if "attacher" in memo:
-        await memo.attacher.stop()
-    for name in ("resizer", "snapshotter", "snapshot_controller", "group_snapshotter", "group_controller"):
-        if memo.get(name) is not None:
-            await memo[name].stop()
+    if memo.get("leader") is not None:
+        await memo.leader.stop()  # stops the controllers if leading, and hands the Lease over
+        await memo.leader.kube.close()
+    else:
+        await _stop_all(memo.get("controllers") or [])()
     if "context" in memo:
         await memo.context.endpoints.close()
         await memo.context.kube.close()
@@ -325,7 +345,8 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
             attach_required=_attach_required(context.stores, endpoint.spec.driver_name if endpoint else ""),
         )
         comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
-        if comparable != written:
+        leading = memo.leader is None or memo.leader.leading  # a standby replica probes but does not write
+        if leading and comparable != written:
             try:
                 await context.kube.patch(DRIVER_ENDPOINT, name, {"status": status}, subresource="status")
                 written = comparable

@@ -43,15 +43,28 @@ def test_helm_lint_strict(helm: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_schema_refuses_a_wrong_value(helm: Path) -> None:
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [("operator.logFormat=xml", "logFormat"), ("leaderElection.enabled=false", "replicaCount")],
+)
+def test_the_schema_refuses_a_wrong_value(helm: Path, value: str, complaint: str) -> None:
     result = subprocess.run(
-        [str(helm), "template", "sl", str(CHART), "--set", "operator.logFormat=xml"],
-        capture_output=True,
-        text=True,
-        check=False,
+        [str(helm), "template", "sl", str(CHART), "--set", value], capture_output=True, text=True, check=False
     )
     assert result.returncode != 0
-    assert "logFormat" in result.stderr
+    assert complaint in result.stderr
+
+
+def test_two_replicas_one_active(helm: Path) -> None:
+    documents = render(helm)
+    [deployment] = of_kind(documents, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "SIDECARLESS_LEADER_ELECTION", "value": "true"} in container["env"]
+    [budget] = of_kind(documents, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    single = render(helm, "replicaCount=1", "leaderElection.enabled=false")
+    assert of_kind(single, "PodDisruptionBudget") == []
 
 
 def test_the_crd_is_the_one_in_crds(helm: Path) -> None:

@@ -170,7 +170,9 @@ async def operator_as_chart(
     await install_rbac(kube, documents)
     [account] = [d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"]
     kubeconfig = await token_kubeconfig(kube, cluster, home, account, short_tmpdir("slc-rbac-") / "kubeconfig")
-    operator = exclusive(SIDECARLESS_KUBECONFIG=str(kubeconfig), SIDECARLESS_NAMESPACE=home)
+    operator = exclusive(
+        SIDECARLESS_KUBECONFIG=str(kubeconfig), SIDECARLESS_NAMESPACE=home, SIDECARLESS_LEADER_ELECTION="true"
+    )
     endpoint = unique_name("ep")
     await kube.create(
         DRIVER_ENDPOINT,

@@ -39,6 +39,9 @@ class OperatorProcess:
                 "SIDECARLESS_LOG_LEVEL": "DEBUG",
                 # Tests look for the ListVolumes reconcile without waiting a minute.
                 "SIDECARLESS_ATTACHER_RECONCILE_SECONDS": "2",
+                # One process at a time: a killed one's Lease would hold the next back 15 s.
+                # The failover test turns it on.
+                "SIDECARLESS_LEADER_ELECTION": "false",
                 **self.extra_env,
                 **env,
             },
