@@ -39,6 +39,14 @@ class Settings:
     # Of several replicas, only the holder of the Lease `sidecarless-leader` in `namespace`
     # runs the controllers; the others watch and wait. Off: this process runs them at once.
     leader_election: bool = True
+    lease_name: str = "sidecarless-leader"  # one per operator deployment (embedded: one per driver)
+    # The DriverEndpoints this process serves, comma-separated; empty: all of them. An
+    # operator embedded in a driver's controller pod serves that driver's endpoint only.
+    endpoints: str = ""
+
+    def serves(self, endpoint_name: str) -> bool:
+        wanted = {name.strip() for name in self.endpoints.split(",") if name.strip()}
+        return not wanted or endpoint_name in wanted
     attacher_reconcile_seconds: float = (
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
     )

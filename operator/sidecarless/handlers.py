@@ -94,6 +94,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             lease_kube,
             config.namespace,
             config.identity,
+            name=config.lease_name,
             on_started=_start_all(controllers),
             on_stopped=_stop_all(controllers),
         )
@@ -307,21 +308,27 @@ async def csidriver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> No
 # --- DriverEndpoint: our own resource --------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+def _served(name: str, memo: kopf.Memo, **_: Any) -> bool:
+    """Only the DriverEndpoints this process serves (SIDECARLESS_ENDPOINTS): another operator,
+    embedded in another driver's pod, serves the rest, finalizer and status included."""
+    return bool(memo.settings.serves(name))
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, when=_served)
+@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, when=_served)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry, when=_served)
 async def endpoint_configured(name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     context: Context = memo.context
     tls = await _tls_config(context.kube, dict(spec))
     await context.endpoints.apply(name, _plain(spec), tls)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, when=_served)
 async def endpoint_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
     await memo.context.endpoints.remove(name)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)
+@kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0, when=_served)
 async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
     """Probe the driver and keep the DriverEndpoint's status current."""
     context: Context = memo.context

@@ -150,6 +150,8 @@ class Provisioner:
         endpoint_name = endpoint_of_class(storage_class)
         if storage_class is None or endpoint_name is None:
             return  # not routed to Sidecarless: the sidecars (or nobody) handle it
+        if not context.settings.serves(endpoint_name):
+            return  # another operator's (SIDECARLESS_ENDPOINTS)
         endpoint = await self._endpoint_for_claim(claim, storage_class, endpoint_name)
         decision = plan.claim_decision(claim, storage_class, endpoint.spec.driver_name)
         if isinstance(decision, plan.Skip):
@@ -480,8 +482,8 @@ class Provisioner:
         if volume is None:
             return
         endpoint_name = self._volume_endpoint_name(volume)
-        if endpoint_name is None:
-            return
+        if endpoint_name is None or not context.settings.serves(endpoint_name):
+            return  # the sidecars', or another operator's (SIDECARLESS_ENDPOINTS)
         endpoint = context.endpoints.get(endpoint_name)
         if endpoint is None or not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {endpoint_name!r} is not serving")
