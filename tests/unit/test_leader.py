@@ -1,8 +1,10 @@
 """When a Lease may be taken over."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sidecarless.leader import expired
+from sidecarless.kube import KubeError
+from sidecarless.leader import LeaderElector, Timing, expired
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
@@ -31,3 +33,68 @@ def test_a_released_or_empty_lease_is_free() -> None:
 
 def test_the_lease_says_its_own_duration() -> None:
     assert not expired(a_lease("a", NOW - timedelta(seconds=20), duration=30), NOW, 15)
+
+
+class FlakyLeaseAPI:
+    """An in-memory Lease API that can be made to fail, standing in for the API server."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, object] | None = None
+        self.failing = False
+        self.version = 0
+
+    async def get_or_none(self, resource: object, name: str, namespace: str) -> dict[str, object] | None:
+        self._maybe_fail()
+        return self.lease
+
+    async def create(self, resource: object, body: dict[str, object], namespace: str) -> dict[str, object]:
+        self._maybe_fail()
+        self.version += 1
+        self.lease = {**body, "metadata": {"name": "l", "resourceVersion": str(self.version)}}
+        return self.lease
+
+    async def patch(self, resource: object, name: str, patch: dict[str, object], namespace: str) -> dict[str, object]:
+        self._maybe_fail()
+        assert self.lease is not None
+        self.version += 1
+        spec: dict[str, object] = {**self.lease["spec"], **patch["spec"]}  # type: ignore[dict-item]
+        self.lease = {"spec": spec, "metadata": {"name": "l", "resourceVersion": str(self.version)}}
+        return self.lease
+
+    def _maybe_fail(self) -> None:
+        if self.failing:
+            raise KubeError(503, "ServiceUnavailable", "the API server is overloaded")
+
+
+async def test_a_lost_lease_stops_the_controllers_but_not_the_process() -> None:
+    api = FlakyLeaseAPI()
+    events: list[str] = []
+
+    async def started() -> None:
+        events.append("started")
+
+    async def stopped() -> None:
+        events.append("stopped")
+
+    elector = LeaderElector(
+        api,  # type: ignore[arg-type]
+        "ns",
+        "me",
+        on_started=started,
+        on_stopped=stopped,
+        timing=Timing(lease_duration=0.4, renew_deadline=0.2, retry_period=0.05),
+    )
+    elector.start()
+    await asyncio.sleep(0.1)
+    assert events == ["started"]
+    api.failing = True  # renewals fail: past the renew deadline the controllers stop
+    await asyncio.sleep(0.4)
+    assert events == ["started", "stopped"]
+    assert not elector.leading
+    assert elector._task is not None
+    assert not elector._task.done(), "still running, a candidate again"
+    api.failing = False
+    await asyncio.sleep(0.2)
+    assert events == ["started", "stopped", "started"]
+    await elector.stop()
+    assert events[-1] == "stopped"
