@@ -47,6 +47,7 @@ class Settings:
     def serves(self, endpoint_name: str) -> bool:
         wanted = {name.strip() for name in self.endpoints.split(",") if name.strip()}
         return not wanted or endpoint_name in wanted
+
     attacher_reconcile_seconds: float = (
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
     )
