@@ -15,7 +15,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from devcluster import LocalCluster
 from devcluster.operator import REPO, OperatorProcess
 from sidecarless.kube import DRIVER_ENDPOINT, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
-from tests.conftest import short_tmpdir
+from tests.conftest import failed, short_tmpdir
 
 MOCK = "mock.csi.sidecarless.dev"
 MOCK_NOATTACH = "mock-noattach.csi.sidecarless.dev"
@@ -43,8 +43,11 @@ def operator(cluster: LocalCluster, crds: None) -> Iterator[OperatorProcess]:
 
 
 @pytest.fixture
-def exclusive(operator: OperatorProcess, cluster: LocalCluster) -> Iterator[Callable[..., OperatorProcess]]:
-    """Pause the session's operator; hand out operators this test starts (and kills) itself."""
+def exclusive(
+    operator: OperatorProcess, cluster: LocalCluster, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Pause the session's operator; hand out operators this test starts (and kills) itself.
+    When the test fails, the end of their logs is printed (CI keeps no files)."""
     operator.stop()
     log_dir = short_tmpdir("slc-kill-")
     started: list[OperatorProcess] = []
@@ -61,6 +64,10 @@ def exclusive(operator: OperatorProcess, cluster: LocalCluster) -> Iterator[Call
     finally:
         for process in started:
             process.stop()
+        if failed(request):
+            for path in sorted(log_dir.glob("operator-*.log")):
+                lines = path.read_text(errors="replace").splitlines()
+                print(f"\n--- last lines of {path.name} ---\n" + "\n".join(lines[-80:]))
         operator.start()
         shutil.rmtree(log_dir, ignore_errors=True)
 

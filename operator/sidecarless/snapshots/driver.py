@@ -79,6 +79,12 @@ class Snapshotter:
             return None
         return endpoint
 
+    def _route_not_known_yet(self, content: Body) -> bool:
+        """A dynamic content of a driver some endpoint serves, whose source PV is not in the store."""
+        spec = content.get("spec") or {}
+        served = any(e.spec.driver_name == spec.get("driver") for e in self.context.endpoints.all())
+        return served and bool((spec.get("source") or {}).get("volumeHandle")) and self._source_volume(content) is None
+
     def _source_volume(self, content: Body) -> Body | None:
         """The PV a dynamic content snapshots: through its VolumeSnapshot's claim, else by volume handle."""
         stores = self.context.stores
@@ -106,6 +112,9 @@ class Snapshotter:
         if content is None:
             return
         endpoint = self.endpoint_of(content)
+        if endpoint is None and self._route_not_known_yet(content):
+            # After a restart the contents may arrive before the PVs that route them.
+            raise Requeue(None, f"the source volume of {name} is not known yet")
         if endpoint is None or endpoint.controller_state("snapshotter") != ACTIVE:
             return
         if not endpoint.serving:

@@ -331,7 +331,13 @@ class GroupSnapshotter:
         spec, meta = content.get("spec") or {}, content["metadata"]
         handles = list((spec.get("source") or {}).get("volumeHandles") or [])
         group_class = context.stores.group_classes.get(spec.get("volumeGroupSnapshotClassName") or "")
-        endpoint = endpoint_for(context, group_class, handles, str(spec.get("driver") or ""))
+        driver = str(spec.get("driver") or "")
+        endpoint = endpoint_for(context, group_class, handles, driver)
+        known = {((v.get("spec") or {}).get("csi") or {}).get("volumeHandle") for v in context.stores.volumes.values()}
+        served = any(e.spec.driver_name == driver for e in context.endpoints.all())
+        if endpoint is None and handles and served and handles[0] not in known:
+            # After a restart the contents may arrive before the PVs that route them.
+            raise Requeue(None, f"the volumes of {name} are not known yet")
         if endpoint is None or endpoint.info is None or gplan.CAPABILITY not in endpoint.info.group_controller:
             return
         if not endpoint.serving:
