@@ -90,6 +90,24 @@ def volume_snapshot(name: str, *, claim_name: str = "", content: str = "", class
     return {"apiVersion": plan.GROUP_VERSION, "kind": "VolumeSnapshot", "metadata": {"name": name}, "spec": spec}
 
 
+def snapshot_content(
+    name: str, source: dict[str, str], class_name: str, policy: str, ref: dict[str, str]
+) -> dict[str, Any]:
+    """A VolumeSnapshotContent as a user (pre-provisioned) or another snapshot-controller makes one."""
+    return {
+        "apiVersion": plan.GROUP_VERSION,
+        "kind": "VolumeSnapshotContent",
+        "metadata": {"name": name},
+        "spec": {
+            "deletionPolicy": policy,
+            "driver": MOCK,
+            "source": source,
+            "volumeSnapshotClassName": class_name,
+            "volumeSnapshotRef": ref,
+        },
+    }
+
+
 async def snapshot_where(
     kube: Kube, namespace: str, name: str, check: Callable[[dict[str, Any]], bool], what: str
 ) -> Any:
@@ -248,18 +266,13 @@ async def test_preprovisioned_snapshot_is_imported(
     content_name = unique_name("imported")
     await kube.create(
         VOLUME_SNAPSHOT_CONTENT,
-        {
-            "apiVersion": plan.GROUP_VERSION,
-            "kind": "VolumeSnapshotContent",
-            "metadata": {"name": content_name},
-            "spec": {
-                "deletionPolicy": "Retain",
-                "driver": MOCK,
-                "source": {"snapshotHandle": handle},
-                "volumeSnapshotClassName": snapshot_class,
-                "volumeSnapshotRef": {"name": "imported", "namespace": namespace},
-            },
-        },
+        snapshot_content(
+            content_name,
+            {"snapshotHandle": handle},
+            snapshot_class,
+            "Retain",
+            {"name": "imported", "namespace": namespace},
+        ),
     )
     await kube.create(
         VOLUME_SNAPSHOT, volume_snapshot("imported", content=content_name, class_name=snapshot_class), namespace
@@ -422,18 +435,13 @@ async def test_driver_half_only_beside_an_upstream_snapshot_controller(
     content_name = f"snapcontent-{uid}"
     await kube.create(
         VOLUME_SNAPSHOT_CONTENT,
-        {
-            "apiVersion": plan.GROUP_VERSION,
-            "kind": "VolumeSnapshotContent",
-            "metadata": {"name": content_name},
-            "spec": {
-                "deletionPolicy": "Delete",
-                "driver": MOCK,
-                "source": {"volumeHandle": volume_id},
-                "volumeSnapshotClassName": snapshot_class,
-                "volumeSnapshotRef": {"name": "theirs", "namespace": namespace, "uid": uid},
-            },
-        },
+        snapshot_content(
+            content_name,
+            {"volumeHandle": volume_id},
+            snapshot_class,
+            "Delete",
+            {"name": "theirs", "namespace": namespace, "uid": uid},
+        ),
     )
 
     async def cut() -> bool:

@@ -177,6 +177,20 @@ def ensure_external_resizer() -> Path:
     )
 
 
+def ensure_sidecars() -> dict[str, Path]:
+    """Every controller sidecar Sidecarless replaces, built from the module proxy, by binary name."""
+    builds = [
+        (versions.EXTERNAL_PROVISIONER_MODULE, versions.EXTERNAL_PROVISIONER, "csi-provisioner"),
+        (versions.EXTERNAL_ATTACHER_MODULE, versions.EXTERNAL_ATTACHER, "csi-attacher"),
+        (versions.EXTERNAL_RESIZER_MODULE, versions.EXTERNAL_RESIZER, "csi-resizer"),
+        (versions.EXTERNAL_SNAPSHOTTER_MODULE, versions.EXTERNAL_SNAPSHOTTER, "csi-snapshotter"),
+        (versions.EXTERNAL_SNAPSHOTTER_MODULE, versions.EXTERNAL_SNAPSHOTTER, "snapshot-controller"),
+    ]
+    return {
+        binary: _build_from_module(module, version, f"./cmd/{binary}", binary) for module, version, binary in builds
+    }
+
+
 def ensure_mock_driver() -> Path:
     """csi-test's mock CSI driver (cmd/mock-driver).
 
