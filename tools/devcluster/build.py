@@ -152,7 +152,9 @@ def module_dir(module: str, version: str) -> Path:
     return Path(info["Dir"])
 
 
-def _build_from_module(module: str, version: str, package: str, binary: str) -> Path:
+def _build_from_module(
+    module: str, version: str, package: str, binary: str, nested: dict[str, tuple[str, str]] | None = None
+) -> Path:
     """Build `package` of a module from the proxy, in a writable copy of the module (its zip
     carries no vendor tree), with dependencies at the versions its go.mod names."""
     out = cache_root() / "bin" / f"{binary}-{version}-{_inputs_hash(extra=_go_version())}"
@@ -162,6 +164,10 @@ def _build_from_module(module: str, version: str, package: str, binary: str) -> 
         work = cache_root() / "src" / f"{binary}-{version}"
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(source, work)
+        # Nested modules the go.mod replaces with a folder (`=> ./client`) are not in the
+        # module's zip: put the published module of that version there.
+        for folder, (nested_module, nested_version) in (nested or {}).items():
+            shutil.copytree(module_dir(nested_module, nested_version), work / folder)
         for path in [work, *work.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)
         _go(["build", "-mod=mod", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / binary), package], work, binary)
@@ -186,8 +192,10 @@ def ensure_sidecars() -> dict[str, Path]:
         (versions.EXTERNAL_SNAPSHOTTER_MODULE, versions.EXTERNAL_SNAPSHOTTER, "csi-snapshotter"),
         (versions.EXTERNAL_SNAPSHOTTER_MODULE, versions.EXTERNAL_SNAPSHOTTER, "snapshot-controller"),
     ]
+    client = {"client": (versions.SNAPSHOTTER_CLIENT_MODULE, versions.SNAPSHOTTER_CLIENT)}
     return {
-        binary: _build_from_module(module, version, f"./cmd/{binary}", binary) for module, version, binary in builds
+        binary: _build_from_module(module, version, f"./cmd/{binary}", binary, client if "snapshot" in binary else None)
+        for module, version, binary in builds
     }
 
 
