@@ -278,12 +278,7 @@ async def group_snapshot_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) 
     if event["type"] != "DELETED" and memo.group_controller is not None:
         memo.group_controller.groups.add(key)
     if event["type"] == "DELETED" and memo.snapshot_controller is not None:
-        # Its members may go now.
-        for snapshot in memo.context.stores.snapshots.values():
-            if snapshot["metadata"].get("namespace") == event["object"]["metadata"].get("namespace"):
-                memo.snapshot_controller.snapshots.add(
-                    f"{snapshot['metadata']['namespace']}/{snapshot['metadata']['name']}"
-                )
+        memo.snapshot_controller.group_deleted(dict(event["object"]))  # its members may go now
 
 
 @kopf.on.event("groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshotcontents", registry=registry)

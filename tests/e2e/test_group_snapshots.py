@@ -115,8 +115,10 @@ async def test_group_snapshot_of_labelled_claims_and_its_deletion(
     )
     uid = group["metadata"]["uid"]
     assert group["metadata"]["finalizers"] == [gplan.GROUP_FINALIZER]
+    assert not group["metadata"].get("annotations"), "no Kopf (or other) marks on the user's object"
     content = await kube.get(VOLUME_GROUP_SNAPSHOT_CONTENT, f"groupsnapcontent-{uid}")
     assert content["metadata"]["finalizers"] == [gplan.GROUP_CONTENT_FINALIZER]
+    assert not content["metadata"].get("annotations")
     assert sorted(content["spec"]["source"]["volumeHandles"]) == sorted(handles)
     infos = content["status"]["volumeSnapshotInfoList"]
     assert sorted(i["volumeHandle"] for i in infos) == sorted(handles)

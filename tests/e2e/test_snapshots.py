@@ -344,6 +344,19 @@ async def test_snapshot_of_a_missing_claim(
     await gone(kube, VOLUME_SNAPSHOT, "orphan", namespace)
 
 
+async def test_snapshot_with_a_missing_class(kube: Kube, namespace: str, routed_class: Routed) -> None:
+    await source_claim(kube, namespace, routed_class)
+    await kube.create(
+        VOLUME_SNAPSHOT, volume_snapshot("classless", claim_name="data", class_name="no-such-class"), namespace
+    )
+    failed = await snapshot_where(
+        kube, namespace, "classless", lambda s: bool((s.get("status") or {}).get("error")), "an error on the snapshot"
+    )
+    assert '"no-such-class" not found' in failed["status"]["error"]["message"]
+    assert "GetSnapshotClassFailed" in await event_reasons(kube, namespace, "classless")
+    assert await kube.get_or_none(VOLUME_SNAPSHOT_CONTENT, f"snapcontent-{failed['metadata']['uid']}") is None
+
+
 async def test_driver_failing_create_snapshot(
     kube: Kube,
     namespace: str,
@@ -497,6 +510,7 @@ async def test_snapshot_deleted_while_the_driver_does_not_answer(
     )
     assert waiting["metadata"]["deletionTimestamp"]
     await gone(kube, VOLUME_SNAPSHOT, "hurried", namespace)
+    assert "SnapshotDeleteDeferred" in await event_reasons(kube, namespace, "hurried")
     content = await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name)
     assert content["metadata"]["deletionTimestamp"], "the content stays, Terminating, to finish the call"
     assert "waits for this call to end" in content["status"]["error"]["message"]

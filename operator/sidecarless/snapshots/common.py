@@ -56,9 +56,7 @@ class SnapshotController:
             self.contents.add(name)
         claim = plan.source_claim(snapshot)
         if claim:
-            for other in self.context.stores.snapshots.values():
-                if other["metadata"]["namespace"] == snapshot["metadata"]["namespace"]:
-                    self.snapshots.add(plan.key_of(other))
+            self._requeue_snapshots_of(snapshot["metadata"]["namespace"], claim)
 
     def content_changed(self, content: Body) -> None:
         self.contents.add(content["metadata"]["name"])
@@ -73,9 +71,20 @@ class SnapshotController:
         if source.get("kind") == "VolumeSnapshot" and source.get("name"):
             self.snapshots.add(f"{namespace}/{source['name']}")
         if plan.PVC_FINALIZER in (claim["metadata"].get("finalizers") or []):
-            for snapshot in self.context.stores.snapshots.values():
-                if snapshot["metadata"]["namespace"] == namespace:
-                    self.snapshots.add(plan.key_of(snapshot))
+            self._requeue_snapshots_of(namespace, claim["metadata"]["name"])
+
+    def group_deleted(self, group: Body) -> None:
+        """A VolumeGroupSnapshot gone: its members may be deleted now."""
+        namespace, name = group["metadata"].get("namespace"), group["metadata"]["name"]
+        for snapshot in self.context.stores.snapshots.values():
+            if snapshot["metadata"].get("namespace") == namespace and group_of(snapshot) == name:
+                self.snapshots.add(plan.key_of(snapshot))
+
+    def _requeue_snapshots_of(self, namespace: str, claim_name: str) -> None:
+        """The snapshots of one claim: one of them releases the claim's pvc-as-source-protection."""
+        for snapshot in self.context.stores.snapshots.values():
+            if snapshot["metadata"].get("namespace") == namespace and plan.source_claim(snapshot) == claim_name:
+                self.snapshots.add(plan.key_of(snapshot))
 
     # --- VolumeSnapshots -----------------------------------------------------------
 

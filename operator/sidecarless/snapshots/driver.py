@@ -30,6 +30,23 @@ Body = dict[str, Any]
 log = logging.getLogger("sidecarless.snapshotter")
 
 
+def volume_by_handle(context: Context, driver: str, handle: str) -> Body | None:
+    """The PV of `driver` with volume handle `handle`, from the store."""
+    for volume in context.stores.volumes.values():
+        source = (volume.get("spec") or {}).get("csi") or {}
+        if source.get("volumeHandle") == handle and source.get("driver") == driver:
+            return volume
+    return None
+
+
+def awaits_volume(context: Context, driver: str, handle: str) -> bool:
+    """A (group) content cannot be routed yet: its driver is served here but its source PV is
+    not in the store. After a restart contents may arrive before the PVs that route them; they
+    must be retried, not dropped."""
+    served = any(e.spec.driver_name == driver for e in context.endpoints.all())
+    return served and bool(handle) and volume_by_handle(context, driver, handle) is None
+
+
 class Snapshotter:
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -79,12 +96,6 @@ class Snapshotter:
             return None
         return endpoint
 
-    def _route_not_known_yet(self, content: Body) -> bool:
-        """A dynamic content of a driver some endpoint serves, whose source PV is not in the store."""
-        spec = content.get("spec") or {}
-        served = any(e.spec.driver_name == spec.get("driver") for e in self.context.endpoints.all())
-        return served and bool((spec.get("source") or {}).get("volumeHandle")) and self._source_volume(content) is None
-
     def _source_volume(self, content: Body) -> Body | None:
         """The PV a dynamic content snapshots: through its VolumeSnapshot's claim, else by volume handle."""
         stores = self.context.stores
@@ -99,11 +110,7 @@ class Snapshotter:
             volume = stores.volumes.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
             if volume is not None and (volume.get("spec") or {}).get("csi", {}).get("volumeHandle") == handle:
                 return volume
-        for volume in stores.volumes.values():
-            source = (volume.get("spec") or {}).get("csi") or {}
-            if source.get("volumeHandle") == handle and source.get("driver") == spec.get("driver"):
-                return volume
-        return None
+        return volume_by_handle(self.context, str(spec.get("driver") or ""), str(handle))
 
     # --- sync ----------------------------------------------------------------------
 
@@ -112,8 +119,10 @@ class Snapshotter:
         if content is None:
             return
         endpoint = self.endpoint_of(content)
-        if endpoint is None and self._route_not_known_yet(content):
-            # After a restart the contents may arrive before the PVs that route them.
+        spec = content.get("spec") or {}
+        if endpoint is None and awaits_volume(
+            self.context, str(spec.get("driver") or ""), str((spec.get("source") or {}).get("volumeHandle") or "")
+        ):
             raise Requeue(None, f"the source volume of {name} is not known yet")
         if endpoint is None or endpoint.controller_state("snapshotter") != ACTIVE:
             return

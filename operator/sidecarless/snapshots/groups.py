@@ -33,6 +33,7 @@ from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots import group_plan as gplan
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.content_writes import ContentWrites, ErrorEvents
+from sidecarless.snapshots.driver import awaits_volume, volume_by_handle
 from sidecarless.snapshots.plan import SnapshotError
 from sidecarless.workqueue import Requeue, WorkQueue
 
@@ -46,13 +47,10 @@ CONFLICT_RETRY_SECONDS = 0.5
 def endpoint_for(context: Context, group_class: Body | None, handles: list[str], driver: str) -> Endpoint | None:
     """The class's `sidecarless.io/endpoint`, else the endpoint of the first volume's PV."""
     name = ((group_class or {}).get("metadata", {}).get("annotations") or {}).get(ANN_ENDPOINT)
-    if not name and handles:
-        for volume in context.stores.volumes.values():
-            source = (volume.get("spec") or {}).get("csi") or {}
-            if source.get("volumeHandle") == handles[0] and source.get("driver") == driver:
-                class_name = (volume.get("spec") or {}).get("storageClassName") or ""
-                name = endpoint_of_volume(volume, context.stores.classes.get(class_name))
-                break
+    volume = volume_by_handle(context, driver, handles[0]) if not name and handles else None
+    if volume is not None:
+        class_name = (volume.get("spec") or {}).get("storageClassName") or ""
+        name = endpoint_of_volume(volume, context.stores.classes.get(class_name))
     endpoint = context.endpoints.get(name) if name else None
     return endpoint if endpoint is not None and endpoint.spec.driver_name == driver else None
 
@@ -333,10 +331,7 @@ class GroupSnapshotter:
         group_class = context.stores.group_classes.get(spec.get("volumeGroupSnapshotClassName") or "")
         driver = str(spec.get("driver") or "")
         endpoint = endpoint_for(context, group_class, handles, driver)
-        known = {((v.get("spec") or {}).get("csi") or {}).get("volumeHandle") for v in context.stores.volumes.values()}
-        served = any(e.spec.driver_name == driver for e in context.endpoints.all())
-        if endpoint is None and handles and served and handles[0] not in known:
-            # After a restart the contents may arrive before the PVs that route them.
+        if endpoint is None and handles and awaits_volume(context, driver, handles[0]):
             raise Requeue(None, f"the volumes of {name} are not known yet")
         if endpoint is None or endpoint.info is None or gplan.CAPABILITY not in endpoint.info.group_controller:
             return
