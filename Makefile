@@ -5,7 +5,8 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export PYTHONPATH := tools:operator
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-down lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
+
+.PHONY: help setup demo demo-down bench bench-pods chart-docs lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -16,6 +17,10 @@ setup: ## install uv if missing and the locked Python environment
 
 demo: binaries ## provision a volume with Sidecarless on a local cluster, show it, tear down (KEEP=1 keeps it)
 	$(UV) run python tools/demo.py $(if $(KEEP),--keep)
+
+bench: binaries ## the sidecars and Sidecarless side by side: N (100) claims, DRIVERS (1), ROUNDS (3), SETTINGS, SCENARIO (all)
+	$(UV) run python -m bench.side_by_side --n $(or $(N),100) --drivers $(or $(DRIVERS),1) --rounds $(or $(ROUNDS),3) \
+		--settings $(or $(SETTINGS),defaults,qps100) --scenario $(or $(SCENARIO),all) $(if $(PLOT),--plot $(PLOT))
 
 bench-pods: binaries ## resizer memory with PODS Pods (default 5000): Sidecarless beside external-resizer
 	$(UV) run python -m bench.pods_memory --pods $(or $(PODS),5000)

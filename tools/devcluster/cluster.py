@@ -28,12 +28,20 @@ import yaml
 from devcluster import build
 from devcluster.drivers import DriverSpec, RunningDriver, driver_calls, socket_name, start_driver
 from devcluster.kube import KubeError, KubeREST
-from devcluster.pki import ClusterPKI, KeyPair, load_cluster_pki, make_cluster_pki
+from devcluster.pki import ClusterPKI, KeyPair, load_authority, load_cluster_pki, make_cluster_pki
 from devcluster.procs import ManagedProcess, free_port, stop_pid, wait_until
 
 log = logging.getLogger("devcluster")
 
 STATE_FILE = "cluster.json"
+# Metadata only (no bodies), and no RequestReceived stage: one line per request, two per
+# watch (ResponseStarted when it opens, ResponseComplete when it closes).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
 DEFAULT_NODES = ("node-1", "node-2")
 DEFAULT_DRIVERS = (
     DriverSpec("mock.csi.sidecarless.dev"),  # publishes: VolumeAttachments get ControllerPublishVolume
@@ -53,6 +61,9 @@ class ClusterOptions:
     controller_manager_burst: int = 200
     tied_to_parent: bool = True  # tests: components die with the test process
     extra_crds: tuple[Path, ...] = ()
+    # Benchmarks: kube-apiserver writes every request's metadata (user, verb, resource) to
+    # logs/audit.log, so each client's requests and watches can be counted.
+    audit_log: bool = False
 
 
 @dataclass
@@ -93,6 +104,21 @@ class LocalCluster:
     @property
     def driver_dir(self) -> Path:
         return self.workdir / "drivers"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "logs" / "audit.log"
+
+    def user_kubeconfig(self, user: str) -> Path:
+        """A kubeconfig for a cluster-admin client named `user` (so its requests can be told apart)."""
+        assert self.pki is not None
+        pki_dir = self.pki.ca.cert.parent
+        pair = load_authority(pki_dir, "ca").issue(
+            pki_dir, f"user-{user}", user, organizations=("system:masters",), client=True
+        )
+        path = self.workdir / f"{user}.kubeconfig"
+        self._write_kubeconfig(path, user, pair)
+        return path
 
     @property
     def rest(self) -> KubeREST:
@@ -325,6 +351,21 @@ class LocalCluster:
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
             "--allow-privileged=true",
             "--profiling=false",
+            *self._audit_args(),
+        ]
+
+    def _audit_args(self) -> list[str]:
+        if not self.options.audit_log:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            # Never rotated (0 would mean lumberjack's 100 MB): a benchmark reads it by offset.
+            "--audit-log-maxsize=1000000",
         ]
 
     def _controller_manager_args(self, kubeconfig: Path, port: int) -> list[str]:

@@ -97,6 +97,16 @@ def _write(directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticC
     return pair
 
 
+def load_authority(directory: Path, name: str) -> Authority:
+    """An authority :func:`new_authority` wrote earlier, able to issue more certificates."""
+    pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
+    cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pair.key} is not an EC key")
+    return Authority(pair, cert, key)
+
+
 def new_authority(directory: Path, name: str, common_name: str) -> Authority:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

@@ -1,0 +1,129 @@
+"""Medians over rounds, Sidecarless / sidecars ratios, the printed table and the plot."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+SIDES = ("sidecars", "sidecarless")
+
+# (key in a round's figures, what the table calls it); a key "phase.field" reads a phase's figure.
+METRICS = (
+    ("provision.pv_created", "all PVs created, s"),
+    ("provision.seconds", "all PVCs Bound, s"),
+    ("provision.p50", "  Bound p50, s"),
+    ("provision.p99", "  Bound p99, s"),
+    ("attach.seconds", "all attached, s"),
+    ("attach.p99", "  attached p99, s"),
+    ("detach.seconds", "all detached, s"),
+    ("expand.seconds", "all expanded, s"),
+    ("expand.p99", "  expanded p99, s"),
+    ("snapshot.seconds", "all snapshots ready, s"),
+    ("snapshot.p99", "  ready p99, s"),
+    ("unsnapshot.seconds", "all snapshots deleted, s"),
+    ("delete.seconds", "all volumes deleted, s"),
+    ("delete.p99", "  deleted p99, s"),
+    ("requests_per_volume", "API requests / provisioned volume"),
+    ("requests_total", "API requests, whole round"),
+    ("provision.cpu_seconds", "CPU s, provisioning"),
+    ("cpu_seconds", "CPU s, whole round"),
+    ("peak_rss_mib", "peak RSS MiB (sum of processes)"),
+    ("watches_held", "watches held"),
+    ("connections", "TCP connections to the API"),
+    ("processes", "processes"),
+)
+
+
+def figure(round_figures: dict[str, Any], key: str) -> float | None:
+    phase, _, name = key.partition(".")
+    value = round_figures["phases"].get(phase, {}).get(name) if name else round_figures.get(key)
+    return None if value is None else float(value)
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """setting -> side -> metric -> median over that setting's rounds."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for setting in dict.fromkeys(r["setting"] for r in rounds):
+        summary[setting] = {}
+        for side in SIDES:
+            of_side = [r for r in rounds if r["setting"] == setting and r["side"] == side]
+            medians = {}
+            for key, _ in METRICS:
+                values = [v for r in of_side if (v := figure(r, key)) is not None]
+                if values:
+                    medians[key] = round(statistics.median(values), 3)
+            summary[setting][side] = medians
+    return summary
+
+
+def ratios(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for setting, sides in summary.items():
+        theirs, ours = sides.get("sidecars", {}), sides.get("sidecarless", {})
+        out[setting] = {key: round(ours[key] / theirs[key], 3) for key in ours if theirs.get(key)}
+    return out
+
+
+def table(summary: dict[str, dict[str, dict[str, float]]], rounds: int) -> str:
+    lines = []
+    for setting, sides in summary.items():
+        lines.append(f"\n{setting} (median of {rounds} rounds)")
+        lines.append(f"  {'':<36}{'sidecars':>12}{'sidecarless':>13}{'ratio':>8}")
+        for key, label in METRICS:
+            theirs, ours = sides.get("sidecars", {}).get(key), sides.get("sidecarless", {}).get(key)
+            if theirs is None and ours is None:
+                continue
+            ratio = f"{ours / theirs:.2f}" if theirs and ours is not None else ""
+            lines.append(f"  {label:<36}{_cell(theirs):>12}{_cell(ours):>13}{ratio:>8}")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.2f}"
+
+
+PLOTTED_TIMES = (
+    ("provision.pv_created", "PVs created"),
+    ("provision.seconds", "PVCs Bound"),
+    ("attach.seconds", "attached"),
+    ("detach.seconds", "detached"),
+    ("expand.seconds", "expanded"),
+    ("snapshot.seconds", "snapshots ready"),
+    ("unsnapshot.seconds", "snapshots deleted"),
+    ("delete.seconds", "volumes deleted"),
+)
+PLOTTED_COSTS = (
+    ("peak_rss_mib", "peak RSS, MiB"),
+    ("cpu_seconds", "CPU, s"),
+    ("requests_total", "API requests / 10"),
+    ("watches_held", "watches held"),
+)
+
+
+def plot(summary: dict[str, dict[str, dict[str, float]]], title: str, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - only `--plot` needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    settings = list(summary)
+    fig, axes = plt.subplots(len(settings), 2, figsize=(13, 3.6 * len(settings)), squeeze=False)
+    for row, setting in enumerate(settings):
+        for column, (metrics, unit) in enumerate(((PLOTTED_TIMES, "seconds to converge"), (PLOTTED_COSTS, ""))):
+            axis = axes[row][column]
+            shown = [(k, label) for k, label in metrics if any(k in summary[setting][s] for s in SIDES)]
+            positions = range(len(shown))
+            for offset, side in ((-0.2, "sidecars"), (0.2, "sidecarless")):
+                values = [summary[setting][side].get(k, 0.0) / (10 if k == "requests_total" else 1) for k, _ in shown]
+                axis.bar([p + offset for p in positions], values, width=0.4, label=side)
+            axis.set_xticks(list(positions), [label for _, label in shown], rotation=25, ha="right", fontsize=8)
+            axis.set_ylabel(unit)
+            axis.set_title(f"{setting}: {'time' if column == 0 else 'cost'}", fontsize=10)
+            axis.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)

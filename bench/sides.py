@@ -1,0 +1,121 @@
+"""The two sides of a benchmark: the real kubernetes-csi sidecars, and Sidecarless.
+
+Each side runs as its own Kubernetes user (its requests are told apart in the audit log)
+and is started fresh for every round, then stopped, so rounds never share warm caches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from devcluster.build import ensure_sidecars
+from devcluster.operator import OperatorProcess
+from devcluster.procs import ManagedProcess
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The API rate limit both sides get: None keeps each side's own default."""
+
+    name: str
+    qps: float | None
+    burst: int | None
+
+    def sidecar_flags(self) -> list[str]:
+        if self.qps is None or self.burst is None:
+            return []
+        return [f"--kube-api-qps={self.qps:g}", f"--kube-api-burst={self.burst}"]
+
+    def operator_env(self) -> dict[str, str]:
+        if self.qps is None or self.burst is None:
+            return {}
+        return {"SIDECARLESS_API_QPS": f"{self.qps:g}", "SIDECARLESS_API_BURST": str(self.burst)}
+
+
+SETTINGS = {
+    # The sidecars' defaults are QPS 5 / burst 10 each; Sidecarless' are 50 / 100 shared by
+    # all its controllers and drivers (docs/performance.md says why).
+    "defaults": Setting("defaults", None, None),
+    "qps100": Setting("qps100", 100, 100),
+    # client-go and Sidecarless both treat a huge bucket as no limit at all.
+    "unlimited": Setting("unlimited", 1_000_000, 1_000_000),
+}
+
+SIDECARS_USER = "bench-sidecars"
+SIDECARLESS_USER = "bench-sidecarless"
+
+
+class SidecarsSide:
+    """Per driver: csi-provisioner, csi-attacher, csi-resizer, csi-snapshotter; one snapshot-controller."""
+
+    name = "sidecars"
+    user = SIDECARS_USER
+
+    def __init__(self, kubeconfig: Path, sockets: dict[str, str], setting: Setting, log_dir: Path) -> None:
+        self.kubeconfig, self.sockets, self.setting, self.log_dir = kubeconfig, sockets, setting, log_dir
+        self.processes: dict[str, ManagedProcess] = {}
+
+    def start(self) -> None:
+        binaries = ensure_sidecars()
+        common = [f"--kubeconfig={self.kubeconfig}", "--leader-election=false", "-v=2", *self.setting.sidecar_flags()]
+        for index, socket in enumerate(self.sockets[driver] for driver in sorted(self.sockets)):
+            for binary in ("csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter"):
+                label = f"{binary}-{index}" if len(self.sockets) > 1 else binary
+                argv = [str(binaries[binary]), f"--csi-address={socket}", *common]
+                self._spawn(label, argv)
+        self._spawn("snapshot-controller", [str(binaries["snapshot-controller"]), *common])
+
+    def _spawn(self, label: str, argv: list[str]) -> None:
+        process = ManagedProcess(label, argv, self.log_dir / f"{label}.log")
+        process.start(tied_to_parent=True)
+        self.processes[label] = process
+
+    def pids(self) -> dict[str, int]:
+        return {label: process.pid for label, process in self.processes.items()}
+
+    def check_alive(self) -> None:
+        for process in self.processes.values():
+            process.check_alive()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+        self.processes.clear()
+
+
+class SidecarlessSide:
+    """One operator process for every driver."""
+
+    name = "sidecarless"
+    user = SIDECARLESS_USER
+
+    def __init__(self, kubeconfig: Path, setting: Setting, log_dir: Path, env: dict[str, str]) -> None:
+        self.operator = OperatorProcess(
+            kubeconfig,
+            log_dir,
+            env={
+                "SIDECARLESS_LOG_LEVEL": "INFO",
+                # The harness' test value (2 s) would be an unfair load: back to the default.
+                "SIDECARLESS_ATTACHER_RECONCILE_SECONDS": "60",
+                **setting.operator_env(),
+                **env,  # bench --operator-env: experiments with Sidecarless' settings
+            },
+        )
+
+    def start(self) -> None:
+        self.operator.start()
+
+    def pids(self) -> dict[str, int]:
+        assert self.operator.process is not None
+        return {"sidecarless": self.operator.process.pid}
+
+    def check_alive(self) -> None:
+        assert self.operator.process is not None
+        self.operator.process.check_alive()
+
+    def stop(self) -> None:
+        self.operator.stop()
+
+
+Side = SidecarsSide | SidecarlessSide
