@@ -49,10 +49,18 @@ SCENARIOS = {
 
 
 async def one_round(
-    side: Side, workload: Workload, audit: AuditLog, phases: tuple[str, ...], *, settle: float, api_port: int
+    side: Side,
+    workload: Workload,
+    audit: AuditLog,
+    phases: tuple[str, ...],
+    *,
+    settle: float,
+    api_port: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     audit.advance()  # whatever came before is not this side's
     side.start()
+    profiler = _profile(side, profile) if profile else None
     await asyncio.sleep(settle)  # caches filled, watches open: both sides get the same time
     startup = audit.advance().get(side.user, Requests())
     figures: dict[str, Any] = {"side": side.name, "phases": {}, "startup_requests": startup.total}
@@ -84,7 +92,21 @@ async def one_round(
         }
     )
     side.stop()
+    if profiler is not None:
+        profiler.wait(timeout=60)
     return figures
+
+
+def _profile(side: Side, folder: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy samples Sidecarless until it exits: collapsed stacks for flame graphs or grep."""
+    if not isinstance(side, SidecarlessSide):
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    pid = side.pids()["sidecarless"]
+    out = folder / f"sidecarless-{pid}.txt"
+    py_spy = Path(sys.executable).parent / "py-spy"
+    argv = [str(py_spy), "record", "--format", "raw", "--rate", "50", "--pid", str(pid), "--output", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def wait_clean(kube: Kube, timeout: float = 120) -> None:
@@ -121,9 +143,17 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
                 ]
                 if number % 2 == 0:
                     sides.reverse()  # neither side always runs on the fresher cluster
-                for side in sides:
+                for side in (s for s in sides if s.name in args.sides):
                     print(f"[{time.strftime('%H:%M:%S')}] {setting.name} round {number}: {side.name}", flush=True)
-                    figures = await one_round(side, workload, audit, args.phases, settle=args.settle, api_port=api_port)
+                    figures = await one_round(
+                        side,
+                        workload,
+                        audit,
+                        args.phases,
+                        settle=args.settle,
+                        api_port=api_port,
+                        profile=args.profile,
+                    )
                     figures.update({"setting": setting.name, "round": number})
                     figures["leftovers"] = sorted(await workload.backend(addresses) - before)
                     if figures["leftovers"]:
@@ -187,6 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one phase may take")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "side_by_side.json")
     parser.add_argument("--plot", type=Path, help="also draw the medians into this PNG")
+    parser.add_argument("--sides", default="sidecars,sidecarless", help="run only these sides (profiling)")
+    parser.add_argument("--profile", type=Path, help="sample Sidecarless with py-spy into this folder")
     parser.add_argument(
         "--operator-env",
         action="append",
@@ -201,6 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     settings: list[Setting] = [SETTINGS[s] for s in args.settings.split(",")]
     args.settings = settings
     args.phases = SCENARIOS[args.scenario]
+    args.sides = set(args.sides.split(","))
     args.operator_env = dict(item.split("=", 1) for item in args.operator_env)
     return args
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Any
 
 from sidecarless.config import Settings
 from sidecarless.endpoints import EndpointRegistry
 from sidecarless.events import EventRecorder
-from sidecarless.kube import Kube
+from sidecarless.kube import Kube, Resource
 from sidecarless.store import Store, drivers_only, labels_only
+
+Body = dict[str, Any]
 
 
 @dataclass
@@ -29,6 +33,16 @@ class Stores:
     group_classes: Store = field(default_factory=lambda: Store("VolumeGroupSnapshotClass"))
     nodes: Store = field(default_factory=lambda: Store("Node", labels_only))
     csinodes: Store = field(default_factory=lambda: Store("CSINode", drivers_only))
+
+    @cached_property
+    def by_kind(self) -> dict[str, Store]:
+        return {store.kind: store for store in (getattr(self, f.name) for f in fields(self))}
+
+    def remember(self, resource: Resource, body: Body) -> None:
+        """Put the result of our own create or patch into the store of its kind, if one keeps it."""
+        store = self.by_kind.get(resource.kind)
+        if store is not None:
+            store.remember(body)
 
 
 @dataclass

@@ -2,6 +2,13 @@
 
 Stored bodies drop `metadata.managedFields`, the largest part of most objects and one
 no controller here reads.
+
+Our own writes go in too, as soon as the API server answers (:meth:`Store.remember`), so
+the next step of a controller never works from the copy its last write replaced: that
+stale copy's resourceVersion would make the next patch conflict and wait a retry (about
+one conflict per snapshot and per expansion before this). Like client-go's
+MutationCache, the newer of two copies wins by comparing resourceVersions as integers,
+which etcd-backed API servers hand out; a non-integer one is always taken as newer.
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ def drivers_only(body: Body) -> Body:
     }
 
 
+def _version(body: Body) -> int | None:
+    raw = body.get("metadata", {}).get("resourceVersion", "")
+    return int(raw) if isinstance(raw, str) and raw.isdigit() else None
+
+
 class Store:
     """Objects of one kind by key. `project` keeps only what the controllers read (e.g. a
     Node's labels), so large clusters cost little memory."""
@@ -51,9 +63,31 @@ class Store:
         key = object_key(body)
         if event_type == "DELETED":
             self._objects.pop(key, None)
-        else:
+        elif not self._older_than_stored(key, body):
             self._objects[key] = self._project(dict(body))
         return key
+
+    def remember(self, body: Body) -> None:
+        """Our own write's result: keep it unless the watch already brought something newer.
+
+        Only objects the watch has shown us are updated: one it reported DELETED (or never
+        reported yet) stays out, so a late answer cannot bring back a ghost.
+        """
+        key = object_key(body)
+        if key not in self._objects or self._older_than_stored(key, body):
+            return
+        meta = body.get("metadata", {})
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self._objects.pop(key)  # the write removed the last finalizer: it is gone
+            return
+        self._objects[key] = self._project(dict(body))
+
+    def _older_than_stored(self, key: str, body: Body) -> bool:
+        stored = self._objects.get(key)
+        if stored is None:
+            return False
+        new, old = _version(body), _version(stored)
+        return new is not None and old is not None and new < old
 
     def get(self, key: str) -> Body | None:
         return self._objects.get(key)

@@ -285,7 +285,12 @@ class Attacher:
         # Finalizer first, then attached=false: the reverse order lets a second worker see
         # attached=false with the finalizer still on and unpublish again (external-attacher #587).
         updated = await finalizers.remove(context.kube, VOLUME_ATTACHMENT, attachment, plan.finalizer(driver))
-        if updated is not None:
+        gone = (
+            updated is not None
+            and updated["metadata"].get("deletionTimestamp")
+            and not updated["metadata"].get("finalizers")
+        )
+        if updated is not None and not gone:  # a deleted one has no status left to write (a sure 404)
             await self._set_status(updated, {"attached": False, "detachError": None})
         self.volumes.add(volume["metadata"]["name"])
 

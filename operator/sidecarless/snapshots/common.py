@@ -101,6 +101,7 @@ class SnapshotController:
             snapshot = await self._ensure_class(snapshot)
             content = self._content_of(snapshot)
             await self._add_finalizers(snapshot, content)
+            snapshot = self.context.stores.snapshots.get(key) or snapshot  # with our finalizers' version
             if plan.is_ready(snapshot) and (snapshot.get("status") or {}).get("boundVolumeSnapshotContentName"):
                 self._check_ready(snapshot, content)
             elif plan.is_dynamic(snapshot):
