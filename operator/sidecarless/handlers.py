@@ -30,7 +30,7 @@ from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.resizer.controller import Resizer
-from sidecarless.routing import endpoint_of_class
+from sidecarless.routing import endpoint_of_class, endpoint_of_volume
 from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
@@ -381,11 +381,12 @@ def _attach_required(stores: Stores, driver: str) -> bool:
 
 
 def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:
-    """Volumes provisioned through the endpoint, how many of them are attached, and its snapshots."""
+    """Volumes the endpoint serves (through their class), how many of them are attached, and its snapshots."""
     volumes = {
         v["metadata"]["name"]: ((v.get("spec") or {}).get("csi") or {}).get("volumeHandle")
         for v in stores.volumes.values()
-        if (v["metadata"].get("annotations") or {}).get(ANN_ENDPOINT) == endpoint_name
+        if endpoint_of_volume(v, stores.classes.get((v.get("spec") or {}).get("storageClassName") or ""))
+        == endpoint_name
     }
     attachments = sum(
         1

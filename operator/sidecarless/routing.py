@@ -18,7 +18,16 @@ def endpoint_of_class(storage_class: Body | None) -> str | None:
 
 
 def endpoint_of_volume(volume: Body, storage_class: Body | None) -> str | None:
-    """A PV's own annotation (written at provisioning) wins; else its StorageClass's, so
-    volumes the sidecars provisioned can be moved over."""
-    own = (volume.get("metadata", {}).get("annotations") or {}).get(ANN_ENDPOINT)
-    return own or endpoint_of_class(storage_class)
+    """A PV follows its StorageClass, whoever provisioned it (so the sidecars' volumes move
+    over with their class, and back). PVs carry only what the sidecars write; the
+    `sidecarless.io/endpoint` annotation that earlier versions put on PVs is still
+    honoured, so their volumes keep their endpoint."""
+    legacy = (volume.get("metadata", {}).get("annotations") or {}).get(ANN_ENDPOINT)
+    return legacy or endpoint_of_class(storage_class)
+
+
+def endpoint_serving_driver(driver: str, endpoints: list[tuple[str, str]]) -> str | None:
+    """For a PV whose StorageClass is gone: the one endpoint (name, driver) serving its
+    driver; None when there is none, or several (which one made it cannot be told)."""
+    names = [name for name, serving in endpoints if serving == driver]
+    return names[0] if len(names) == 1 else None

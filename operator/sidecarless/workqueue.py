@@ -72,11 +72,15 @@ class WorkQueue(Generic[K]):
         self._failures: dict[K, int] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # Read when /metrics is scraped, not kept up to date at every add and take.
+        QUEUE_DEPTH.labels(name).set_function(lambda: len(self._waiting))
+        QUEUE_OLDEST.labels(name).set_function(self._oldest_wait)
+        self._adds = QUEUE_ADDS.labels(name)
 
     # --- adding ----------------------------------------------------------------------
 
     def add(self, key: K) -> None:
-        QUEUE_ADDS.labels(self.name).inc()
+        self._adds.inc()
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -86,7 +90,6 @@ class WorkQueue(Generic[K]):
         if key not in self._waiting:
             self._waiting[key] = time.monotonic()
             self._ready.put_nowait(key)
-        self._update_gauges()
 
     def add_after(self, key: K, delay: float) -> None:
         """Add `key` after `delay` seconds, unless it is added sooner."""
@@ -138,7 +141,6 @@ class WorkQueue(Generic[K]):
             key = await self._ready.get()
             self._waiting.pop(key, None)
             self._active.add(key)
-            self._update_gauges()
             try:
                 await self._handler(key)
             except asyncio.CancelledError:
@@ -163,7 +165,7 @@ class WorkQueue(Generic[K]):
             delay = (backoff or self.backoff).delay(self._failures[key])
         self.add_after(key, delay)
 
-    def _update_gauges(self) -> None:
-        QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
-        oldest = min(self._waiting.values(), default=None)
-        QUEUE_OLDEST.labels(self.name).set(time.monotonic() - oldest if oldest is not None else 0)
+    def _oldest_wait(self) -> float:
+        # Keys enter _waiting in time order and keep their first time: the first is the oldest.
+        oldest = next(iter(self._waiting.values()), None)
+        return time.monotonic() - oldest if oldest is not None else 0.0

@@ -116,10 +116,15 @@ async def test_pod_on_a_node_attaches_and_detaches(
     assert f'sidecarless_attacher_backlog{{endpoint="{endpoint}",lane="attach"}} 0.0' in metrics
     assert f'sidecarless_attacher_backlog_oldest_seconds{{endpoint="{endpoint}",lane="detach"}}' in metrics
 
-    async def pv_released() -> bool:
-        return FINALIZER not in ((await kube.get(PV, volume_name))["metadata"].get("finalizers") or [])
+    # As external-attacher: its PV finalizer stays until the PV is deleted, then goes (with no
+    # VolumeAttachment left), so the deletion completes.
+    assert FINALIZER in (await kube.get(PV, volume_name))["metadata"]["finalizers"]
+    await kube.delete(PVC, "data", namespace)
 
-    await eventually(pv_released, what="external-attacher finalizer removed from the PV", timeout=30)
+    async def pv_gone() -> bool:
+        return await kube.get_or_none(PV, volume_name) is None
+
+    await eventually(pv_gone, what="the PV deleted, external-attacher's finalizer removed", timeout=30)
 
 
 async def test_driver_without_publish(

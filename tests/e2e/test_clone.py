@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,11 +39,15 @@ async def test_clone_and_protection_finalizer(
     assert volume["spec"]["csi"]["volumeHandle"] != origin_volume["spec"]["csi"]["volumeHandle"]
     assert volume["spec"]["capacity"] == {"storage": "2Gi"}
 
-    async def released() -> bool:
-        current = await kube.get(PVC, "origin", namespace)
-        return PROTECTION not in (current["metadata"].get("finalizers") or [])
+    # As external-provisioner: a living source keeps the finalizer; deleting it removes it
+    # (no clone is pending any more), and the source goes.
+    assert PROTECTION in (await kube.get(PVC, "origin", namespace))["metadata"]["finalizers"]
+    await kube.delete(PVC, "origin", namespace)
 
-    await eventually(released, what="cloning-protection removed once the clone is bound", timeout=30)
+    async def gone() -> bool:
+        return await kube.get_or_none(PVC, "origin", namespace) is None
+
+    await eventually(gone, what="the source deleted once its clone is bound", timeout=30)
 
 
 async def test_clone_refusals(
@@ -97,10 +102,15 @@ async def test_source_is_protected_while_a_clone_is_pending(
     current = await kube.get(PVC, "guarded", namespace)
     assert PROTECTION in current["metadata"]["finalizers"]
 
+    # Deleted while the clone is pending: the source stays (Terminating) until it is not.
+    await kube.delete(PVC, "guarded", namespace)
+    await asyncio.sleep(2)
+    current = await kube.get(PVC, "guarded", namespace)
+    assert current["metadata"].get("deletionTimestamp")
+    assert PROTECTION in current["metadata"]["finalizers"]
     await kube.delete(PVC, "stuck", namespace)
 
-    async def released() -> bool:
-        source = await kube.get(PVC, "guarded", namespace)
-        return PROTECTION not in (source["metadata"].get("finalizers") or [])
+    async def gone() -> bool:
+        return await kube.get_or_none(PVC, "guarded", namespace) is None
 
-    await eventually(released, what="cloning-protection removed once no clone is pending", timeout=30)
+    await eventually(gone, what="the source deleted once no clone is pending", timeout=30)

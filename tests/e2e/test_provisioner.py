@@ -149,7 +149,6 @@ async def test_provision_bind_and_delete(
         "pv.kubernetes.io/provisioned-by": MOCK,
         "volume.kubernetes.io/provisioner-deletion-secret-name": "",
         "volume.kubernetes.io/provisioner-deletion-secret-namespace": "",
-        "sidecarless.io/endpoint": endpoint,
     }
     assert sorted(volume["metadata"]["finalizers"]) == [
         "external-provisioner.volume.kubernetes.io/finalizer",

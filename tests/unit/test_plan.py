@@ -143,7 +143,6 @@ def test_request_and_pv_for_a_filesystem_claim() -> None:
             plan.ANN_PROVISIONED_BY: DRIVER,
             plan.ANN_DELETION_SECRET_NAME: "p-data",
             plan.ANN_DELETION_SECRET_NAMESPACE: "team",
-            plan.ANN_ENDPOINT: "ep",
         },
         "finalizers": [plan.PV_FINALIZER],
     }

@@ -4,7 +4,7 @@ import pytest
 
 from sidecarless.cli import format_status
 from sidecarless.config import Settings
-from sidecarless.routing import endpoint_of_class, endpoint_of_volume
+from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
 
 ROUTED = {"metadata": {"name": "fast", "annotations": {"sidecarless.io/endpoint": "ep-a"}}}
 UNROUTED = {"metadata": {"name": "slow", "annotations": {}}}
@@ -14,10 +14,14 @@ def test_routing() -> None:
     assert endpoint_of_class(ROUTED) == "ep-a"
     assert endpoint_of_class(UNROUTED) is None
     assert endpoint_of_class(None) is None
-    own = {"metadata": {"annotations": {"sidecarless.io/endpoint": "ep-b"}}}
-    assert endpoint_of_volume(own, ROUTED) == "ep-b", "the PV's own record wins over its class"
-    assert endpoint_of_volume({"metadata": {}}, ROUTED) == "ep-a", "sidecar-made PVs follow their class"
+    assert endpoint_of_volume({"metadata": {}}, ROUTED) == "ep-a", "PVs follow their class, whoever made them"
     assert endpoint_of_volume({"metadata": {}}, None) is None
+    legacy = {"metadata": {"annotations": {"sidecarless.io/endpoint": "ep-b"}}}
+    assert endpoint_of_volume(legacy, ROUTED) == "ep-b", "PVs made by earlier versions keep the endpoint they recorded"
+    serving = [("ep-a", "a.csi"), ("ep-b", "b.csi"), ("ep-c", "b.csi")]
+    assert endpoint_serving_driver("a.csi", serving) == "ep-a"
+    assert endpoint_serving_driver("b.csi", serving) is None, "two endpoints: which one made it is unknown"
+    assert endpoint_serving_driver("c.csi", serving) is None
 
 
 def test_settings_from_environment_and_overrides() -> None:

@@ -297,9 +297,10 @@ class Attacher:
     # --- the PV finalizer ----------------------------------------------------------
 
     async def sync_volume(self, name: str) -> None:
-        """Remove external-attacher's finalizer from a PV that no VolumeAttachment uses any more."""
+        """Remove external-attacher's finalizer from a PV being deleted that no VolumeAttachment
+        uses any more. As external-attacher, not before: the PV keeps it while it lives."""
         volume = self.context.stores.volumes.get(name)
-        if volume is None:
+        if volume is None or not volume["metadata"].get("deletionTimestamp"):
             return
         driver = ((volume.get("spec") or {}).get("csi") or {}).get("driver", "")
         if not finalizers.has(volume, plan.finalizer(driver)):

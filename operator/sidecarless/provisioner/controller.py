@@ -33,7 +33,7 @@ from sidecarless.metrics import (
 from sidecarless.provisioner import plan, sources, topology
 from sidecarless.provisioner.journal import Entry, Journal
 from sidecarless.provisioner.parameters import ParameterError, SecretRef
-from sidecarless.routing import endpoint_of_class, endpoint_of_volume
+from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
 from sidecarless.workqueue import Requeue, WorkQueue
 
 Body = dict[str, Any]
@@ -130,7 +130,13 @@ class Provisioner:
 
     def _volume_endpoint_name(self, volume: Body) -> str | None:
         class_name = (volume.get("spec") or {}).get("storageClassName") or ""
-        return endpoint_of_volume(volume, self.context.stores.classes.get(class_name))
+        storage_class = self.context.stores.classes.get(class_name)
+        if storage_class is None and class_name:
+            # Its class was deleted: external-provisioner still deletes it, by driver name.
+            driver = ((volume.get("spec") or {}).get("csi") or {}).get("driver", "")
+            serving = [(e.spec.name, e.spec.driver_name) for e in self.context.endpoints.all()]
+            return endpoint_of_volume(volume, None) or endpoint_serving_driver(driver, serving)
+        return endpoint_of_volume(volume, storage_class)
 
     def _identity(self, driver: str) -> str:
         if driver not in self._identities:
@@ -349,7 +355,11 @@ class Provisioner:
             await self.release_clone_source(key)
 
     async def release_clone_source(self, source_key: str) -> None:
-        """Drop the cloning-protection finalizer once no pending clone of the source remains."""
+        """Drop the cloning-protection finalizer of a source being deleted once no pending
+        clone of it remains. As external-provisioner: a living source keeps it."""
+        source = self.context.stores.claims.get(source_key)
+        if source is None or not source["metadata"].get("deletionTimestamp"):
+            return
         if sources.pending_uses_of(source_key, list(self.context.stores.claims.values())):
             return
         namespace, name = source_key.split("/", 1)

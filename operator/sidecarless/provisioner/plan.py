@@ -278,7 +278,6 @@ def _pv_template(
                 ANN_PROVISIONED_BY: driver.name,
                 ANN_DELETION_SECRET_NAME: deletion.name if deletion else "",
                 ANN_DELETION_SECRET_NAMESPACE: deletion.namespace if deletion else "",
-                ANN_ENDPOINT: endpoint_name,
             },
         },
         "spec": {
