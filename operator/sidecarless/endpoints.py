@@ -157,6 +157,9 @@ class LastError:
     time: str
 
 
+NOT_PROBED_YET = ("Connecting", "not probed yet")
+
+
 class Endpoint:
     """A live connection to one driver, with what discovery and the last probe learnt."""
 
@@ -166,7 +169,7 @@ class Endpoint:
         self.info: DriverInfo | None = None
         self.connected = False
         self.probe_ready = False
-        self.problem: tuple[str, str] | None = ("Connecting", "not probed yet")  # (reason, message)
+        self.problem: tuple[str, str] | None = NOT_PROBED_YET  # (reason, message)
         self.probe_time: str | None = None
         self.probe_latency_ms = 0
         self.in_flight = 0
@@ -179,6 +182,11 @@ class Endpoint:
     def backoff(self) -> Backoff:
         """The per-object retry schedule of `spec.retry`."""
         return Backoff(initial=self.spec.retry_initial, maximum=self.spec.retry_max)
+
+    @property
+    def starting(self) -> bool:
+        """Not probed even once yet (the first probe comes within a second or so)."""
+        return self.problem == NOT_PROBED_YET
 
     @property
     def serving(self) -> bool:

@@ -51,6 +51,8 @@ class Classes:
     late: str
     node_expansion: str
     snapshots: str
+    endpoint: str  # the DriverEndpoint the classes route to (while Sidecarless serves them)
+    node_endpoint: str
 
 
 def scrub(value: Any, namespace: str, key: str = "") -> Any:
@@ -123,6 +125,15 @@ class Run:
 
         result: Body = await until(check, f"claim {name} Bound")
         return result
+
+    async def handles(self) -> dict[str, str]:
+        """The driver's volume ID of each claim of the run."""
+        handles = {}
+        for name in self.claim_names:
+            volume = await self.volume_of(name)
+            if volume is not None:
+                handles[name] = volume["spec"]["csi"]["volumeHandle"]
+        return handles
 
     async def volume_of(self, claim_name: str) -> Body | None:
         volume_name = ((await self.claim(claim_name)).get("spec") or {}).get("volumeName")
@@ -319,7 +330,15 @@ class Run:
 async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: str, node_endpoint: str) -> Classes:
     """Classes routed to the endpoints both runs use (the sidecars ignore the annotation)."""
     prefix = "compat"
-    classes = Classes(f"{prefix}-basic", f"{prefix}-retain", f"{prefix}-late", f"{prefix}-node", f"{prefix}-snap")
+    classes = Classes(
+        f"{prefix}-basic",
+        f"{prefix}-retain",
+        f"{prefix}-late",
+        f"{prefix}-node",
+        f"{prefix}-snap",
+        endpoint,
+        node_endpoint,
+    )
 
     def storage_class(name: str, provisioner: str, route: str, **fields: Any) -> Body:
         return {

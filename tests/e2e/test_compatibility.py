@@ -1,5 +1,6 @@
 """Differential compatibility: the same scenarios under the real kubernetes-csi sidecars and
-under Sidecarless must leave the same objects behind, field by field.
+under Sidecarless must leave the same objects behind, field by field. And migration: volumes
+one side provisioned are attached, expanded, snapshotted and deleted by the other.
 
 Both runs use the same driver builds, StorageClasses and snapshot class, in namespaces of
 their own, one after the other (never both at once). What differs on purpose is listed in
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from bench.sides import SETTINGS, SidecarsSide
+from csi_client import CSIClient, csi
 from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import REPO, OperatorProcess
 from sidecarless.kube import DRIVER_ENDPOINT, PV, STORAGE_CLASS, VOLUME_SNAPSHOT_CLASS, Kube, Resource
@@ -44,8 +46,8 @@ def drivers(cluster: LocalCluster) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-async def classes(kube: Kube) -> AsyncIterator[Classes]:
-    made = await create_classes(kube, DRIVER, NODE_DRIVER, "compat", "compat-node")
+async def classes(kube: Kube, unique_name: Callable[[str], str]) -> AsyncIterator[Classes]:
+    made = await create_classes(kube, DRIVER, NODE_DRIVER, unique_name("compat"), unique_name("compat-node"))
     yield made
     for name in (made.basic, made.retain, made.late, made.node_expansion):
         await kube.delete(STORAGE_CLASS, name)
@@ -89,13 +91,7 @@ async def test_sidecars_and_sidecarless_leave_the_same_objects(
         await make_namespace(kube, unique_name("compat-sidecars")),
         await make_namespace(kube, unique_name("compat-ours")),
     ]
-    log_dir = short_tmpdir("slc-compat-")
-    sidecars = SidecarsSide(
-        cluster.kubeconfig,
-        {name: address.removeprefix("unix://") for name, address in drivers.items()},
-        SETTINGS["qps100"],
-        log_dir,
-    )
+    sidecars = sidecars_for(cluster, drivers)
     try:
         sidecars.start()
         try:
@@ -103,20 +99,11 @@ async def test_sidecars_and_sidecarless_leave_the_same_objects(
         finally:
             sidecars.stop()
 
-        for endpoint, driver in (("compat", DRIVER), ("compat-node", NODE_DRIVER)):
-            body = {
-                "apiVersion": DRIVER_ENDPOINT.api_version,
-                "kind": "DriverEndpoint",
-                "metadata": {"name": endpoint},
-                "spec": {"driverName": driver, "address": drivers[driver]},
-            }
-            await kube.create(DRIVER_ENDPOINT, body)
+        await serve(kube, classes, drivers)
         exclusive()
-        for endpoint in ("compat", "compat-node"):
-            await wait_ready(kube, endpoint)
-        ours = await one_run(kube, namespaces[1], classes)
+        ours = await one_run(kube, namespaces[1], classes)  # claims made at once: before the first probe
     finally:
-        await cleanup(kube, namespaces)
+        await cleanup(kube, namespaces, classes)
 
     # Both captures hold what the scenarios made (an empty capture would compare equal).
     settled, deleted = theirs
@@ -139,14 +126,114 @@ async def test_sidecars_and_sidecarless_leave_the_same_objects(
     assert not found, "Sidecarless differs from the sidecars:\n" + "\n".join(found)
 
 
-async def cleanup(kube: Kube, namespaces: list[str]) -> None:
+async def serve(kube: Kube, classes: Classes, drivers: dict[str, str]) -> None:
+    """DriverEndpoints for the classes' endpoint names: Sidecarless serves them once it runs."""
+    for endpoint, driver in ((classes.endpoint, DRIVER), (classes.node_endpoint, NODE_DRIVER)):
+        body = {
+            "apiVersion": DRIVER_ENDPOINT.api_version,
+            "kind": "DriverEndpoint",
+            "metadata": {"name": endpoint},
+            "spec": {"driverName": driver, "address": drivers[driver]},
+        }
+        await kube.create(DRIVER_ENDPOINT, body)
+
+
+async def ready(kube: Kube, classes: Classes) -> None:
+    for endpoint in (classes.endpoint, classes.node_endpoint):
+        await wait_ready(kube, endpoint)
+
+
+async def cleanup(kube: Kube, namespaces: list[str], classes: Classes) -> None:
     for volume in await kube.list(PV):
         if (volume["spec"].get("claimRef") or {}).get("namespace") in namespaces:
             await kube.delete(PV, volume["metadata"]["name"])  # the Retain ones: Released, kept
     for name in namespaces:
         await kube.request("DELETE", f"/api/v1/namespaces/{name}")
-    for endpoint in ("compat", "compat-node"):
+    for endpoint in (classes.endpoint, classes.node_endpoint):
         await kube.delete(DRIVER_ENDPOINT, endpoint)
+
+
+def sidecars_for(cluster: LocalCluster, drivers: dict[str, str]) -> SidecarsSide:
+    sockets = {name: address.removeprefix("unix://") for name, address in drivers.items()}
+    return SidecarsSide(cluster.kubeconfig, sockets, SETTINGS["qps100"], short_tmpdir("slc-compat-"))
+
+
+async def after_the_switch(run: Run, cluster: LocalCluster) -> dict[str, str]:
+    """Everything but provisioning, by whichever side now runs; the volume IDs it had."""
+    published = len(cluster.driver_calls(DRIVER, "ControllerPublishVolume"))
+    await run.attach_and_detach()
+    await run.detach()
+    assert len(cluster.driver_calls(DRIVER, "ControllerPublishVolume")) > published
+    await run.expand()
+    await run.snapshot_and_restore()
+    handles = await run.handles()
+    await run.delete()
+    return handles
+
+
+async def backend_volumes(cluster: LocalCluster) -> set[str]:
+    held = set()
+    for driver in (DRIVER, NODE_DRIVER):
+        async with CSIClient(cluster.driver_addresses[driver]) as client:
+            listed = await client.list_volumes(csi.ListVolumesRequest())
+        held |= {entry.volume.volume_id for entry in listed.entries}
+    return held
+
+
+async def test_volumes_move_from_the_sidecars_to_sidecarless(
+    kube: Kube,
+    cluster: LocalCluster,
+    drivers: dict[str, str],
+    classes: Classes,
+    exclusive: Callable[..., OperatorProcess],
+    unique_name: Callable[[str], str],
+) -> None:
+    namespace = await make_namespace(kube, unique_name("moved-over"))
+    run = Run(kube, namespace, classes)
+    sidecars = sidecars_for(cluster, drivers)
+    try:
+        sidecars.start()
+        try:
+            await run.provision()
+        finally:
+            sidecars.stop()
+        await serve(kube, classes, drivers)
+        exclusive()
+        await ready(kube, classes)
+        handles = await after_the_switch(run, cluster)
+        left = await backend_volumes(cluster)
+    finally:
+        await cleanup(kube, [namespace], classes)
+    assert {name for name, handle in handles.items() if handle in left} == {"retained"}
+
+
+async def test_volumes_move_back_to_the_sidecars(
+    kube: Kube,
+    cluster: LocalCluster,
+    drivers: dict[str, str],
+    classes: Classes,
+    exclusive: Callable[..., OperatorProcess],
+    unique_name: Callable[[str], str],
+) -> None:
+    namespace = await make_namespace(kube, unique_name("moved-back"))
+    run = Run(kube, namespace, classes)
+    sidecars = sidecars_for(cluster, drivers)
+    try:
+        await serve(kube, classes, drivers)
+        operator = exclusive()
+        await ready(kube, classes)
+        await run.provision()
+        operator.stop()  # docs/migration.md: no Sidecarless serves the endpoint any more
+        sidecars.start()
+        try:
+            handles = await after_the_switch(run, cluster)
+        finally:
+            sidecars.stop()
+        left = await backend_volumes(cluster)
+        operator.start()  # to let the DriverEndpoints go (their finalizer is its own)
+    finally:
+        await cleanup(kube, [namespace], classes)
+    assert {name for name, handle in handles.items() if handle in left} == {"retained"}
 
 
 def test_every_deliberate_difference_is_documented() -> None:

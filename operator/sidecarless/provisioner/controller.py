@@ -41,6 +41,7 @@ Body = dict[str, Any]
 log = logging.getLogger("sidecarless.provisioner")
 
 RECENT_MEMORY = 10_000  # how many finished provisions and deletions are remembered
+STARTING_RETRY_SECONDS = 0.5  # a claim for an endpoint not probed yet looks again this soon
 JOURNAL_RESYNC_SECONDS = 60.0  # how often every journal is checked for orphaned entries
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-provisioner pauses an infeasible claim for 5 minutes
 MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue the claim anyway
@@ -197,6 +198,9 @@ class Provisioner:
                 f"{endpoint_name!r} serves driver {endpoint.spec.driver_name!r}"
             )
             await self._misrouted(claim, storage_class, message)
+        elif endpoint.starting:
+            # The sidecars' provisioner would not be running yet either: wait, say nothing.
+            raise Requeue(STARTING_RETRY_SECONDS, f"DriverEndpoint {endpoint_name!r} not probed yet")
         elif not endpoint.serving:
             reason, detail = endpoint.problem or ("", "")
             message = f"DriverEndpoint {endpoint_name!r} is not ready ({reason}): {detail}"
