@@ -124,6 +124,9 @@ class TokenBucket:
 async def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
     """In-cluster credentials when there are any, else the kubeconfig."""
     configuration = k8s.Configuration()
+    # HTTP/1.1 needs a connection per request in flight (Go's clients share one over HTTP/2);
+    # 100 by default, which a burst of work fills. More requests than this wait their turn.
+    configuration.connection_pool_maxsize = API_CONNECTIONS
     if not kubeconfig:
         try:
             load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
@@ -133,6 +136,8 @@ async def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
     await load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     return configuration
 
+
+API_CONNECTIONS = 24  # at most this many connections to the API server for requests (watches are Kopf's)
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NETRC")
 
