@@ -79,6 +79,20 @@ def table(summary: dict[str, dict[str, dict[str, float]]], rounds: int) -> str:
     return "\n".join(lines)
 
 
+def markdown(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The same table as :func:`table`, one per setting, for docs/performance.md."""
+    lines = []
+    for setting, sides in summary.items():
+        lines += [f"\n**{setting}**\n", "| | sidecars | Sidecarless | ratio |", "|---|---:|---:|---:|"]
+        for key, label in METRICS:
+            theirs, ours = sides.get("sidecars", {}).get(key), sides.get("sidecarless", {}).get(key)
+            if theirs is None and ours is None:
+                continue
+            ratio = f"{ours / theirs:.2f}" if theirs and ours is not None else ""
+            lines.append(f"| {label.strip()} | {_cell(theirs)} | {_cell(ours)} | {ratio} |")
+    return "\n".join(lines)
+
+
 def _cell(value: float | None) -> str:
     if value is None:
         return "-"
@@ -98,7 +112,7 @@ PLOTTED_TIMES = (
 PLOTTED_COSTS = (
     ("peak_rss_mib", "peak RSS, MiB"),
     ("cpu_seconds", "CPU, s"),
-    ("requests_total", "API requests / 10"),
+    ("requests_total", "API requests"),
     ("watches_held", "watches held"),
 )
 
@@ -117,13 +131,32 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], title: str, path: Path
             shown = [(k, label) for k, label in metrics if any(k in summary[setting][s] for s in SIDES)]
             positions = range(len(shown))
             for offset, side in ((-0.2, "sidecars"), (0.2, "sidecarless")):
-                values = [summary[setting][side].get(k, 0.0) / (10 if k == "requests_total" else 1) for k, _ in shown]
+                values = [summary[setting][side].get(k, 0.0) for k, _ in shown]
                 axis.bar([p + offset for p in positions], values, width=0.4, label=side)
             axis.set_xticks(list(positions), [label for _, label in shown], rotation=25, ha="right", fontsize=8)
             axis.set_ylabel(unit)
+            if column == 1:
+                axis.set_yscale("log")  # MiB, seconds and counts: a log axis shows each ratio alike
             axis.set_title(f"{setting}: {'time' if column == 0 else 'cost'}", fontsize=10)
             axis.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    """`python -m bench.report RESULT.json [PLOT.png]`: a finished run's tables as markdown,
+    and its plot drawn again."""
+    import json  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    result = json.loads(Path(sys.argv[1]).read_text())
+    print(markdown(result["summary"]))
+    if len(sys.argv) > 2:
+        title = f"N={result['n']}, {result['drivers']} driver(s), median of {result['rounds_per_setting']} rounds; "
+        plot(result["summary"], title + result["machine"], Path(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()

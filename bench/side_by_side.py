@@ -68,7 +68,7 @@ async def one_round(
     for phase in phases:
         cpu_before = _cpu(side)
         result = await workload.run(phase)
-        counts = audit.advance().get(side.user, Requests())
+        counts = await _until_quiet(audit, side.user)
         requests.total += counts.total
         requests.by_kind.update(counts.by_kind)
         figures["phases"][phase] = {
@@ -176,6 +176,23 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
         "ratios": report.ratios(summary),
         "rounds": rounds,
     }
+
+
+async def _until_quiet(audit: AuditLog, user: str, quiet: float = 1.0, limit: float = 60.0) -> Requests:
+    """The user's requests until it made none for `quiet` seconds: a phase's trailing writes
+    (events, finalizer removals) count for that phase, not the next one. Its time is
+    already taken; this only delays the next phase."""
+    total = Requests()
+    last_request = time.monotonic()
+    deadline = last_request + limit
+    while time.monotonic() - last_request < quiet and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        counts = audit.advance().get(user, Requests())
+        if counts.total:
+            last_request = time.monotonic()
+            total.total += counts.total
+            total.by_kind.update(counts.by_kind)
+    return total
 
 
 def _cpu(side: Side) -> float:

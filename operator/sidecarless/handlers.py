@@ -198,10 +198,11 @@ async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.provisioner.claims.add(f"{event['object']['metadata']['namespace']}/{source.name}")
     if source is not None and sources.is_snapshot(source):
         memo.provisioner.snapshot_sources.add(f"{event['object']['metadata']['namespace']}/{source.name}")
-    # A claim deleted mid-provisioning leaves a journal entry to finish.
+    # A claim deleted mid-provisioning leaves a journal entry to finish. Only such a claim
+    # starts a recovery (a read of the journal): not every deletion of a bound claim.
     class_name = (event["object"].get("spec") or {}).get("storageClassName") or ""
     endpoint_name = endpoint_of_class(memo.context.stores.classes.get(class_name))
-    if endpoint_name:
+    if endpoint_name and memo.provisioner.journal_holds(endpoint_name, key):
         memo.provisioner.recoveries.add(endpoint_name)
 
 

@@ -14,6 +14,7 @@ from devcluster.build import (
     ensure_helm,
     ensure_kubernetes,
     ensure_mock_driver,
+    ensure_sidecars,
     snapshot_crd_files,
 )
 from devcluster.cluster import ClusterOptions, ClusterState, LocalCluster
@@ -82,6 +83,9 @@ def build_all(_: Path) -> int:
         print(f"mock driver: {ensure_mock_driver()}")
         print(f"snapshot CRDs: {snapshot_crd_files()[0].parent}")
         print(f"helm: {ensure_helm()}")
+        # The real sidecars: the compatibility tests and `make bench` run them beside Sidecarless.
+        for name, path in ensure_sidecars().items():
+            print(f"{name}: {path}")
     except BuildError as error:
         print(error, file=sys.stderr)
         return 1

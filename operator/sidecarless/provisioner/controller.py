@@ -89,6 +89,10 @@ class Provisioner:
         for journal in self._journals.values():
             await journal.close()
 
+    def journal_holds(self, endpoint_name: str, claim: str) -> bool:
+        journal = self._journals.get(endpoint_name)
+        return journal is not None and journal.holds_claim(claim)
+
     def journal(self, endpoint_name: str) -> Journal:
         if endpoint_name not in self._journals:
             self._journals[endpoint_name] = Journal(self.context.kube, self.context.settings.namespace, endpoint_name)

@@ -111,10 +111,12 @@ class Journal:
         self._wakeup = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self.writes = 0  # for status and benchmarks
+        self._claims: dict[str, str] = {}  # volume name -> its claim ("namespace/name"), recorded here
 
     async def record(self, entry: Entry) -> None:
         """Write the entry; return once it is stored (raise if it could not be)."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._claims[entry.volume_name] = entry.claim
         self._pending[entry.volume_name] = entry.encode()
         self._waiters.append(waiter)
         self._kick()
@@ -122,8 +124,14 @@ class Journal:
 
     def forget(self, volume_name: str) -> None:
         """Remove an entry, in the next write; nobody waits for it."""
+        self._claims.pop(volume_name, None)
         self._pending[volume_name] = None
         self._kick()
+
+    def holds_claim(self, claim: str) -> bool:
+        """Whether this process recorded an entry for the claim ("namespace/name") and has not
+        removed it. Entries of an earlier process are found by the periodic recovery."""
+        return claim in self._claims.values()
 
     async def entries(self) -> list[Entry]:
         config_map = await self._kube.get_or_none(CONFIGMAP, self.name, self.namespace)
