@@ -20,7 +20,7 @@ demo: binaries ## provision a volume with Sidecarless on a local cluster, show i
 
 bench: binaries ## the sidecars and Sidecarless side by side: N (100) claims, DRIVERS (1), ROUNDS (3), SETTINGS, SCENARIO (all)
 	$(UV) run python -m bench.side_by_side --n $(or $(N),100) --drivers $(or $(DRIVERS),1) --rounds $(or $(ROUNDS),3) \
-		--settings $(or $(SETTINGS),defaults,qps100) --scenario $(or $(SCENARIO),all) $(if $(PLOT),--plot $(PLOT))
+		--settings $(or $(SETTINGS),defaults,qps100) --scenario $(or $(SCENARIO),all) $(if $(PLOT),--plot $(PLOT)) $(if $(OUT),--out $(OUT))
 
 bench-pods: binaries ## resizer memory with PODS Pods (default 5000): Sidecarless beside external-resizer
 	$(UV) run python -m bench.pods_memory --pods $(or $(PODS),5000)
