@@ -212,14 +212,14 @@ class Workload:
         return await self._timed("snapshot", ready, create, {c: f"snap-{c}" for c in self.claims})
 
     async def _unsnapshot(self) -> PhaseResult:
-        def delete(claim: str) -> Awaitable[None]:
+        def delete(claim: str) -> Awaitable[Body | None]:
             return self.kube.delete(VOLUME_SNAPSHOT, f"snap-{claim}", NAMESPACE)
 
         gone = Milestones(self.kube, VOLUME_SNAPSHOT_CONTENT, None, _content_gone)
         return await self._timed("unsnapshot", gone, delete, {c: f"snap-{c}" for c in self.claims})
 
     async def _delete(self) -> PhaseResult:
-        def delete(claim: str) -> Awaitable[None]:
+        def delete(claim: str) -> Awaitable[Body | None]:
             return self.kube.delete(PVC, claim, NAMESPACE)
 
         gone = Milestones(self.kube, PV, None, _pv_gone)

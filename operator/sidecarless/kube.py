@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import time
@@ -240,11 +239,15 @@ class Kube:
 
     async def delete(
         self, resource: Resource, name: str, namespace: str | None = None, *, preconditions: Body | None = None
-    ) -> None:
-        """Delete; an object that is already gone is fine."""
+    ) -> Body | None:
+        """Delete; an object that is already gone is fine. Returns the object as the API
+        server left it (still there, being deleted, while finalizers hold it), or None."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions} if preconditions else None
-        with contextlib.suppress(NotFound):
-            await self.request("DELETE", resource.path(name, namespace), body=body)
+        try:
+            result = await self.request("DELETE", resource.path(name, namespace), body=body)
+        except NotFound:
+            return None
+        return result if result.get("kind") == resource.kind else None  # not a Status
 
     async def secret_data(self, name: str, namespace: str) -> dict[str, bytes] | None:
         """A Secret's decoded `data` (None when the Secret does not exist): read live, never cached."""

@@ -23,7 +23,7 @@ from sidecarless.kube import (
 from sidecarless.snapshots import group_plan as gplan
 from sidecarless.snapshots import plan
 from tests.e2e.conftest import MOCK, claim, eventually
-from tests.e2e.test_provisioner import bound_claim, event_reasons
+from tests.e2e.test_provisioner import bound_claim, event_reasons, has_event
 from tests.e2e.test_snapshots import gone
 
 pytestmark = pytest.mark.cluster
@@ -181,7 +181,7 @@ async def test_group_snapshot_refused_when_the_driver_cannot(
     )
     assert "cannot take group snapshots" in failed["status"]["error"]["message"]
     assert gplan.CAPABILITY in failed["status"]["error"]["message"]
-    assert "GroupSnapshotNotSupported" in await event_reasons(kube, namespace, "db")
+    await has_event(kube, namespace, "db", "GroupSnapshotNotSupported")
     assert (
         await kube.get_or_none(VOLUME_GROUP_SNAPSHOT_CONTENT, f"groupsnapcontent-{failed['metadata']['uid']}") is None
     )

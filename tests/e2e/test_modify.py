@@ -18,7 +18,7 @@ from devcluster.procs import wait_until
 from sidecarless.kube import PV, PVC, VOLUME_ATTRIBUTES_CLASS, Kube
 from sidecarless.resizer import modify
 from tests.e2e.conftest import claim, eventually, killed
-from tests.e2e.test_provisioner import bound_claim, event_reasons
+from tests.e2e.test_provisioner import bound_claim, event_reasons, has_event
 
 pytestmark = pytest.mark.cluster
 
@@ -153,7 +153,7 @@ async def test_infeasible_modify_then_rolled_back(
     error = next(c for c in failed["status"]["conditions"] if c["type"] == modify.MODIFY_ERROR)
     assert error["reason"] == "InvalidArgument"
     assert "invalid parameter key: colour" in error["message"]
-    assert "VolumeModifyFailed" in await event_reasons(kube, namespace, "data")
+    await has_event(kube, namespace, "data", "VolumeModifyFailed")
 
     await set_class(kube, namespace, None)
     rolled_back = await claim_where(

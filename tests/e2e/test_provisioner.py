@@ -33,6 +33,15 @@ async def bound_claim(kube: Kube, namespace: str, name: str, timeout: float = 30
     return result
 
 
+async def has_event(kube: Kube, namespace: str, name: str, reason: str, timeout: float = 10.0) -> None:
+    """Wait for an event `reason` on `name` (events follow the status writes they explain)."""
+
+    async def found() -> bool:
+        return reason in await event_reasons(kube, namespace, name)
+
+    await eventually(found, what=f"a {reason} event on {name}", timeout=timeout)
+
+
 async def event_reasons(kube: Kube, namespace: str, name: str) -> dict[str, list[str]]:
     reasons: dict[str, list[str]] = {}
     for event in await kube.list(EVENT, namespace):

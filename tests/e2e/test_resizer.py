@@ -15,7 +15,7 @@ from sidecarless.kube import PV, PVC, Kube, KubeError
 from sidecarless.resizer import expand
 from tests.e2e.conftest import MOCK, claim, eventually, killed
 from tests.e2e.test_attacher import POD, SERVICE_ACCOUNT, pod
-from tests.e2e.test_provisioner import bound_claim, event_reasons
+from tests.e2e.test_provisioner import bound_claim, event_reasons, has_event
 
 pytestmark = pytest.mark.cluster
 
@@ -120,7 +120,7 @@ async def test_expansion_that_needs_the_node(
     volume = await volume_of(kube, bound)
     assert volume["spec"]["capacity"]["storage"] == "2Gi"
     assert volume["metadata"]["annotations"][expand.ANN_PRE_RESIZE_CAPACITY] == "1Gi"
-    assert "FileSystemResizeRequired" in await event_reasons(kube, namespace, "data")
+    await has_event(kube, namespace, "data", "FileSystemResizeRequired")
 
     # Kubelet's part, done by hand (no kubelet here): then the annotation goes.
     await kube.patch(
@@ -243,17 +243,11 @@ async def test_driver_hung_during_expansion_is_retried(
             lambda c: expand.resize_status(c) == expand.CONTROLLER_IN_PROGRESS,
             "ControllerResizeInProgress while the driver hangs",
         )
-        await eventually(
-            lambda: _has_event(kube, namespace, "data", "VolumeResizeFailed"), what="VolumeResizeFailed", timeout=30
-        )
+        await has_event(kube, namespace, "data", "VolumeResizeFailed", timeout=30)
     finally:
         cluster.resume_driver(HUNG)
     done = await claim_where(kube, namespace, "data", lambda c: expand.status_capacity(c) == 2 * GI, "2Gi")
     assert "allocatedResourceStatuses" not in done["status"]
-
-
-async def _has_event(kube: Kube, namespace: str, name: str, reason: str) -> bool:
-    return reason in await event_reasons(kube, namespace, name)
 
 
 @pytest.mark.parametrize("point", ["before-controller-expand", "after-controller-expand"])

@@ -24,7 +24,7 @@ from sidecarless.kube import (
 from sidecarless.provisioner.sources import SNAPSHOT_PROTECTION_FINALIZER
 from sidecarless.snapshots import plan
 from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, eventually, killed
-from tests.e2e.test_provisioner import bound_claim, event_reasons
+from tests.e2e.test_provisioner import bound_claim, event_reasons, has_event
 
 pytestmark = pytest.mark.cluster
 
@@ -324,7 +324,7 @@ async def test_class_of_another_driver_is_refused(
     message = failed["status"]["error"]["message"]
     assert MOCK in message
     assert MOCK_NOATTACH in message
-    assert "SnapshotContentCreationFailed" in await event_reasons(kube, namespace, "crossed")
+    await has_event(kube, namespace, "crossed", "SnapshotContentCreationFailed")
     assert await kube.get_or_none(VOLUME_SNAPSHOT_CONTENT, f"snapcontent-{failed['metadata']['uid']}") is None
 
 
@@ -353,7 +353,7 @@ async def test_snapshot_with_a_missing_class(kube: Kube, namespace: str, routed_
         kube, namespace, "classless", lambda s: bool((s.get("status") or {}).get("error")), "an error on the snapshot"
     )
     assert '"no-such-class" not found' in failed["status"]["error"]["message"]
-    assert "GetSnapshotClassFailed" in await event_reasons(kube, namespace, "classless")
+    await has_event(kube, namespace, "classless", "GetSnapshotClassFailed")
     assert await kube.get_or_none(VOLUME_SNAPSHOT_CONTENT, f"snapcontent-{failed['metadata']['uid']}") is None
 
 
@@ -510,7 +510,7 @@ async def test_snapshot_deleted_while_the_driver_does_not_answer(
     )
     assert waiting["metadata"]["deletionTimestamp"]
     await gone(kube, VOLUME_SNAPSHOT, "hurried", namespace)
-    assert "SnapshotDeleteDeferred" in await event_reasons(kube, namespace, "hurried")
+    await has_event(kube, namespace, "hurried", "SnapshotDeleteDeferred")
     content = await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name)
     assert content["metadata"]["deletionTimestamp"], "the content stays, Terminating, to finish the call"
     assert "waits for this call to end" in content["status"]["error"]["message"]
