@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from kubernetes_asyncio.client.api_client import ApiClient
 
+from bench.proc import usage
 from devcluster import DriverSpec, LocalCluster
 from devcluster.build import ensure_external_resizer
 from devcluster.cluster import DEFAULT_DRIVERS, ClusterOptions
@@ -41,17 +42,12 @@ OURS = "mock.csi.sidecarless.dev"
 THEIRS = "mock-noattach.csi.sidecarless.dev"  # external-resizer's own driver: no claims of ours
 OFFLINE = "mock-offline.csi.sidecarless.dev"  # answers FAILED_PRECONDITION once: the in-use check
 NAMESPACE = "bench"
-MIB = 1024 * 1024
 
 
 def memory(pid: int) -> dict[str, float]:
-    """Resident and peak resident memory of a process, in MiB, from /proc."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024 / MIB
-    return {"rss_mib": round(values["VmRSS"], 1), "peak_mib": round(values["VmHWM"], 1)}
+    """Resident and peak resident memory of a process, in MiB."""
+    now = usage(pid)
+    return {"rss_mib": now.rss_mib, "peak_mib": now.peak_mib}
 
 
 def a_pod(index: int, claim: str) -> dict[str, Any]:
