@@ -34,6 +34,22 @@ async def remove(kube: Kube, resource: Resource, obj: Body, finalizer: str) -> B
     return await _set(kube, resource, obj, [f for f in obj["metadata"]["finalizers"] if f != finalizer])
 
 
+async def remove_last(
+    kube: Kube, resource: Resource, name: str, finalizer: str, namespace: str | None = None, *, current: Body | None
+) -> None:
+    """Remove `finalizer` as the last step of a deletion: from `current` when we hold a copy
+    that should be current (the answer to our last write or DELETE: no read needed), else,
+    or when it changed meanwhile (kube-controller-manager's protection finalizers, for one),
+    from a fresh read."""
+    if current is not None:
+        try:
+            await remove(kube, resource, current, finalizer)
+            return
+        except Requeue:
+            pass
+    await remove_fresh(kube, resource, name, finalizer, namespace)
+
+
 async def remove_fresh(
     kube: Kube, resource: Resource, name: str, finalizer: str, namespace: str | None = None, *, attempts: int = 5
 ) -> None:

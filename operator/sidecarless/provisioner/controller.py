@@ -547,12 +547,7 @@ class Provisioner:
         # that is being deleted and still carries the finalizer, which this same path
         # finishes on the next pass (DeleteVolume of a missing volume is OK).
         being_deleted = await context.kube.delete(PV, name, preconditions={"uid": volume["metadata"]["uid"]})
-        try:
-            # The DELETE's answer is the current PV: no read before the patch, mostly.
-            if being_deleted is not None:
-                await finalizers.remove(context.kube, PV, being_deleted, plan.PV_FINALIZER)
-        except Requeue:  # changed meanwhile (kube-controller-manager's pv-protection): read it
-            await finalizers.remove_fresh(context.kube, PV, name, plan.PV_FINALIZER)
+        await finalizers.remove_last(context.kube, PV, name, plan.PV_FINALIZER, current=being_deleted)
         _remember(self._deleted, volume["metadata"]["uid"])
         DELETE_TOTAL.labels(**{"class": class_name}).inc()
         DELETE_DURATION.labels(**{"class": class_name}).observe(time.monotonic() - started)

@@ -240,7 +240,9 @@ class Snapshotter:
                 content, {"snapshotHandle": None, "readyToUse": None, "creationTime": None, "restoreSize": None}
             )
             endpoint.count("snapshotDeletions")
-        await finalizers.remove_fresh(context.kube, VOLUME_SNAPSHOT_CONTENT, name, plan.CONTENT_FINALIZER)
+        await finalizers.remove_last(
+            context.kube, VOLUME_SNAPSHOT_CONTENT, name, plan.CONTENT_FINALIZER, current=content
+        )
 
     # --- writing -------------------------------------------------------------------
 
