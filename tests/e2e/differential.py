@@ -10,7 +10,6 @@ UIDs, timestamps, resource versions, the driver's volume and snapshot IDs) and n
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +27,9 @@ from sidecarless.kube import (
     VOLUME_SNAPSHOT_CONTENT,
     Kube,
 )
+from tests.e2e.conftest import eventually
+from tests.e2e.test_attacher import attachment_of, pod
+from tests.e2e.test_provisioner import bound_claim
 
 Body = dict[str, Any]
 Captured = dict[str, Any]  # role ("PersistentVolume of claim basic") -> scrubbed object or reasons
@@ -96,15 +98,8 @@ def differences(theirs: Any, ours: Any, path: str = "") -> list[str]:
     return []
 
 
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s")
-        await asyncio.sleep(0.2)
+async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
+    return await eventually(check, what=what, timeout=60)
 
 
 class Run:
@@ -119,12 +114,7 @@ class Run:
         return await self.kube.get(PVC, name, self.namespace)
 
     async def bound(self, name: str) -> Body:
-        async def check() -> Body | None:
-            claim = await self.claim(name)
-            return claim if (claim.get("status") or {}).get("phase") == "Bound" else None
-
-        result: Body = await until(check, f"claim {name} Bound")
-        return result
+        return await bound_claim(self.kube, self.namespace, name, timeout=60)
 
     async def handles(self) -> dict[str, str]:
         """The driver's volume ID of each claim of the run."""
@@ -140,10 +130,7 @@ class Run:
         return await self.kube.get_or_none(PV, volume_name) if volume_name else None
 
     async def attachment_of(self, volume_name: str) -> Body | None:
-        for attachment in await self.kube.list(VOLUME_ATTACHMENT):
-            if attachment["spec"]["source"].get("persistentVolumeName") == volume_name:
-                return attachment
-        return None
+        return await attachment_of(self.kube, volume_name)
 
     # --- the scenarios ---------------------------------------------------------------
 
@@ -162,20 +149,10 @@ class Run:
         await self._claim("clone", self.classes.basic, source={"kind": "PersistentVolumeClaim", "name": "basic"})
         await self.bound("clone")
 
-    async def attach_and_detach(self) -> None:
+    async def attach(self) -> None:
         volume = await self.volume_of("basic")
         assert volume is not None
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "app"},
-            "spec": {
-                "nodeName": "node-1",
-                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
-                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "basic"}}],
-            },
-        }
-        await self.kube.create(POD, pod, self.namespace)
+        await self.kube.create(POD, pod("app", "basic"), self.namespace)
 
         async def attached() -> Body | None:
             attachment = await self.attachment_of(volume["metadata"]["name"])

@@ -21,14 +21,14 @@ from bench.sides import SETTINGS, SidecarsSide
 from csi_client import CSIClient, csi
 from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import REPO, OperatorProcess
-from sidecarless.kube import DRIVER_ENDPOINT, PV, STORAGE_CLASS, VOLUME_SNAPSHOT_CLASS, Kube, Resource
+from sidecarless.kube import DRIVER_ENDPOINT, PV, STORAGE_CLASS, VOLUME_SNAPSHOT_CLASS, Kube
 from tests.conftest import short_tmpdir
-from tests.e2e.conftest import wait_ready
+from tests.e2e.conftest import eventually, wait_ready
 from tests.e2e.differential import Captured, Classes, Run, create_classes, differences
+from tests.e2e.test_attacher import SERVICE_ACCOUNT
 
 pytestmark = pytest.mark.cluster
 
-SERVICE_ACCOUNT = Resource("", "v1", "serviceaccounts", "ServiceAccount", True)
 DRIVER = "compat.csi.sidecarless.dev"
 NODE_DRIVER = "compat-node.csi.sidecarless.dev"  # its volumes also need NodeExpandVolume
 
@@ -58,7 +58,7 @@ async def one_run(kube: Kube, namespace: str, classes: Classes) -> tuple[Capture
     """Everything settled, then everything deleted: the objects at both points."""
     run = Run(kube, namespace, classes)
     await run.provision()
-    await run.attach_and_detach()
+    await run.attach()
     await run.detach()
     await run.expand()
     await run.snapshot_and_restore()
@@ -72,11 +72,9 @@ async def one_run(kube: Kube, namespace: str, classes: Classes) -> tuple[Capture
 async def make_namespace(kube: Kube, name: str) -> str:
     body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     await kube.request("POST", "/api/v1/namespaces", body=body)
-    for _ in range(150):  # Pods are refused until the namespace has its default ServiceAccount
-        if await kube.get_or_none(SERVICE_ACCOUNT, "default", name) is not None:
-            return name
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"namespace {name} got no default ServiceAccount")
+    # Pods are refused until the namespace has its default ServiceAccount.
+    await eventually(lambda: kube.get_or_none(SERVICE_ACCOUNT, "default", name), what="default ServiceAccount")
+    return name
 
 
 async def test_sidecars_and_sidecarless_leave_the_same_objects(
@@ -161,7 +159,7 @@ def sidecars_for(cluster: LocalCluster, drivers: dict[str, str]) -> SidecarsSide
 async def after_the_switch(run: Run, cluster: LocalCluster) -> dict[str, str]:
     """Everything but provisioning, by whichever side now runs; the volume IDs it had."""
     published = len(cluster.driver_calls(DRIVER, "ControllerPublishVolume"))
-    await run.attach_and_detach()
+    await run.attach()
     await run.detach()
     assert len(cluster.driver_calls(DRIVER, "ControllerPublishVolume")) > published
     await run.expand()

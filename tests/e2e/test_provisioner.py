@@ -223,6 +223,28 @@ async def test_retain_keeps_the_volume(
     await kube.delete(PV, f"pvc-{uid}")
 
 
+async def test_volume_whose_class_was_deleted_is_still_deleted(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
+) -> None:
+    """PVs carry nothing of Sidecarless' (they follow their class); without a class, the one
+    endpoint serving the PV's driver deletes it, as external-provisioner does by driver name."""
+    _, class_name = await routed_class()
+    await kube.create(PVC, claim("orphaned", class_name), namespace)
+    uid = (await bound_claim(kube, namespace, "orphaned"))["metadata"]["uid"]
+    handle = (await kube.get(PV, f"pvc-{uid}"))["spec"]["csi"]["volumeHandle"]
+    await kube.delete(STORAGE_CLASS, class_name)
+    await kube.delete(PVC, "orphaned", namespace)
+
+    async def gone() -> bool:
+        return await kube.get_or_none(PV, f"pvc-{uid}") is None
+
+    await eventually(gone, what="the PV of a deleted class deleted", timeout=30)
+    assert handle not in await backend_volume_ids(cluster.driver_addresses[MOCK])
+
+
 async def test_block_volume(
     kube: Kube,
     namespace: str,
