@@ -21,7 +21,7 @@ from csi_client.client import CSIClient
 from sidecarless import faults, finalizers
 from sidecarless.context import Context
 from sidecarless.endpoints import Endpoint
-from sidecarless.kube import PV, PVC, VOLUME_SNAPSHOT, Conflict, KubeError, NotFound
+from sidecarless.kube import DRIVER_ENDPOINT, PV, PVC, VOLUME_SNAPSHOT, Conflict, KubeError, NotFound
 from sidecarless.metrics import (
     DELETE_DURATION,
     DELETE_FAILED,
@@ -41,7 +41,7 @@ Body = dict[str, Any]
 log = logging.getLogger("sidecarless.provisioner")
 
 RECENT_MEMORY = 10_000  # how many finished provisions and deletions are remembered
-STARTING_RETRY_SECONDS = 0.5  # a claim for an endpoint not probed yet looks again this soon
+STARTING_RETRY_SECONDS = 0.5  # a claim for an endpoint not set up or probed yet looks again this soon
 JOURNAL_RESYNC_SECONDS = 60.0  # how often every journal is checked for orphaned entries
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-provisioner pauses an infeasible claim for 5 minutes
 MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue the claim anyway
@@ -192,6 +192,10 @@ class Provisioner:
         wants_driver = storage_class.get("provisioner")
         if endpoint is None:
             spec_error = context.endpoints.spec_errors.get(endpoint_name)
+            if not spec_error and await context.kube.get_or_none(DRIVER_ENDPOINT, endpoint_name) is not None:
+                # It exists, and its handler has not set it up yet (at start, or just created):
+                # a sidecar would not be running yet either. Wait, say nothing.
+                raise Requeue(STARTING_RETRY_SECONDS, f"DriverEndpoint {endpoint_name!r} not set up yet")
             message = f"StorageClass {class_name!r} routes to DriverEndpoint {endpoint_name!r}, which " + (
                 f"is invalid: {spec_error}" if spec_error else "does not exist"
             )
