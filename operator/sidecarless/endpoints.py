@@ -369,6 +369,7 @@ class EndpointRegistry:
     def __init__(self, on_change: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._endpoints: dict[str, Endpoint] = {}
         self.spec_errors: dict[str, str] = {}
+        self._applied: dict[str, Body] = {}  # the spec each endpoint was last configured from
         # Called after an endpoint is (re)configured, so controllers look at its objects again.
         self.on_change = on_change
 
@@ -381,7 +382,12 @@ class EndpointRegistry:
     def names(self) -> list[str]:
         return sorted({*self._endpoints, *self.spec_errors})
 
+    def applied(self, name: str) -> Body | None:
+        """The spec `name` was last configured from (valid or not); None: never."""
+        return self._applied.get(name)
+
     async def apply(self, name: str, spec: Body, tls: TLSConfig | None = None) -> Endpoint | None:
+        self._applied[name] = spec
         try:
             parsed = parse_spec(name, spec)
         except SpecError as error:
@@ -403,6 +409,7 @@ class EndpointRegistry:
 
     async def remove(self, name: str) -> None:
         self.spec_errors.pop(name, None)
+        self._applied.pop(name, None)
         await self._drop(name)
 
     async def _drop(self, name: str) -> None:

@@ -42,6 +42,7 @@ registry = kopf.OperatorRegistry()
 GROUP, VERSION, PLURAL = "sidecarless.io", "v1alpha1", "driverendpoints"
 # How often the status is recomputed (probes follow spec.timeouts.probeInterval).
 _MONITOR_TICK_SECONDS = 1.0
+TLS_RETRY_SECONDS = 30.0  # an endpoint whose TLS Secret is missing looks for it again this often
 
 
 # --- lifecycle -----------------------------------------------------------------------
@@ -327,15 +328,6 @@ def _served(name: str, memo: kopf.Memo, **_: Any) -> bool:
     return bool(memo.settings.serves(name))
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, when=_served)
-@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, when=_served)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry, when=_served)
-async def endpoint_configured(name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
-    context: Context = memo.context
-    tls = await _tls_config(context.kube, dict(spec))
-    await context.endpoints.apply(name, _plain(spec), tls)
-
-
 @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, when=_served)
 async def endpoint_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
     await memo.context.endpoints.remove(name)
@@ -347,7 +339,19 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
     context: Context = memo.context
     written: dict[str, Any] | None = None
     last_probe = 0.0
+    retry_at = 0.0
     while not stopped:
+        # Every replica configures its own connection from the spec it sees. Kopf's create and
+        # update handlers run once for all replicas (they record what was handled on the
+        # object), so a standby would never learn an endpoint created or changed while it
+        # was standing by; a daemon runs in each replica, and `body` follows every change.
+        spec = _plain(body.get("spec") or {})
+        if context.endpoints.applied(name) != spec and time.monotonic() >= retry_at:
+            try:
+                await context.endpoints.apply(name, spec, await _tls_config(context.kube, spec))
+            except TLSSecretMissing as error:
+                log.warning("DriverEndpoint %s: %s; trying again in %.0f s", name, error, TLS_RETRY_SECONDS)
+                retry_at = time.monotonic() + TLS_RETRY_SECONDS
         endpoint = context.endpoints.get(name)
         interval = endpoint.spec.probe_interval if endpoint else 10.0
         if endpoint is not None and time.monotonic() - last_probe >= interval:
@@ -374,6 +378,8 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
                 log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
         # Status is recomputed every tick (counts follow the stores) but written only when it changed.
         await stopped.wait(_MONITOR_TICK_SECONDS)
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        await context.endpoints.remove(name)  # every replica; the on.delete handler runs in one
 
 
 def _attach_required(stores: Stores, driver: str) -> bool:
@@ -413,13 +419,17 @@ def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:
     return {"volumes": len(volumes), "attachments": attachments, "snapshots": snapshots}
 
 
+class TLSSecretMissing(Exception):  # noqa: N818 - reads as what it is at the call site
+    pass
+
+
 async def _tls_config(kube: Kube, spec: dict[str, Any]) -> TLSConfig | None:
     tls = spec.get("tls")
     if not tls:
         return None
     data = await kube.secret_data(tls["secretName"], tls["secretNamespace"])
     if data is None:
-        raise kopf.TemporaryError(f"TLS secret {tls['secretNamespace']}/{tls['secretName']} not found", delay=30)
+        raise TLSSecretMissing(f"TLS secret {tls['secretNamespace']}/{tls['secretName']} not found")
     return TLSConfig(
         root_certificates=data.get("ca.crt"),
         private_key=data.get("tls.key"),

@@ -36,7 +36,8 @@ pytestmark = pytest.mark.cluster
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "sidecarless"
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-FORBIDDEN = re.compile(r"\b403\b|forbidden", re.IGNORECASE)
+# "HTTP 403" is how kube.py words a refusal; a bare 403 also matched log timestamps (",403 ").
+FORBIDDEN = re.compile(r"HTTP 403|forbidden", re.IGNORECASE)
 NAMESPACE_RESOURCE = Resource("", "v1", "namespaces", "Namespace", False)
 
 
