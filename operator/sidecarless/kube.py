@@ -1,4 +1,4 @@
-"""The only module that talks to the Kubernetes API (Kopf's own watches aside).
+"""The only module that talks to the Kubernetes API (Kopf's watch of DriverEndpoints aside).
 
 Objects go in and out as plain dicts, the same shape Kopf hands to handlers, so the
 planning functions see one representation. 404 and 409 become :class:`NotFound` and
@@ -76,6 +76,9 @@ VOLUME_GROUP_SNAPSHOT = Resource(
 VOLUME_GROUP_SNAPSHOT_CONTENT = Resource(
     "groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshotcontents", "VolumeGroupSnapshotContent", False
 )
+VOLUME_GROUP_SNAPSHOT_CLASS = Resource(
+    "groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshotclasses", "VolumeGroupSnapshotClass", False
+)
 DRIVER_ENDPOINT = Resource("sidecarless.io", "v1alpha1", "driverendpoints", "DriverEndpoint", False)
 
 
@@ -93,6 +96,10 @@ class NotFound(KubeError):  # noqa: N818 - reads as what it is at the call sites
 
 class Conflict(KubeError):  # noqa: N818
     pass
+
+
+class Gone(KubeError):  # noqa: N818 - the API server's word for it
+    """A watch's resourceVersion is older than etcd keeps (410): list again."""
 
 
 class TokenBucket:
@@ -120,12 +127,12 @@ class TokenBucket:
             self._tokens -= 1
 
 
-async def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
+async def load_configuration(kubeconfig: str | None, *, connections: int = 0) -> k8s.Configuration:
     """In-cluster credentials when there are any, else the kubeconfig."""
     configuration = k8s.Configuration()
     # HTTP/1.1 needs a connection per request in flight (Go's clients share one over HTTP/2);
     # 100 by default, which a burst of work fills. More requests than this wait their turn.
-    configuration.connection_pool_maxsize = API_CONNECTIONS
+    configuration.connection_pool_maxsize = connections or API_CONNECTIONS
     if not kubeconfig:
         try:
             load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
@@ -136,7 +143,7 @@ async def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
     return configuration
 
 
-API_CONNECTIONS = 24  # at most this many connections to the API server for requests (watches are Kopf's)
+API_CONNECTIONS = 24  # at most this many connections to the API server for requests (watches have their own)
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NETRC")
 
@@ -154,8 +161,12 @@ def _trust_env_only_if_set(api_client: ApiClient) -> None:
 class Kube:
     """Typed-by-Resource access to the API with one shared ApiClient and rate limit."""
 
-    def __init__(self, api_client: ApiClient, *, qps: float = 50, burst: int = 100) -> None:
+    def __init__(
+        self, api_client: ApiClient, *, qps: float = 50, burst: int = 100, watch_client: ApiClient | None = None
+    ) -> None:
         self.api_client = api_client
+        # Watches hold a connection for minutes: they get their own pool, not the requests'.
+        self.watch_client = watch_client or api_client
         _trust_env_only_if_set(api_client)
         self.bucket = TokenBucket(qps, burst)
         self.requests = 0  # every request made, for status and benchmarks
@@ -214,6 +225,38 @@ class Kube:
             if not token:
                 return
 
+    async def watch(
+        self, resource: Resource, version: str, *, timeout: int = 300, namespace: str | None = None
+    ) -> AsyncIterator[tuple[str, Body]]:
+        """Changes after `version` as (type, object), bookmarks included, until the server ends
+        the watch after `timeout` s. Raises :class:`Gone` when `version` is too old."""
+        await self.bucket.acquire()
+        self.requests += 1
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout)),
+        ]
+        response = await self.watch_client.call_api(
+            resource.path(namespace=namespace),
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout + 30,
+        )
+        async with response:
+            if response.status >= 300:
+                raise _error(response.status, await response.read())
+            async for line in _lines(response.content.iter_any()):
+                event = json.loads(line)
+                kind, body = event.get("type", ""), event.get("object") or {}
+                if kind == "ERROR":
+                    raise _error(int(body.get("code") or 500), json.dumps(body).encode())
+                yield kind, body
+
     async def create(self, resource: Resource, body: Body, namespace: str | None = None) -> Body:
         return self._written(resource, await self.request("POST", resource.path(namespace=namespace), body=body))
 
@@ -263,6 +306,21 @@ class Kube:
 
     async def close(self) -> None:
         await self.api_client.close()
+        if self.watch_client is not self.api_client:
+            await self.watch_client.close()
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """JSON lines of any length (aiohttp's readline stops at 64 KiB; an object may be larger)."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0:
+            line, buffer = buffer[:end], buffer[end + 1 :]
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield buffer
 
 
 def _error(status: int, raw: bytes) -> KubeError:
@@ -273,6 +331,8 @@ def _error(status: int, raw: bytes) -> KubeError:
         reason, message = "", raw.decode(errors="replace")[:300]
     if status == 404:
         return NotFound(status, reason or "NotFound", message)
+    if status == 410:
+        return Gone(status, reason or "Gone", message)
     if status == 409:
         return Conflict(status, reason or "Conflict", message)
     return KubeError(status, reason, message)

@@ -1,4 +1,4 @@
-"""In-memory copies of watched objects, kept current by the Kopf event handlers (an informer cache).
+"""In-memory copies of watched objects, kept current by the informers (an informer cache).
 
 Stored bodies drop `metadata.managedFields`, the largest part of most objects and one
 no controller here reads.

@@ -1,0 +1,199 @@
+"""What each watch event of a user's object does: update its store, queue keys for controllers.
+
+These objects are watched by :mod:`sidecarless.informer`, not by Kopf, so nothing is ever
+written onto them but what the controllers write. Every function here is synchronous and
+cheap: the work happens in the controllers' queues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sidecarless import kube as k
+from sidecarless.attacher.controller import Attacher
+from sidecarless.context import Context
+from sidecarless.informer import Informer
+from sidecarless.provisioner import sources
+from sidecarless.provisioner.controller import Provisioner
+from sidecarless.resizer.controller import Resizer
+from sidecarless.routing import endpoint_of_class
+from sidecarless.snapshots.common import SnapshotController
+from sidecarless.snapshots.driver import Snapshotter
+from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
+from sidecarless.store import Store
+
+Body = dict[str, Any]
+DELETED = "DELETED"
+
+
+@dataclass
+class Controllers:
+    context: Context
+    provisioner: Provisioner
+    attacher: Attacher
+    resizer: Resizer
+    snapshotter: Snapshotter
+    group_snapshotter: GroupSnapshotter
+    snapshot_controller: SnapshotController | None  # None beside an upstream snapshot-controller
+    group_controller: GroupSnapshotController | None
+
+    def all(self) -> list[Any]:
+        every = (
+            self.provisioner,
+            self.attacher,
+            self.resizer,
+            self.snapshotter,
+            self.snapshot_controller,
+            self.group_snapshotter,
+            self.group_controller,
+        )
+        return [c for c in every if c is not None]
+
+
+def claim_event(c: Controllers, kind: str | None, claim: Body) -> None:
+    key = c.context.stores.claims.apply_event(kind, claim)
+    if c.snapshot_controller is not None:
+        c.snapshot_controller.claim_changed(claim)
+    if kind != DELETED:
+        c.provisioner.claims.add(key)
+        c.resizer.claim_changed(claim)
+        return
+    c.resizer.claim_deleted(key)
+    namespace = claim["metadata"]["namespace"]
+    # A deleted clone may free its source of the cloning-protection finalizer.
+    source = sources.data_source(claim)
+    if source is not None and sources.is_clone(source):
+        c.provisioner.claims.add(f"{namespace}/{source.name}")
+    if source is not None and sources.is_snapshot(source):
+        c.provisioner.snapshot_sources.add(f"{namespace}/{source.name}")
+    # A claim deleted mid-provisioning leaves a journal entry to finish. Only such a claim
+    # starts a recovery (a read of the journal): not every deletion of a bound claim.
+    class_name = (claim.get("spec") or {}).get("storageClassName") or ""
+    endpoint_name = endpoint_of_class(c.context.stores.classes.get(class_name))
+    if endpoint_name and c.provisioner.journal_holds(endpoint_name, key):
+        c.provisioner.recoveries.add(endpoint_name)
+
+
+def volume_event(c: Controllers, kind: str | None, volume: Body) -> None:
+    key = c.context.stores.volumes.apply_event(kind, volume)
+    if kind != DELETED:
+        c.provisioner.volumes.add(key)
+        c.attacher.volumes.add(key)
+        c.resizer.volume_changed(volume)
+
+
+def class_event(c: Controllers, kind: str | None, storage_class: Body) -> None:
+    key = c.context.stores.classes.apply_event(kind, storage_class)
+    if kind != DELETED and endpoint_of_class(storage_class):
+        for claim in c.provisioner.claims_of_class(key):
+            c.provisioner.claims.add(claim)
+
+
+def attachment_event(c: Controllers, kind: str | None, attachment: Body) -> None:
+    c.context.stores.attachments.apply_event(kind, attachment)
+    if kind != DELETED:
+        c.attacher.enqueue(attachment)
+        return
+    # A released volume's deletion, and the attacher's PV finalizer, wait for attachments to go.
+    volume = ((attachment.get("spec") or {}).get("source") or {}).get("persistentVolumeName")
+    if volume:
+        c.provisioner.volumes.add(volume)
+        c.attacher.volumes.add(volume)
+
+
+def attributes_class_event(c: Controllers, kind: str | None, attributes_class: Body) -> None:
+    key = c.context.stores.attribute_classes.apply_event(kind, attributes_class)
+    if kind == DELETED:
+        return
+    # Claims waiting (Pending) for this class, or for provisioning with it, go again.
+    for claim in c.context.stores.claims.values():
+        if (claim.get("spec") or {}).get("volumeAttributesClassName") == key:
+            c.resizer.claim_changed(claim)
+            c.provisioner.claims.add(f"{claim['metadata']['namespace']}/{claim['metadata']['name']}")
+
+
+def snapshot_event(c: Controllers, kind: str | None, snapshot: Body) -> None:
+    key = c.context.stores.snapshots.apply_event(kind, snapshot)
+    if (snapshot.get("status") or {}).get("readyToUse"):
+        # Claims waiting to be restored from it need not wait for their backoff.
+        for claim in c.provisioner.restores_of(key):
+            c.provisioner.claims.add(claim)
+    if c.snapshot_controller is None:
+        return
+    if kind == DELETED:
+        c.snapshot_controller.snapshot_deleted(snapshot)
+    else:
+        c.snapshot_controller.snapshots.add(key)
+
+
+def content_event(c: Controllers, kind: str | None, content: Body) -> None:
+    key = c.context.stores.contents.apply_event(kind, content)
+    if c.snapshot_controller is not None:
+        c.snapshot_controller.content_changed(content)
+    if kind != DELETED:
+        c.snapshotter.contents.add(key)
+
+
+def snapshot_class_event(c: Controllers, kind: str | None, snapshot_class: Body) -> None:
+    c.context.stores.snapshot_classes.apply_event(kind, snapshot_class)
+    if kind != DELETED:
+        c.snapshotter.requeue_all()
+
+
+def group_snapshot_event(c: Controllers, kind: str | None, group: Body) -> None:
+    key = c.context.stores.group_snapshots.apply_event(kind, group)
+    if kind != DELETED and c.group_controller is not None:
+        c.group_controller.groups.add(key)
+    if kind == DELETED and c.snapshot_controller is not None:
+        c.snapshot_controller.group_deleted(group)  # its members may go now
+
+
+def group_content_event(c: Controllers, kind: str | None, content: Body) -> None:
+    key = c.context.stores.group_contents.apply_event(kind, content)
+    if c.group_controller is not None:
+        c.group_controller.content_changed(content)
+    if kind != DELETED:
+        c.group_snapshotter.contents.add(key)
+
+
+Handler = Callable[[Controllers, str | None, Body], None]
+StoreOf = Callable[[Controllers], Store]
+
+# Each watched kind, its store, and what else its events do (None: only the store; the
+# controllers look these up). Classes come first: claims are looked at through them.
+WATCHED: list[tuple[k.Resource, StoreOf, Handler | None]] = [
+    (k.STORAGE_CLASS, lambda c: c.context.stores.classes, class_event),
+    (k.CSI_DRIVER, lambda c: c.context.stores.drivers, None),
+    (k.NODE, lambda c: c.context.stores.nodes, None),
+    (k.CSI_NODE, lambda c: c.context.stores.csinodes, None),
+    (k.VOLUME_ATTRIBUTES_CLASS, lambda c: c.context.stores.attribute_classes, attributes_class_event),
+    (k.VOLUME_SNAPSHOT_CLASS, lambda c: c.context.stores.snapshot_classes, snapshot_class_event),
+    (k.VOLUME_GROUP_SNAPSHOT_CLASS, lambda c: c.context.stores.group_classes, None),
+    (k.PV, lambda c: c.context.stores.volumes, volume_event),
+    (k.PVC, lambda c: c.context.stores.claims, claim_event),
+    (k.VOLUME_ATTACHMENT, lambda c: c.context.stores.attachments, attachment_event),
+    (k.VOLUME_SNAPSHOT_CONTENT, lambda c: c.context.stores.contents, content_event),
+    (k.VOLUME_SNAPSHOT, lambda c: c.context.stores.snapshots, snapshot_event),
+    (k.VOLUME_GROUP_SNAPSHOT_CONTENT, lambda c: c.context.stores.group_contents, group_content_event),
+    (k.VOLUME_GROUP_SNAPSHOT, lambda c: c.context.stores.group_snapshots, group_snapshot_event),
+]
+
+
+def informers(c: Controllers) -> list[Informer]:
+    """An informer for each watched kind."""
+    return [
+        Informer(c.context.kube, resource, store_of(c), _on_event(c, store_of(c), handler))
+        for resource, store_of, handler in WATCHED
+    ]
+
+
+def _on_event(c: Controllers, store: Store, handler: Handler | None) -> Callable[[str | None, Body], None]:
+    def on_event(kind: str | None, body: Body) -> None:
+        if handler is None:
+            store.apply_event(kind, body)
+        else:
+            handler(c, kind, body)
+
+    return on_event
