@@ -174,6 +174,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for informer in memo.get("informers") or []:
         await informer.stop()
     if "context" in memo:
+        await memo.context.events.close()  # what the controllers recorded last is posted
         await memo.context.endpoints.close()
         await memo.context.kube.close()
 
