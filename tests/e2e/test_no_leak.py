@@ -7,6 +7,7 @@ the claim is deleted before it restarts (its in-flight list lives in memory only
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from devcluster import LocalCluster
 from devcluster.operator import OperatorProcess
 from devcluster.procs import wait_until
 from sidecarless.kube import CONFIGMAP, PV, PVC, Kube
-from sidecarless.provisioner.journal import journal_name
+from sidecarless.provisioner.journal import JOURNAL_NAME, Entry, legacy_journal_name
 from tests.e2e.conftest import MOCK, claim, eventually, killed, wait_ready
 from tests.e2e.test_provisioner import failed_event
 
@@ -33,10 +34,16 @@ async def backend_volumes_named(address: str, name: str) -> list[str]:
 
 @pytest.fixture
 async def journal_cleanup(kube: Kube) -> AsyncIterator[list[str]]:
+    """Endpoints whose per-endpoint (legacy) journal a test may have left."""
     names: list[str] = []
     yield names
     for name in names:
-        await kube.delete(CONFIGMAP, journal_name(name), "default")
+        await kube.delete(CONFIGMAP, legacy_journal_name(name), "default")
+
+
+async def journal_data(kube: Kube) -> dict[str, str]:
+    journal = await kube.get_or_none(CONFIGMAP, JOURNAL_NAME, "default")
+    return dict((journal or {}).get("data") or {})
 
 
 async def crash_after_create_volume(
@@ -62,8 +69,9 @@ async def crash_after_create_volume(
     assert "fault point after-create-volume reached" in faulty.log_text()
     assert await kube.get_or_none(PV, volume_name) is None, "the crash came before the PV"
     assert len(await backend_volumes_named(cluster.driver_addresses[MOCK], volume_name)) == 1
-    journal = await kube.get(CONFIGMAP, journal_name(endpoint), "default")
-    assert volume_name in journal["data"], "the intent was recorded before the call"
+    journal = await journal_data(kube)
+    assert volume_name in journal, "the intent was recorded before the call"
+    assert Entry.decode(volume_name, journal[volume_name]).endpoint == endpoint
     return faulty, created, volume_name
 
 
@@ -91,8 +99,11 @@ async def test_claim_deleted_while_the_operator_is_down_leaves_no_volume(
         return not volumes and await kube.get_or_none(PV, volume_name) is None
 
     await eventually(cleaned_up, what="the orphaned volume deleted from the backend", timeout=90)
-    journal = await kube.get(CONFIGMAP, journal_name(journal_cleanup[0]), "default")
-    assert volume_name not in (journal.get("data") or {})
+
+    async def forgotten() -> bool:
+        return volume_name not in await journal_data(kube)
+
+    await eventually(forgotten, what="journal entry removed", timeout=30)
 
 
 async def test_claim_kept_binds_to_the_one_volume_after_restart(
@@ -120,10 +131,42 @@ async def test_claim_kept_binds_to_the_one_volume_after_restart(
     assert volume["spec"]["csi"]["volumeHandle"] == volumes[0]
 
     async def forgotten() -> bool:
-        journal = await kube.get(CONFIGMAP, journal_name(journal_cleanup[0]), "default")
-        return volume_name not in (journal.get("data") or {})
+        return volume_name not in await journal_data(kube)
 
     await eventually(forgotten, what="journal entry removed", timeout=30)
+
+
+async def test_an_entry_of_a_per_endpoint_journal_is_still_finished(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    exclusive: Callable[..., OperatorProcess],
+    make_endpoint: Callable[..., Awaitable[str]],
+    make_class: Callable[..., Awaitable[str]],
+    journal_cleanup: list[str],
+) -> None:
+    """Versions before the shared journal kept a ConfigMap per endpoint, whose entries do not
+    name their endpoint: after an upgrade, such an entry is moved over and finished."""
+    _, _, volume_name = await crash_after_create_volume(
+        kube, namespace, cluster, exclusive, make_endpoint, make_class, journal_cleanup
+    )
+    endpoint = journal_cleanup[0]
+    text = (await journal_data(kube))[volume_name]
+    old_text = json.dumps({k: v for k, v in json.loads(text).items() if k != "endpoint"})
+    legacy = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": legacy_journal_name(endpoint)}}
+    await kube.create(CONFIGMAP, {**legacy, "data": {volume_name: old_text}}, "default")
+    await kube.patch(CONFIGMAP, JOURNAL_NAME, {"data": {volume_name: None}}, "default")
+    await kube.delete(PVC, "data", namespace)
+    await eventually(lambda: _gone(kube, PVC, "data", namespace), what="claim deleted", timeout=30)
+
+    exclusive()
+
+    async def cleaned_up() -> bool:
+        volumes = await backend_volumes_named(cluster.driver_addresses[MOCK], volume_name)
+        return not volumes and await kube.get_or_none(PV, volume_name) is None
+
+    await eventually(cleaned_up, what="the orphaned volume of the old journal deleted", timeout=90)
+    assert await kube.get_or_none(CONFIGMAP, legacy_journal_name(endpoint), "default") is None
 
 
 async def _gone(kube: Kube, resource: Any, name: str, namespace: str) -> bool:
@@ -141,5 +184,5 @@ async def test_journal_that_cannot_be_written_is_reported_and_nothing_is_created
     _, class_name = await routed_class()
     created = await kube.create(PVC, claim("unjournaled", class_name), namespace)
     message = await failed_event(kube, namespace, "unjournaled", contains="could not record the provisioning intent")
-    assert "no-such-namespace/sidecarless-journal-" in message
+    assert f"no-such-namespace/{JOURNAL_NAME} " in message
     assert not await backend_volumes_named(cluster.driver_addresses[MOCK], f"pvc-{created['metadata']['uid']}")

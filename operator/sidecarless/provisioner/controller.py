@@ -63,7 +63,7 @@ class Provisioner:
         self.recoveries: WorkQueue[str] = WorkQueue("journal-recovery", self.recover, workers=2)
         # Keyed by VolumeSnapshot (namespace/name): restores from it may be over.
         self.snapshot_sources: WorkQueue[str] = WorkQueue("snapshot-sources", self.release_snapshot_source, workers=2)
-        self._journals: dict[str, Journal] = {}
+        self.journal = Journal(context.kube, context.settings.namespace)
         self._identities: dict[str, str] = {}
         # UIDs of PVs whose deletion finished; the store may still show them for a moment
         # (update events arrive before the DELETED one), and they must not be deleted twice.
@@ -86,17 +86,10 @@ class Provisioner:
                 await self._resync
         for queue in (self.claims, self.volumes, self.recoveries, self.snapshot_sources):
             await queue.stop()
-        for journal in self._journals.values():
-            await journal.close()
+        await self.journal.close()
 
     def journal_holds(self, endpoint_name: str, claim: str) -> bool:
-        journal = self._journals.get(endpoint_name)
-        return journal is not None and journal.holds_claim(claim)
-
-    def journal(self, endpoint_name: str) -> Journal:
-        if endpoint_name not in self._journals:
-            self._journals[endpoint_name] = Journal(self.context.kube, self.context.settings.namespace, endpoint_name)
-        return self._journals[endpoint_name]
+        return self.journal.holds_claim(endpoint_name, claim)
 
     async def _recover_periodically(self) -> None:
         while True:
@@ -256,9 +249,9 @@ class Provisioner:
             claim, "Provisioning", f'External provisioner is provisioning volume for claim "{key}"'
         )
         await self._protect_source(claim)
-        journal = self.journal(endpoint.spec.name)
+        journal = self.journal
         try:
-            await journal.record(Entry.from_plan(provision, key, meta["uid"]))
+            await journal.record(Entry.from_plan(provision, endpoint.spec.name, key, meta["uid"]))
         except KubeError as error:
             await self._fail(
                 claim,
@@ -458,8 +451,8 @@ class Provisioner:
         exactly as external-provisioner intends for this case, but across restarts.
         """
         context = self.context
-        journal = self.journal(endpoint_name)
-        entries = await journal.entries()
+        journal = self.journal
+        entries = await journal.entries(endpoint_name)
         if not entries:
             return
         endpoint = context.endpoints.get(endpoint_name)
@@ -494,7 +487,7 @@ class Provisioner:
         response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=entry.claim)
         volume = plan.pv_from_response(entry.to_plan(), response.volume, self._identity(endpoint.spec.driver_name))
         await self._save_volume(volume)
-        self.journal(endpoint.spec.name).forget(entry.volume_name)
+        self.journal.forget(entry.volume_name)
 
     # --- volumes -------------------------------------------------------------------
 
