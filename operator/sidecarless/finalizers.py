@@ -20,11 +20,12 @@ def has(obj: Body, finalizer: str) -> bool:
     return finalizer in (obj.get("metadata", {}).get("finalizers") or [])
 
 
-async def add(kube: Kube, resource: Resource, obj: Body, finalizer: str) -> Body | None:
-    """Add `finalizer` to `obj` unless it is there; return the patched object (None: unchanged or gone)."""
-    if has(obj, finalizer):
+async def add(kube: Kube, resource: Resource, obj: Body, finalizer: str, *more: str) -> Body | None:
+    """Add the finalizers `obj` lacks, in one write; return the patched object (None: unchanged or gone)."""
+    missing = [f for f in dict.fromkeys((finalizer, *more)) if not has(obj, f)]
+    if not missing:
         return None
-    return await _set(kube, resource, obj, [*(obj["metadata"].get("finalizers") or []), finalizer])
+    return await _set(kube, resource, obj, [*(obj["metadata"].get("finalizers") or []), *missing])
 
 
 async def remove(kube: Kube, resource: Resource, obj: Body, finalizer: str) -> Body | None:

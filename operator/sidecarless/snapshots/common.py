@@ -156,12 +156,24 @@ class SnapshotController:
         return stores.volumes.get(volume_name) if volume_name else None
 
     async def _add_finalizers(self, snapshot: Body, content: Body | None) -> None:
-        updated = await finalizers.add(self.context.kube, VOLUME_SNAPSHOT, snapshot, plan.SOURCE_FINALIZER)
-        snapshot = updated or snapshot
+        wanted = [plan.SOURCE_FINALIZER]
+        if not group_of(snapshot) and self._bound_protection_wanted(snapshot, content):
+            wanted.append(plan.BOUND_FINALIZER)
+        await finalizers.add(self.context.kube, VOLUME_SNAPSHOT, snapshot, *wanted)
+
+    def _bound_protection_wanted(self, snapshot: Body, content: Body | None) -> bool:
+        """snapshot-controller adds bound-protection once the snapshot is bound to a content
+        that deletes its snapshot. A dynamic snapshot whose class deletes gets it with the
+        source finalizer, in the same write, before its content exists: the end state is
+        the same, one write sooner (deletion removes it whether or not a content came)."""
         bound = (snapshot.get("status") or {}).get("boundVolumeSnapshotContentName")
-        delete_policy = content is not None and (content.get("spec") or {}).get("deletionPolicy") == "Delete"
-        if bound and delete_policy and not group_of(snapshot):
-            await finalizers.add(self.context.kube, VOLUME_SNAPSHOT, snapshot, plan.BOUND_FINALIZER)
+        if bound:
+            return content is not None and (content.get("spec") or {}).get("deletionPolicy") == "Delete"
+        if content is not None or not plan.is_dynamic(snapshot):
+            return False
+        class_name = (snapshot.get("spec") or {}).get("volumeSnapshotClassName") or ""
+        snapshot_class = self.context.stores.snapshot_classes.get(class_name)
+        return snapshot_class is not None and snapshot_class.get("deletionPolicy", "Delete") == "Delete"
 
     def _check_ready(self, snapshot: Body, content: Body | None) -> None:
         if content is None:
