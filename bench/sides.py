@@ -16,11 +16,14 @@ from devcluster.procs import ManagedProcess
 
 @dataclass(frozen=True)
 class Setting:
-    """The API rate limit both sides get: None keeps each side's own default."""
+    """The API rate limit both sides get: None keeps each side's own default. Every sidecar
+    process has its own; Sidecarless gives its controllers one each (`scope` "controller")
+    or one to share ("process")."""
 
     name: str
     qps: float | None
     burst: int | None
+    scope: str = "process"
 
     def sidecar_flags(self) -> list[str]:
         if self.qps is None or self.burst is None:
@@ -30,14 +33,21 @@ class Setting:
     def operator_env(self) -> dict[str, str]:
         if self.qps is None or self.burst is None:
             return {}
-        return {"SIDECARLESS_API_QPS": f"{self.qps:g}", "SIDECARLESS_API_BURST": str(self.burst)}
+        return {
+            "SIDECARLESS_API_QPS": f"{self.qps:g}",
+            "SIDECARLESS_API_BURST": str(self.burst),
+            "SIDECARLESS_API_QPS_SCOPE": self.scope,
+        }
 
 
 SETTINGS = {
     # The sidecars' defaults are QPS 5 / burst 10 each; Sidecarless' are 50 / 100 shared by
     # all its controllers and drivers (docs/performance.md says why).
     "defaults": Setting("defaults", None, None),
-    "qps100": Setting("qps100", 100, 100),
+    # Equal budgets per client: each sidecar process 100, each Sidecarless controller 100.
+    "qps100": Setting("qps100", 100, 100, scope="controller"),
+    # One budget of 100 for all of Sidecarless, against 100 for each sidecar process.
+    "qps100-shared": Setting("qps100-shared", 100, 100),
     # client-go and Sidecarless both treat a huge bucket as no limit at all.
     "unlimited": Setting("unlimited", 1_000_000, 1_000_000),
 }

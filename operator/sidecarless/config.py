@@ -24,6 +24,10 @@ class Settings:
     metrics_port: int = 8080  # /metrics; 0 turns it off
     api_qps: float = 50.0  # every Kubernetes request of the controllers shares this budget
     api_burst: int = 100
+    # "process": one budget (api_qps, api_burst) for everything; "controller": one each for
+    # the provisioner, attacher, resizer, snapshotter and snapshot controllers, as every
+    # sidecar process has its own (the budget the sidecars' --kube-api-qps gives).
+    api_qps_scope: str = "process"
     provisioner_workers: int = 50  # claims handled at once (per-endpoint CSI concurrency is separate)
     volume_workers: int = 20  # PVs (deletion) handled at once
     attacher_workers: int = 10  # VolumeAttachments handled at once, in each of the attach and detach lanes
@@ -77,6 +81,8 @@ class Settings:
     def validate(self) -> None:
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log format must be text or json, not {self.log_format!r}")
+        if self.api_qps_scope not in ("process", "controller"):
+            raise ValueError(f"API QPS scope must be process or controller, not {self.api_qps_scope!r}")
         if self.provisioner_workers < 1 or self.volume_workers < 1:
             raise ValueError("worker counts must be at least 1")
 

@@ -9,6 +9,7 @@ controllers writes to them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -84,15 +85,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         stores=Stores(),
     )
     kube.written = context.stores.remember
+
+    def budget() -> Context:
+        """A controller's context: the shared budget, or (scope "controller") one of its own."""
+        if config.api_qps_scope != "controller":
+            return context
+        return dataclasses.replace(context, kube=kube.with_budget(config.api_qps, config.api_burst))
+
     controllers = Controllers(
         context=context,
-        provisioner=Provisioner(context),
-        attacher=Attacher(context),
-        resizer=Resizer(context),
-        snapshotter=Snapshotter(context),
-        group_snapshotter=GroupSnapshotter(context),
-        snapshot_controller=SnapshotController(context) if config.snapshot_controller else None,
-        group_controller=GroupSnapshotController(context) if config.snapshot_controller else None,
+        provisioner=Provisioner(budget()),
+        attacher=Attacher(budget()),
+        resizer=Resizer(budget()),
+        snapshotter=Snapshotter(budget()),
+        group_snapshotter=GroupSnapshotter(budget()),
+        snapshot_controller=SnapshotController(budget()) if config.snapshot_controller else None,
+        group_controller=GroupSnapshotController(budget()) if config.snapshot_controller else None,
     )
     context.endpoints.on_change = _requeue_endpoint(controllers)
     # Every replica watches (a standby's stores are warm when it takes over); only the

@@ -167,11 +167,19 @@ class Kube:
         self.api_client = api_client
         # Watches hold a connection for minutes: they get their own pool, not the requests'.
         self.watch_client = watch_client or api_client
+        self._owns_clients = True
         _trust_env_only_if_set(api_client)
         self.bucket = TokenBucket(qps, burst)
         self.requests = 0  # every request made, for status and benchmarks
         # Told every object a create or patch returned (the stores keep our own writes).
         self.written: Callable[[Resource, Body], None] | None = None
+
+    def with_budget(self, qps: float, burst: int) -> Kube:
+        """The same connections and store updates, with a rate limit of its own."""
+        other = Kube(self.api_client, qps=qps, burst=burst, watch_client=self.watch_client)
+        other.written = self.written
+        other._owns_clients = False
+        return other
 
     async def request(
         self,
@@ -305,6 +313,8 @@ class Kube:
         return None if data is None else {key: value.decode() for key, value in data.items()}
 
     async def close(self) -> None:
+        if not self._owns_clients:
+            return
         await self.api_client.close()
         if self.watch_client is not self.api_client:
             await self.watch_client.close()

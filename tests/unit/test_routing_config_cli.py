@@ -1,9 +1,12 @@
-"""Routing, settings from the environment, and the `sidecarless status` table."""
+"""Routing, settings from the environment, API budgets, and the `sidecarless status` table."""
 
 import pytest
+from kubernetes_asyncio.client import Configuration
+from kubernetes_asyncio.client.api_client import ApiClient
 
 from sidecarless.cli import format_status
 from sidecarless.config import Settings
+from sidecarless.kube import Kube
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
 
 ROUTED = {"metadata": {"name": "fast", "annotations": {"sidecarless.io/endpoint": "ep-a"}}}
@@ -36,7 +39,11 @@ def test_settings_from_environment_and_overrides() -> None:
 
 @pytest.mark.parametrize(
     ("environ", "message"),
-    [({"SIDECARLESS_API_QPS": "fast"}, "not a number"), ({"SIDECARLESS_LOG_FORMAT": "xml"}, "text or json")],
+    [
+        ({"SIDECARLESS_API_QPS": "fast"}, "not a number"),
+        ({"SIDECARLESS_LOG_FORMAT": "xml"}, "text or json"),
+        ({"SIDECARLESS_API_QPS_SCOPE": "driver"}, "process or controller, not 'driver'"),
+    ],
 )
 def test_bad_settings(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -68,3 +75,16 @@ def test_fault_points_parse_targets() -> None:
 
     assert _parse("a, b@team-1/ ,a@x") == {"a": ("", "x"), "b": ("team-1/",)}
     assert _parse("") == {}
+
+
+async def test_a_budget_of_its_own_shares_connections_and_store_updates() -> None:
+    async with ApiClient(Configuration(host="https://127.0.0.1:1")) as api:
+        shared = Kube(api, qps=50, burst=100)
+        shared.written = lambda resource, body: None
+        own = shared.with_budget(5, 10)
+        assert own.api_client is shared.api_client
+        assert own.written is shared.written
+        assert own.bucket is not shared.bucket
+        assert (own.bucket.qps, own.bucket.burst) == (5, 10)
+        await own.close()
+        assert not api.rest_client.pool_manager.closed, "a budget's close leaves the shared client open"
