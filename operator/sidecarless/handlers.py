@@ -44,6 +44,9 @@ registry = kopf.OperatorRegistry()
 GROUP, VERSION, PLURAL = "sidecarless.io", "v1alpha1", "driverendpoints"
 # How often the status is recomputed (probes follow spec.timeouts.probeInterval).
 _MONITOR_TICK_SECONDS = 1.0
+# A status whose only change is its counts is written at most this often (a burst of
+# claims would otherwise write it every tick); any other change is written at once.
+COUNTS_WRITE_SECONDS = 5.0
 TLS_RETRY_SECONDS = 30.0  # an endpoint whose TLS Secret is missing looks for it again this often
 SYNC_TIMEOUT_SECONDS = 60.0  # the leader's controllers wait this long at most for the first listings
 
@@ -206,6 +209,7 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
     """Probe the driver and keep the DriverEndpoint's status current."""
     context: Context = memo.context
     written: dict[str, Any] | None = None
+    written_at = 0.0
     last_probe = 0.0
     retry_at = 0.0
     while not stopped:
@@ -238,16 +242,24 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
         )
         comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
         leading = memo.leader is None or memo.leader.leading  # a standby replica probes but does not write
-        if leading and comparable != written:
+        if leading and _worth_writing(comparable, written, time.monotonic() - written_at):
             try:
                 await context.kube.patch(DRIVER_ENDPOINT, name, {"status": status}, subresource="status")
-                written = comparable
+                written, written_at = comparable, time.monotonic()
             except KubeError as error:
                 log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
         # Status is recomputed every tick (counts follow the stores) but written only when it changed.
         await stopped.wait(_MONITOR_TICK_SECONDS)
     if body.get("metadata", {}).get("deletionTimestamp"):
         await context.endpoints.remove(name)  # every replica; the on.delete handler runs in one
+
+
+def _worth_writing(status: dict[str, Any], written: dict[str, Any] | None, since_written: float) -> bool:
+    if written is None or status == written:
+        return written is None
+    if {k: v for k, v in status.items() if k != "counts"} != {k: v for k, v in written.items() if k != "counts"}:
+        return True
+    return since_written >= COUNTS_WRITE_SECONDS
 
 
 def _attach_required(stores: Stores, driver: str) -> bool:

@@ -91,7 +91,7 @@ async def test_pod_on_a_node_attaches_and_detaches(
         counts = ((await kube.get(DRIVER_ENDPOINT, endpoint)).get("status") or {}).get("counts") or {}
         return counts.get("attachments") == 1
 
-    await eventually(counted, what="DriverEndpoint counts.attachments == 1", timeout=15)
+    await eventually(counted, what="DriverEndpoint counts.attachments == 1", timeout=30)
 
     # The ListVolumes reconcile (every 2 s in tests) runs and leaves a healthy attachment alone.
     listed = len(cluster.driver_calls(MOCK, "ListVolumes"))
