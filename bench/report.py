@@ -32,6 +32,7 @@ METRICS = (
     ("watches_held", "watches held"),
     ("connections", "TCP connections to the API"),
     ("processes", "processes"),
+    ("left_behind", "volumes + snapshots left on the driver"),
 )
 
 

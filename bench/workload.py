@@ -237,6 +237,16 @@ class Workload:
             held |= {f"{driver} snapshot {entry.snapshot.snapshot_id}" for entry in snapshots.entries}
         return held
 
+    async def remove(self, addresses: dict[str, str], held: list[str]) -> None:
+        """Delete what `backend` listed, straight through CSI (what a side left behind)."""
+        for item in held:
+            driver, kind, object_id = item.split(" ", 2)
+            async with CSIClient(addresses[driver]) as client:
+                if kind == "snapshot":
+                    await client.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=object_id))
+                else:
+                    await client.delete_volume(csi.DeleteVolumeRequest(volume_id=object_id))
+
 
 # --- objects -----------------------------------------------------------------------
 

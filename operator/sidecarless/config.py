@@ -56,6 +56,9 @@ class Settings:
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
     )
     resync_seconds: float = 600.0  # every object is looked at again this often, events or not
+    # How often backend volumes and snapshots are compared with the PVs and contents that
+    # reference them (drivers with LIST_VOLUMES / LIST_SNAPSHOTS); 0 turns it off.
+    leak_check_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -14,12 +14,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from csi_client import AddressError, CSIClient, CSIError, DriverInfo, TLSConfig, discover, parse_address, probe_ready
 from csi_client.client import Rpc
+from sidecarless import faults
 from sidecarless.provisioner.plan import ProvisionerSettings
 from sidecarless.workqueue import Backoff
 
@@ -244,7 +245,10 @@ class Endpoint:
         async with self._slots:
             self.in_flight += 1
             try:
-                return await self.client.call(rpc, request)
+                faults.csi_call("before", operation, obj)
+                response = await self.client.call(rpc, request)
+                faults.csi_call("after", operation, obj)
+                return response
             except CSIError as error:
                 self.note_failure(operation, obj, str(error))
                 raise
@@ -302,6 +306,10 @@ def conditions_for(endpoint: Endpoint | None, spec_error: str | None) -> list[Co
     return [connected, ready, degraded]
 
 
+class HasStatus(Protocol):
+    def status(self) -> Body: ...
+
+
 def build_status(
     endpoint: Endpoint | None,
     *,
@@ -310,6 +318,7 @@ def build_status(
     counts: dict[str, int],
     previous: Body,
     attach_required: bool = True,
+    unreferenced: HasStatus | None = None,
 ) -> Body:
     """The DriverEndpoint's status; lastTransitionTime moves only when a condition's status does."""
     before = {c.get("type"): c for c in previous.get("conditions") or []}
@@ -352,6 +361,8 @@ def build_status(
             "ready": endpoint.probe_ready,
             "latencyMillis": endpoint.probe_latency_ms,
         }
+    if unreferenced is not None:
+        status_body["unreferenced"] = unreferenced.status()
     if endpoint.last_error is not None:
         error = endpoint.last_error
         status_body["lastError"] = {

@@ -1,8 +1,15 @@
-"""Crash points for fault-injection tests: `SIDECARLESS_FAULT_POINTS=after-create-volume@team-a/,...`.
+"""Crash points for fault-injection tests. Unset (always, outside tests), a point costs a lookup.
 
-When the operator reaches a listed point for an object whose key contains the text after
-`@` (or for any object, without `@`), it SIGKILLs itself there, as a node failure or an OOM
-kill would. Unset (always, outside tests), a point costs one dict lookup.
+Two ways to die, as a node failure or an OOM kill would (SIGKILL, nothing flushed):
+
+- Named points: `SIDECARLESS_FAULT_POINTS=after-create-volume@team-a/,...`. When the
+  operator reaches a listed point for an object whose key contains the text after `@` (or
+  for any object, without `@`), it kills itself there.
+- Steps: before and after every CSI call of an operation and every API write (create,
+  patch, delete; Events, DriverEndpoint status and Leases aside, which are bookkeeping),
+  numbered from 1 as the process reaches them. `SIDECARLESS_FAULT_AT=N` kills the process
+  at step N; `SIDECARLESS_FAULT_TRACE=1` logs every step. The crash-anywhere suite runs an
+  operation once to count its steps, then once per step killed there.
 """
 
 from __future__ import annotations
@@ -10,6 +17,26 @@ from __future__ import annotations
 import logging
 import os
 import signal
+
+log = logging.getLogger("sidecarless.faults")
+
+# Writes that are not steps of an operation: their timing follows clocks, not the operation.
+UNCOUNTED_RESOURCES = frozenset({"events", "driverendpoints", "leases"})
+# The CSI calls that change the backend (reads, such as the attacher's periodic ListVolumes, are not steps).
+CSI_WRITES = frozenset(
+    {
+        "CreateVolume",
+        "DeleteVolume",
+        "ControllerPublishVolume",
+        "ControllerUnpublishVolume",
+        "ControllerExpandVolume",
+        "ControllerModifyVolume",
+        "CreateSnapshot",
+        "DeleteSnapshot",
+        "CreateVolumeGroupSnapshot",
+        "DeleteVolumeGroupSnapshot",
+    }
+)
 
 
 def _parse(raw: str) -> dict[str, tuple[str, ...]]:
@@ -27,7 +54,41 @@ def reached(point: str, obj: str) -> None:
     """Die here if `point` is listed for `obj` (a key such as `namespace/name` or `va-name/pv-name`)."""
     matches = _POINTS.get(point)
     if matches is not None and any(match in obj for match in matches):
-        logging.getLogger("sidecarless.faults").critical(
-            "fault point %s reached for %s: killing the operator", point, obj
-        )
-        os.kill(os.getpid(), signal.SIGKILL)
+        _die(f"fault point {point} reached for {obj}")
+
+
+class Steps:
+    def __init__(self, kill_at: int, trace: bool) -> None:
+        self.kill_at = kill_at
+        self.trace = trace
+        self.count = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.kill_at > 0 or self.trace
+
+    def step(self, point: str, obj: str) -> None:
+        self.count += 1
+        if self.trace:
+            log.warning("fault step %d: %s %s", self.count, point, obj)
+        if self.count == self.kill_at:
+            _die(f"fault step {self.count} ({point} {obj}) reached")
+
+
+STEPS = Steps(int(os.environ.get("SIDECARLESS_FAULT_AT") or 0), bool(os.environ.get("SIDECARLESS_FAULT_TRACE")))
+
+
+def csi_call(when: str, operation: str, obj: str) -> None:
+    """Before or after a CSI call; a step if the call changes the backend."""
+    if STEPS.enabled and operation in CSI_WRITES:
+        STEPS.step(f"{when} {operation}", obj)
+
+
+def api_write(when: str, verb: str, plural: str, subresource: str, obj: str) -> None:
+    if STEPS.enabled and plural not in UNCOUNTED_RESOURCES:
+        STEPS.step(f"{when} {verb} {plural}{'/' + subresource if subresource else ''}", obj)
+
+
+def _die(why: str) -> None:
+    logging.getLogger("sidecarless.faults").critical("%s: killing the operator", why)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -28,6 +28,7 @@ from sidecarless.events import EventRecorder
 from sidecarless.informer import Informer, wait_synced
 from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, load_configuration
 from sidecarless.leader import LeaderElector
+from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.resizer.controller import Resizer
@@ -104,6 +105,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         group_snapshotter=GroupSnapshotter(budget()),
         snapshot_controller=SnapshotController(budget()) if config.snapshot_controller else None,
         group_controller=GroupSnapshotController(budget()) if config.snapshot_controller else None,
+        leaks=LeakReporter(budget()),
     )
     context.endpoints.on_change = _requeue_endpoint(controllers)
     # Every replica watches (a standby's stores are warm when it takes over); only the
@@ -224,6 +226,10 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
             except TLSSecretMissing as error:
                 log.warning("DriverEndpoint %s: %s; trying again in %.0f s", name, error, TLS_RETRY_SECONDS)
                 retry_at = time.monotonic() + TLS_RETRY_SECONDS
+                # Where the user looks: Ready=False, InvalidSpec, naming the Secret.
+                context.endpoints.spec_errors[name] = (
+                    f"spec.tls: {error} (looked for again every {TLS_RETRY_SECONDS:.0f} s)"
+                )
         endpoint = context.endpoints.get(name)
         interval = endpoint.spec.probe_interval if endpoint else 10.0
         if endpoint is not None and time.monotonic() - last_probe >= interval:
@@ -239,6 +245,7 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
             counts=_counts(context.stores, name),
             previous=dict(body.get("status") or {}),
             attach_required=_attach_required(context.stores, endpoint.spec.driver_name if endpoint else ""),
+            unreferenced=memo.controllers.leaks.findings.get(name),
         )
         comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
         leading = memo.leader is None or memo.leader.leading  # a standby replica probes but does not write

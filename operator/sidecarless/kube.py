@@ -17,10 +17,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
+
+from sidecarless import faults
 
 Body = dict[str, Any]
 Page = list[Body]  # (named here: inside Kube, `list` is a method)
@@ -42,15 +45,23 @@ class Resource:
         return f"{self.group}/{self.version}" if self.group else self.version
 
     def path(self, name: str = "", namespace: str | None = None, subresource: str = "") -> str:
+        """The object's URL path. Names come from users' objects (an annotation naming a
+        DriverEndpoint, a secret template): each is one escaped path segment, so no name,
+        such as `../../api/v1/secrets`, can make a request reach another resource."""
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         if self.namespaced and namespace:
-            base += f"/namespaces/{namespace}"
+            base += f"/namespaces/{_segment(namespace)}"
         path = f"{base}/{self.plural}"
         if name:
-            path += f"/{name}"
+            path += f"/{_segment(name)}"
         if subresource:
             path += f"/{subresource}"
         return path
+
+
+def _segment(text: str) -> str:
+    # "." and ".." are segments of their own that a client or proxy may collapse.
+    return quote(text, safe="") if text not in (".", "..") else text.replace(".", "%2E")
 
 
 PVC = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True)
@@ -266,7 +277,11 @@ class Kube:
                 yield kind, body
 
     async def create(self, resource: Resource, body: Body, namespace: str | None = None) -> Body:
-        return self._written(resource, await self.request("POST", resource.path(namespace=namespace), body=body))
+        key = _key(namespace, (body.get("metadata") or {}).get("name", ""))
+        faults.api_write("before", "create", resource.plural, "", key)
+        result = self._written(resource, await self.request("POST", resource.path(namespace=namespace), body=body))
+        faults.api_write("after", "create", resource.plural, "", key)
+        return result
 
     async def patch(
         self,
@@ -278,9 +293,11 @@ class Kube:
         subresource: str = "",
         content_type: str = MERGE_PATCH,
     ) -> Body:
+        faults.api_write("before", "patch", resource.plural, subresource, _key(namespace, name))
         result = await self.request(
             "PATCH", resource.path(name, namespace, subresource), body=patch, content_type=content_type
         )
+        faults.api_write("after", "patch", resource.plural, subresource, _key(namespace, name))
         return self._written(resource, result)
 
     def _written(self, resource: Resource, result: Body) -> Body:
@@ -294,10 +311,12 @@ class Kube:
         """Delete; an object that is already gone is fine. Returns the object as the API
         server left it (still there, being deleted, while finalizers hold it), or None."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions} if preconditions else None
+        faults.api_write("before", "delete", resource.plural, "", _key(namespace, name))
         try:
             result = await self.request("DELETE", resource.path(name, namespace), body=body)
         except NotFound:
             return None
+        faults.api_write("after", "delete", resource.plural, "", _key(namespace, name))
         return result if result.get("kind") == resource.kind else None  # not a Status
 
     async def secret_data(self, name: str, namespace: str) -> dict[str, bytes] | None:
@@ -331,6 +350,10 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 yield line
     if buffer.strip():
         yield buffer
+
+
+def _key(namespace: str | None, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name
 
 
 def _error(status: int, raw: bytes) -> KubeError:

@@ -15,6 +15,7 @@ from sidecarless import kube as k
 from sidecarless.attacher.controller import Attacher
 from sidecarless.context import Context
 from sidecarless.informer import Informer
+from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
@@ -38,9 +39,11 @@ class Controllers:
     group_snapshotter: GroupSnapshotter
     snapshot_controller: SnapshotController | None  # None beside an upstream snapshot-controller
     group_controller: GroupSnapshotController | None
+    leaks: LeakReporter
 
     def all(self) -> list[Any]:
         every = (
+            self.leaks,
             self.provisioner,
             self.attacher,
             self.resizer,

@@ -310,48 +310,6 @@ async def test_size_the_driver_refuses(
     await eventually(aggregated, what="retries counted on one ProvisioningFailed event", timeout=30)
 
 
-async def test_unknown_reserved_parameter(
-    kube: Kube,
-    namespace: str,
-    routed_class: Callable[..., Awaitable[tuple[str, str]]],
-) -> None:
-    _, class_name = await routed_class(parameters={"csi.storage.k8s.io/bogus": "x"})
-    await kube.create(PVC, claim("bogus", class_name), namespace)
-    await failed_event(kube, namespace, "bogus", contains='unknown parameter key "csi.storage.k8s.io/bogus"')
-
-
-async def test_malformed_secret_template(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
-) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(
-        endpoint,
-        parameters={
-            "csi.storage.k8s.io/provisioner-secret-name": "${pvc.nonsense}",
-            "csi.storage.k8s.io/provisioner-secret-namespace": "${pvc.namespace}",
-        },
-    )
-    await kube.create(PVC, claim("templated", class_name), namespace)
-    await failed_event(kube, namespace, "templated", contains="unknown or unsupported token ${pvc.nonsense}")
-
-
-async def test_missing_secret(
-    kube: Kube, namespace: str, make_endpoint: Callable[..., Awaitable[str]], make_class: Callable[..., Awaitable[str]]
-) -> None:
-    endpoint = await make_endpoint()
-    await wait_ready(kube, endpoint)
-    class_name = await make_class(
-        endpoint,
-        parameters={
-            "csi.storage.k8s.io/provisioner-secret-name": "creds-${pvc.name}",
-            "csi.storage.k8s.io/provisioner-secret-namespace": "${pvc.namespace}",
-        },
-    )
-    await kube.create(PVC, claim("secretive", class_name), namespace)
-    await failed_event(kube, namespace, "secretive", contains=f"failed to get secret {namespace}/creds-secretive")
-
-
 async def test_address_change_reconnects(
     kube: Kube, make_endpoint: Callable[..., Awaitable[str]], cluster: LocalCluster
 ) -> None:

@@ -32,7 +32,7 @@ from sidecarless.metrics import (
 )
 from sidecarless.provisioner import plan, sources, topology
 from sidecarless.provisioner.journal import Entry, Journal
-from sidecarless.provisioner.parameters import ParameterError, SecretRef
+from sidecarless.provisioner.parameters import ParameterError, SecretRef, shown, valid_object_name
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
 from sidecarless.workqueue import Requeue, WorkQueue
 
@@ -183,6 +183,9 @@ class Provisioner:
         class_name = storage_class["metadata"]["name"]
         endpoint = context.endpoints.get(endpoint_name)
         wants_driver = storage_class.get("provisioner")
+        if endpoint is None and not valid_object_name(endpoint_name):
+            message = f"StorageClass {class_name!r} routes to {shown(endpoint_name)}, not a valid DriverEndpoint name"
+            await self._misrouted(claim, storage_class, message)
         if endpoint is None:
             spec_error = context.endpoints.spec_errors.get(endpoint_name)
             if not spec_error and await context.kube.get_or_none(DRIVER_ENDPOINT, endpoint_name) is not None:

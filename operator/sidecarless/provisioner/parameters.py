@@ -48,6 +48,19 @@ _RESERVED = {
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def valid_object_name(name: str) -> bool:
+    """A DNS-1123 subdomain: what most Kubernetes objects (and DriverEndpoints) may be named."""
+    return bool(_DNS1123_SUBDOMAIN.match(name))
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """A user's value quoted for a message, cut short: events keep 1,024 characters, and
+    the end of the message says what is wrong."""
+    return repr(value if len(value) <= limit else value[: limit - 20] + f"...({len(value)} characters)")
+
+
 _TOKEN = re.compile(r"\$\{([^}]*)\}")
 _ANNOTATION_TOKEN = re.compile(r"^pvc\.annotations\['([^']+)'\]$")
 

@@ -237,7 +237,7 @@ def plan_provision(
 def _mutable_parameters(class_name: str, attributes_class: Body | None, driver: str) -> dict[str, str]:
     """A VolumeAttributesClass's parameters, which CreateVolume takes as mutable_parameters."""
     if attributes_class is None:
-        raise ParameterError(f"volumeattributesclass {class_name!r} not found")
+        raise ParameterError(f'volumeattributesclass.storage.k8s.io "{class_name}" not found')
     if attributes_class.get("driverName") != driver:
         raise ParameterError(
             f"VAC {class_name} referenced in PVC is for driver {attributes_class.get('driverName')} "
