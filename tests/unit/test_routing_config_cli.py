@@ -6,7 +6,8 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from sidecarless.cli import format_status
 from sidecarless.config import Settings
-from sidecarless.kube import Kube
+from sidecarless.kube import DRIVER_ENDPOINT, SECRET, Kube
+from sidecarless.provisioner.parameters import shown, valid_object_name
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
 
 ROUTED = {"metadata": {"name": "fast", "annotations": {"sidecarless.io/endpoint": "ep-a"}}}
@@ -88,3 +89,16 @@ async def test_a_budget_of_its_own_shares_connections_and_store_updates() -> Non
         assert (own.bucket.qps, own.bucket.burst) == (5, 10)
         await own.close()
         assert not api.rest_client.pool_manager.closed, "a budget's close leaves the shared client open"
+
+
+def test_a_name_from_a_users_object_is_one_path_segment() -> None:
+    assert DRIVER_ENDPOINT.path("../../api/v1/secrets") == (
+        "/apis/sidecarless.io/v1alpha1/driverendpoints/..%2F..%2Fapi%2Fv1%2Fsecrets"
+    )
+    assert SECRET.path("..", "kube-system") == "/api/v1/namespaces/kube-system/secrets/%2E%2E"
+    assert SECRET.path("creds", "team-a") == "/api/v1/namespaces/team-a/secrets/creds"
+    assert not valid_object_name("../x")
+    assert not valid_object_name("e" * 254)
+    assert valid_object_name("fast.csi-driver")
+    assert shown("e" * 5000).endswith("...(5000 characters)'")
+    assert len(shown("e" * 5000)) < 100
