@@ -6,7 +6,7 @@ export PYTHONPATH := tools:operator
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo demo-down bench bench-pods crash chart-docs lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
+.PHONY: help setup demo demo-down bench bench-pods crash soak chart-docs lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ demo: binaries ## provision a volume with Sidecarless on a local cluster, show i
 bench: binaries ## the sidecars and Sidecarless side by side: N (100) claims, DRIVERS (1), ROUNDS (3), SETTINGS, SCENARIO (all)
 	$(UV) run python -m bench.side_by_side --n $(or $(N),100) --drivers $(or $(DRIVERS),1) --rounds $(or $(ROUNDS),3) \
 		--settings $(or $(SETTINGS),defaults,qps100) --scenario $(or $(SCENARIO),all) $(if $(PLOT),--plot $(PLOT)) $(if $(OUT),--out $(OUT))
+
+soak: binaries ## Sidecarless alone through waves of CLAIMS (1000) claims for MINUTES (10); RSS at start and end
+	$(UV) run python -m bench.soak --claims $(or $(CLAIMS),1000) --minutes $(or $(MINUTES),10)
 
 crash: binaries ## only the crash-anywhere suite (SCENARIOS=provision,snapshot picks operations); figures in bench/results/crash.json
 	SIDECARLESS_CRASH_SCENARIOS=$(SCENARIOS) SIDECARLESS_CRASH_REPORT=bench/results/crash.json $(UV) run pytest tests/e2e/test_crash_anywhere.py -s -q

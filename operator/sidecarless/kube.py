@@ -22,11 +22,18 @@ from urllib.parse import quote
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
+from prometheus_client import Counter
 
 from sidecarless import faults
 
 Body = dict[str, Any]
-Page = list[Body]  # (named here: inside Kube, `list` is a method)
+Page = list[Body]
+
+API_ERRORS = Counter(
+    "sidecarless_api_errors_total",
+    "Kubernetes API requests answered with an error (409: somebody else changed the object first)",
+    ["method", "code"],
+)  # (named here: inside Kube, `list` is a method)
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -216,6 +223,7 @@ class Kube:
         raw = await response.read()
         if 200 <= response.status < 300:
             return json.loads(raw) if raw else {}
+        API_ERRORS.labels(method=method, code=str(response.status)).inc()
         raise _error(response.status, raw)
 
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Body:

@@ -146,6 +146,7 @@ class WorkQueue(Generic[K]):
             except asyncio.CancelledError:
                 raise
             except Requeue as requeue:
+                log.debug("%s: %s again later: %s", self.name, key, requeue)
                 self._retry(key, requeue.delay, requeue.backoff)
             except Exception:
                 log.exception("%s: handling %s failed", self.name, key)

@@ -202,6 +202,15 @@ class LocalCluster:
         if self.owned:
             (self.workdir / STATE_FILE).unlink(missing_ok=True)
 
+    def restart_apiserver(self, *, down_seconds: float = 0.0) -> None:
+        """Stop kube-apiserver (SIGTERM), wait `down_seconds`, start it again with the same
+        flags and port; return once it is healthy. Only for a cluster this object started."""
+        apiserver = next(p for p in self.processes if p.name == "kube-apiserver")
+        apiserver.stop()
+        time.sleep(down_seconds)
+        apiserver.start(tied_to_parent=self.options.tied_to_parent)
+        wait_until("kube-apiserver again", self.rest.healthy, timeout=90, watch=[apiserver])
+
     # --- drivers ---------------------------------------------------------------------
 
     def add_driver(self, spec: DriverSpec) -> RunningDriver:
