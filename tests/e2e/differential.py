@@ -2,7 +2,8 @@
 in a form where the two can be compared field by field.
 
 `run_scenarios` makes claims of every kind (StorageClass options, WaitForFirstConsumer,
-clone, restore), attaches, expands (with and without node expansion), snapshots, then
+clone, restore), attaches, expands (with and without node expansion), changes a claim's
+VolumeAttributesClass (ControllerModifyVolume), snapshots, then
 deletes, capturing every object the controllers touched at two points: all settled, and
 all deleted. `scrub` removes what always differs between two runs (names made of UIDs,
 UIDs, timestamps, resource versions, the driver's volume and snapshot IDs) and nothing else.
@@ -22,6 +23,7 @@ from sidecarless.kube import (
     PVC,
     STORAGE_CLASS,
     VOLUME_ATTACHMENT,
+    VOLUME_ATTRIBUTES_CLASS,
     VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CLASS,
     VOLUME_SNAPSHOT_CONTENT,
@@ -53,6 +55,7 @@ class Classes:
     late: str
     node_expansion: str
     snapshots: str
+    attributes: str  # a VolumeAttributesClass of the driver (iops), for ControllerModifyVolume
     endpoint: str  # the DriverEndpoint the classes route to (while Sidecarless serves them)
     node_endpoint: str
 
@@ -186,6 +189,17 @@ class Run:
         await until(expanded, "claim basic expanded to 2Gi")
         await until(node_pending, "claim grows-on-node waiting for the node (FileSystemResizePending)")
 
+    async def modify(self) -> None:
+        """Claim basic moves to the driver's VolumeAttributesClass: ControllerModifyVolume."""
+        change = {"spec": {"volumeAttributesClassName": self.classes.attributes}}
+        await self.kube.patch(PVC, "basic", change, self.namespace)
+
+        async def modified() -> bool:
+            claim = await self.claim("basic")
+            return bool((claim.get("status") or {}).get("currentVolumeAttributesClassName") == self.classes.attributes)
+
+        await until(modified, f"claim basic modified to {self.classes.attributes}")
+
     async def snapshot_and_restore(self) -> None:
         snapshot = {
             "apiVersion": VOLUME_SNAPSHOT.api_version,
@@ -313,6 +327,7 @@ async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: st
         f"{prefix}-late",
         f"{prefix}-node",
         f"{prefix}-snap",
+        f"{prefix}-gold",
         endpoint,
         node_endpoint,
     )
@@ -351,6 +366,16 @@ async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: st
             "metadata": {"name": classes.snapshots, "annotations": {"sidecarless.io/endpoint": endpoint}},
             "driver": driver,
             "deletionPolicy": "Delete",
+        },
+    )
+    await kube.create(
+        VOLUME_ATTRIBUTES_CLASS,
+        {
+            "apiVersion": VOLUME_ATTRIBUTES_CLASS.api_version,
+            "kind": "VolumeAttributesClass",
+            "metadata": {"name": classes.attributes},
+            "driverName": driver,
+            "parameters": {"iops": "500"},
         },
     )
     return classes

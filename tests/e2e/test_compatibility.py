@@ -21,7 +21,7 @@ from bench.sides import SETTINGS, SidecarsSide
 from csi_client import CSIClient, csi
 from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import REPO, OperatorProcess
-from sidecarless.kube import DRIVER_ENDPOINT, PV, STORAGE_CLASS, VOLUME_SNAPSHOT_CLASS, Kube
+from sidecarless.kube import DRIVER_ENDPOINT, PV, STORAGE_CLASS, VOLUME_ATTRIBUTES_CLASS, VOLUME_SNAPSHOT_CLASS, Kube
 from tests.conftest import short_tmpdir
 from tests.e2e.conftest import eventually, wait_ready
 from tests.e2e.differential import Captured, Classes, Run, create_classes, differences
@@ -38,7 +38,11 @@ DELIBERATE: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def drivers(cluster: LocalCluster) -> Iterator[dict[str, str]]:
-    for spec in (DriverSpec(DRIVER), DriverSpec(NODE_DRIVER, node_expansion=True)):
+    # DRIVER behind driver_shim, which adds csi-driver-host-path's ControllerModifyVolume.
+    for spec in (
+        DriverSpec(DRIVER, accepted_mutable_parameters=("iops",)),
+        DriverSpec(NODE_DRIVER, node_expansion=True),
+    ):
         cluster.add_driver(spec)
     yield {name: cluster.driver_addresses[name] for name in (DRIVER, NODE_DRIVER)}
     for name in (DRIVER, NODE_DRIVER):
@@ -52,6 +56,7 @@ async def classes(kube: Kube, unique_name: Callable[[str], str]) -> AsyncIterato
     for name in (made.basic, made.retain, made.late, made.node_expansion):
         await kube.delete(STORAGE_CLASS, name)
     await kube.delete(VOLUME_SNAPSHOT_CLASS, made.snapshots)
+    await kube.delete(VOLUME_ATTRIBUTES_CLASS, made.attributes)
 
 
 async def one_run(kube: Kube, namespace: str, classes: Classes) -> tuple[Captured, Captured]:
@@ -61,6 +66,7 @@ async def one_run(kube: Kube, namespace: str, classes: Classes) -> tuple[Capture
     await run.attach()
     await run.detach()
     await run.expand()
+    await run.modify()
     await run.snapshot_and_restore()
     await asyncio.sleep(2)  # events are posted asynchronously by both sides
     settled = await run.capture()
@@ -113,7 +119,7 @@ async def test_sidecars_and_sidecarless_leave_the_same_objects(
     ):
         assert role in settled, f"the sidecars' run made no {role}"
     reasons = {event.split(":")[0] for event in settled["events of PersistentVolumeClaim basic"]}
-    assert {"ProvisioningSucceeded", "VolumeResizeSuccessful"} <= reasons
+    assert {"ProvisioningSucceeded", "VolumeResizeSuccessful", "VolumeModifySuccessful"} <= reasons
     assert [k for k in deleted if not k.startswith("events")] == ["PersistentVolume of claim retained"]
 
     found = []
