@@ -32,6 +32,7 @@ from csi_client import CSIClient, csi
 from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import OperatorProcess
 from sidecarless.kube import (
+    NAMESPACE,
     PV,
     PVC,
     VOLUME_ATTACHMENT,
@@ -437,10 +438,34 @@ async def world(
             "parameters": {"iops": "500"},
         },
     )
+    await quiet(kube)
     probe.stop()
     yield made
     await kube.delete(VOLUME_SNAPSHOT_CLASS, made.snapshot_class)
     await kube.delete(VOLUME_ATTRIBUTES_CLASS, made.attributes_class)
+
+
+async def quiet(kube: Kube) -> None:
+    """Give what earlier tests left a moment to finish (namespaces, claims, PVs, attachments,
+    snapshots being deleted): the steps should all be this suite's, which is why it runs
+    before the other end-to-end tests (tests/conftest.py). Some leftovers never finish (a
+    content whose driver is gone): after 30 s the suite goes on."""
+
+    async def terminating() -> list[str]:
+        names = []
+        for resource in (PVC, PV, VOLUME_ATTACHMENT, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, NAMESPACE):
+            names += [
+                f"{resource.kind} {o['metadata']['name']}"
+                for o in await kube.list(resource)
+                if o["metadata"].get("deletionTimestamp")
+            ]
+        return names
+
+    for _ in range(60):
+        if not await terminating():
+            return
+        await asyncio.sleep(0.5)
+    print(f"going on with these still being deleted: {await terminating()}")
 
 
 def selected() -> list[Scenario]:
