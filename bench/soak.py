@@ -25,10 +25,10 @@ from typing import Any
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from bench.proc import usage
-from bench.side_by_side import wait_clean
+from bench.side_by_side import cluster_options, wait_clean
 from bench.sides import SETTINGS, SidecarlessSide
 from bench.workload import PHASES, Workload, driver_name
-from devcluster import ClusterOptions, DriverSpec, LocalCluster
+from devcluster import LocalCluster
 from devcluster.operator import REPO
 from sidecarless.kube import Kube, load_configuration
 
@@ -103,13 +103,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="slc-soak-", dir="/tmp"))
-    options = ClusterOptions(
-        drivers=(DriverSpec(driver_name(0)),),
-        controller_manager_qps=1000,
-        controller_manager_burst=2000,
-        extra_crds=tuple(sorted((REPO / "crds").glob("*.yaml"))),
-    )
-    cluster = LocalCluster.start(workdir / "cluster", options)
+    cluster = LocalCluster.start(workdir / "cluster", cluster_options(1, audit_log=False))
     try:
         result = asyncio.run(run(args, cluster, workdir))
     finally:

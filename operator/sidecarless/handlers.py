@@ -262,11 +262,13 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
 
 
 def _worth_writing(status: dict[str, Any], written: dict[str, Any] | None, since_written: float) -> bool:
-    if written is None or status == written:
-        return written is None
-    if {k: v for k, v in status.items() if k != "counts"} != {k: v for k, v in written.items() if k != "counts"}:
+    """A new status is written at once; one whose only change is its counts, at most every COUNTS_WRITE_SECONDS."""
+    if written is None:
         return True
-    return since_written >= COUNTS_WRITE_SECONDS
+    if status == written:
+        return False
+    counts_only = {**status, "counts": None} == {**written, "counts": None}
+    return not counts_only or since_written >= COUNTS_WRITE_SECONDS
 
 
 def _attach_required(stores: Stores, driver: str) -> bool:

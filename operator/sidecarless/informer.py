@@ -56,7 +56,6 @@ class Informer:
         self.on_event = on_event
         self.absent_retry = absent_retry
         self.synced = asyncio.Event()  # set after the first listing (or on learning the kind is not served)
-        self.events = 0
         # Where the watch resumes: the last resourceVersion seen (None: list first). A stopped
         # informer started again resumes from here, or lists again if it has expired.
         self.version: str | None = None
@@ -142,7 +141,6 @@ class Informer:
                 self._deliver(kind, body)
 
     def _deliver(self, kind: str | None, body: Body) -> None:
-        self.events += 1
         try:
             self.on_event(kind, body)
         except Exception:

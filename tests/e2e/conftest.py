@@ -14,7 +14,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from devcluster import LocalCluster
 from devcluster.operator import REPO, OperatorProcess
-from sidecarless.kube import DRIVER_ENDPOINT, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
+from sidecarless.kube import DRIVER_ENDPOINT, STORAGE_CLASS, VOLUME_ATTACHMENT, VOLUME_SNAPSHOT_CLASS, Kube
 from tests.conftest import failed, short_tmpdir
 
 MOCK = "mock.csi.sidecarless.dev"
@@ -203,6 +203,29 @@ def storage_class(name: str, endpoint: str | None, provisioner: str = MOCK, **fi
         "metadata": {"name": name, "annotations": annotations},
         "provisioner": provisioner,
         **fields,
+    }
+
+
+def volume_snapshot_class(
+    name: str,
+    driver: str = MOCK,
+    *,
+    endpoint: str = "",
+    policy: str = "Delete",
+    parameters: dict[str, str] | None = None,
+    default: bool = False,
+) -> dict[str, Any]:
+    """A VolumeSnapshotClass, routed to `endpoint` when one is given."""
+    annotations = {"sidecarless.io/endpoint": endpoint} if endpoint else {}
+    if default:
+        annotations["snapshot.storage.kubernetes.io/is-default-class"] = "true"
+    return {
+        "apiVersion": VOLUME_SNAPSHOT_CLASS.api_version,
+        "kind": "VolumeSnapshotClass",
+        "metadata": {"name": name, "annotations": annotations},
+        "driver": driver,
+        "deletionPolicy": policy,
+        "parameters": parameters or {},
     }
 
 

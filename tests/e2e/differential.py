@@ -29,7 +29,7 @@ from sidecarless.kube import (
     VOLUME_SNAPSHOT_CONTENT,
     Kube,
 )
-from tests.e2e.conftest import eventually
+from tests.e2e.conftest import eventually, volume_snapshot_class
 from tests.e2e.test_attacher import attachment_of, pod
 from tests.e2e.test_provisioner import bound_claim
 
@@ -360,13 +360,7 @@ async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: st
     await kube.create(STORAGE_CLASS, storage_class(classes.node_expansion, node_driver, node_endpoint))
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
-        {
-            "apiVersion": VOLUME_SNAPSHOT_CLASS.api_version,
-            "kind": "VolumeSnapshotClass",
-            "metadata": {"name": classes.snapshots, "annotations": {"sidecarless.io/endpoint": endpoint}},
-            "driver": driver,
-            "deletionPolicy": "Delete",
-        },
+        volume_snapshot_class(classes.snapshots, driver, endpoint=endpoint),
     )
     await kube.create(
         VOLUME_ATTRIBUTES_CLASS,

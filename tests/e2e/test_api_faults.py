@@ -22,8 +22,7 @@ from sidecarless.kube import (
     KubeError,
     Resource,
 )
-from sidecarless.snapshots import plan as snapshot_plan
-from tests.e2e.conftest import MOCK, claim, eventually, volume_attachment
+from tests.e2e.conftest import MOCK, claim, eventually, volume_attachment, volume_snapshot_class
 from tests.e2e.test_provisioner import backend_volume_ids, bound_claim
 from tests.e2e.test_snapshots import gone, ready_snapshot, volume_snapshot
 
@@ -118,13 +117,7 @@ async def test_every_object_changed_under_the_operator(
     snapshot_class = unique_name("vsc")
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
-        {
-            "apiVersion": snapshot_plan.GROUP_VERSION,
-            "kind": "VolumeSnapshotClass",
-            "metadata": {"name": snapshot_class, "annotations": {"sidecarless.io/endpoint": endpoint}},
-            "driver": MOCK,
-            "deletionPolicy": "Delete",
-        },
+        volume_snapshot_class(snapshot_class, endpoint=endpoint),
     )
     stop = asyncio.Event()
     scribbler = asyncio.create_task(scribble(kube, namespace, stop))

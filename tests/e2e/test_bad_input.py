@@ -28,8 +28,16 @@ from sidecarless.kube import (
     Kube,
     KubeError,
 )
-from sidecarless.snapshots import plan as snapshot_plan
-from tests.e2e.conftest import MOCK, attach_error, claim, condition, eventually, volume_attachment, wait_ready
+from tests.e2e.conftest import (
+    MOCK,
+    attach_error,
+    claim,
+    condition,
+    eventually,
+    volume_attachment,
+    volume_snapshot_class,
+    wait_ready,
+)
 from tests.e2e.test_provisioner import backend_volume_ids, bound_claim, event_reasons
 from tests.e2e.test_snapshots import snapshot_where, volume_snapshot
 
@@ -234,14 +242,7 @@ async def test_bad_snapshot_class(
     snapshot_class = unique_name("vsc")
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
-        {
-            "apiVersion": snapshot_plan.GROUP_VERSION,
-            "kind": "VolumeSnapshotClass",
-            "metadata": {"name": snapshot_class},
-            "driver": MOCK,
-            "deletionPolicy": "Delete",
-            "parameters": parameters,
-        },
+        volume_snapshot_class(snapshot_class, parameters=parameters),
     )
     try:
         body = volume_snapshot("bad", claim_name="data", class_name=snapshot_class)
@@ -269,13 +270,7 @@ async def test_snapshot_of_a_claim_not_bound(
     snapshot_class = unique_name("vsc")
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
-        {
-            "apiVersion": snapshot_plan.GROUP_VERSION,
-            "kind": "VolumeSnapshotClass",
-            "metadata": {"name": snapshot_class},
-            "driver": MOCK,
-            "deletionPolicy": "Delete",
-        },
+        volume_snapshot_class(snapshot_class),
     )
     try:
         await kube.create(
@@ -343,6 +338,18 @@ async def test_endpoint_whose_socket_is_missing(
 # --- VolumeAttachments ---------------------------------------------------------------------------
 
 
+async def attach_error_of(kube: Kube, operator: OperatorProcess, attachment: dict[str, Any]) -> str:
+    """Create the VolumeAttachment, return the attachError message it gets, delete it."""
+    name = attachment["metadata"]["name"]
+    await kube.create(VOLUME_ATTACHMENT, attachment)
+    try:
+        message: str = (await attach_error(kube, name))["message"]
+    finally:
+        await kube.delete(VOLUME_ATTACHMENT, name)
+    still_running(operator)
+    return message
+
+
 async def test_attachment_of_a_volume_that_does_not_exist(
     kube: Kube,
     operator: OperatorProcess,
@@ -350,16 +357,10 @@ async def test_attachment_of_a_volume_that_does_not_exist(
     unique_name: Callable[[str], str],
 ) -> None:
     await routed_class()
-    name = unique_name("va")
-    await kube.create(VOLUME_ATTACHMENT, volume_attachment(name, MOCK, "pvc-does-not-exist"))
-    try:
-        # A PV that does not exist has no endpoint to route through: the attacher of the one
-        # endpoint serving the driver reports it.
-        error = await attach_error(kube, name)
-        assert "pvc-does-not-exist not found" in error["message"]
-    finally:
-        await kube.delete(VOLUME_ATTACHMENT, name)
-    still_running(operator)
+    # A PV that does not exist has no endpoint to route through: the attacher of the one
+    # endpoint serving the driver reports it.
+    attachment = volume_attachment(unique_name("va"), MOCK, "pvc-does-not-exist")
+    assert "pvc-does-not-exist not found" in await attach_error_of(kube, operator, attachment)
 
 
 async def test_attachment_to_a_node_without_the_driver(
@@ -372,14 +373,8 @@ async def test_attachment_to_a_node_without_the_driver(
     _, class_name = await routed_class()
     await kube.create(PVC, claim("data", class_name), namespace)
     volume_name = (await bound_claim(kube, namespace, "data"))["spec"]["volumeName"]
-    name = unique_name("va")
-    await kube.create(VOLUME_ATTACHMENT, volume_attachment(name, MOCK, volume_name, node="no-such-node"))
-    try:
-        error = await attach_error(kube, name)
-        assert "no-such-node" in error["message"]
-    finally:
-        await kube.delete(VOLUME_ATTACHMENT, name)
-    still_running(operator)
+    attachment = volume_attachment(unique_name("va"), MOCK, volume_name, node="no-such-node")
+    assert "no-such-node" in await attach_error_of(kube, operator, attachment)
 
 
 async def test_attachment_with_an_inline_volume(
@@ -389,21 +384,14 @@ async def test_attachment_with_an_inline_volume(
     unique_name: Callable[[str], str],
 ) -> None:
     await routed_class()
-    name = unique_name("va")
-    body = volume_attachment(name, MOCK, "")
+    body = volume_attachment(unique_name("va"), MOCK, "")
     body["spec"]["source"] = {
         "inlineVolumeSpec": {
             "csi": {"driver": MOCK, "volumeHandle": "h"},
             "accessModes": ["ReadWriteOnce"],
         }
     }
-    await kube.create(VOLUME_ATTACHMENT, body)
-    try:
-        error = await attach_error(kube, name)
-        assert "inline volumes" in error["message"]
-    finally:
-        await kube.delete(VOLUME_ATTACHMENT, name)
-    still_running(operator)
+    assert "inline volumes" in await attach_error_of(kube, operator, body)
 
 
 async def test_shrinking_a_claim_is_refused_at_admission(

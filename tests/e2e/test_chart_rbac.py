@@ -28,7 +28,7 @@ from sidecarless.kube import (
     Resource,
 )
 from tests.conftest import short_tmpdir
-from tests.e2e.conftest import MOCK, claim, eventually, storage_class
+from tests.e2e.conftest import MOCK, claim, eventually, storage_class, volume_snapshot_class
 from tests.e2e.test_attacher import POD, SERVICE_ACCOUNT, pod
 from tests.e2e.test_provisioner import bound_claim
 
@@ -107,13 +107,7 @@ async def lifecycle(kube: Kube, namespace: str, endpoint: str, unique_name: Call
     snapshot_class = unique_name("vsc")
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
-        {
-            "apiVersion": "snapshot.storage.k8s.io/v1",
-            "kind": "VolumeSnapshotClass",
-            "metadata": {"name": snapshot_class},
-            "driver": MOCK,
-            "deletionPolicy": "Delete",
-        },
+        volume_snapshot_class(snapshot_class),
     )
     await kube.create(
         VOLUME_SNAPSHOT,

@@ -43,7 +43,7 @@ from sidecarless.kube import (
     Kube,
 )
 from sidecarless.snapshots import plan as snapshot_plan
-from tests.e2e.conftest import claim, eventually, volume_attachment, wait_ready
+from tests.e2e.conftest import claim, eventually, volume_attachment, volume_snapshot_class, wait_ready
 from tests.e2e.test_snapshots import volume_snapshot
 
 pytestmark = pytest.mark.cluster
@@ -419,13 +419,7 @@ async def world(
     made.snapshot_class = unique_name("vsc")
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
-        {
-            "apiVersion": snapshot_plan.GROUP_VERSION,
-            "kind": "VolumeSnapshotClass",
-            "metadata": {"name": made.snapshot_class, "annotations": {"sidecarless.io/endpoint": endpoint}},
-            "driver": CRASH,
-            "deletionPolicy": "Delete",
-        },
+        volume_snapshot_class(made.snapshot_class, CRASH, endpoint=endpoint),
     )
     made.attributes_class = unique_name("vac")
     await kube.create(

@@ -122,11 +122,8 @@ async def test_volume_made_but_the_answer_lost(
     await bound_claim(kube, namespace, "data")
     name = f"pvc-{created['metadata']['uid']}"
     assert len(cluster.driver_calls(driver, "CreateVolume")) == 2
-    assert (await volumes_named(cluster.driver_addresses[driver])).get(name) == 1
-    volume = await kube.get(PV, name)
-    held = await volumes_named(cluster.driver_addresses[driver])
-    assert sum(held.values()) == 1, held
-    assert volume["spec"]["csi"]["volumeHandle"]
+    assert await volumes_named(cluster.driver_addresses[driver]) == {name: 1}
+    assert (await kube.get(PV, name))["spec"]["csi"]["volumeHandle"]
 
 
 async def test_hung_driver(

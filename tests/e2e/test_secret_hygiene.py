@@ -24,8 +24,7 @@ from sidecarless.kube import (
     VOLUME_SNAPSHOT_CONTENT,
     Kube,
 )
-from sidecarless.snapshots import plan as snapshot_plan
-from tests.e2e.conftest import MOCK, claim, eventually, volume_attachment, wait_ready
+from tests.e2e.conftest import MOCK, claim, eventually, volume_attachment, volume_snapshot_class, wait_ready
 from tests.e2e.test_provisioner import bound_claim
 from tests.e2e.test_snapshots import gone, ready_snapshot, volume_snapshot
 
@@ -67,17 +66,14 @@ async def test_secret_values_appear_nowhere_but_at_the_driver(
     snapshot_class = unique_name("vsc")
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
-        {
-            "apiVersion": snapshot_plan.GROUP_VERSION,
-            "kind": "VolumeSnapshotClass",
-            "metadata": {"name": snapshot_class, "annotations": {"sidecarless.io/endpoint": endpoint}},
-            "driver": MOCK,
-            "deletionPolicy": "Delete",
-            "parameters": {
+        volume_snapshot_class(
+            snapshot_class,
+            endpoint=endpoint,
+            parameters={
                 "csi.storage.k8s.io/snapshotter-secret-name": "creds",
                 "csi.storage.k8s.io/snapshotter-secret-namespace": namespace,
             },
-        },
+        ),
     )
     try:
         await kube.create(PVC, claim("data", class_name), namespace)

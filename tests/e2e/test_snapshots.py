@@ -23,7 +23,7 @@ from sidecarless.kube import (
 )
 from sidecarless.provisioner.sources import SNAPSHOT_PROTECTION_FINALIZER
 from sidecarless.snapshots import plan
-from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, eventually, killed
+from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, eventually, killed, volume_snapshot_class
 from tests.e2e.test_provisioner import bound_claim, event_reasons, has_event
 
 pytestmark = pytest.mark.cluster
@@ -60,20 +60,10 @@ async def make_snapshot_class(
         driver: str = MOCK, *, policy: str = "Delete", endpoint: str = "", default: bool = False, **parameters: str
     ) -> str:
         name = unique_name("vsc")
-        annotations = {"sidecarless.io/endpoint": endpoint} if endpoint else {}
-        if default:
-            annotations[plan.ANN_DEFAULT_CLASS] = "true"
-        await kube.create(
-            VOLUME_SNAPSHOT_CLASS,
-            {
-                "apiVersion": plan.GROUP_VERSION,
-                "kind": "VolumeSnapshotClass",
-                "metadata": {"name": name, "annotations": annotations},
-                "driver": driver,
-                "deletionPolicy": policy,
-                "parameters": parameters,
-            },
+        body = volume_snapshot_class(
+            name, driver, endpoint=endpoint, policy=policy, parameters=parameters, default=default
         )
+        await kube.create(VOLUME_SNAPSHOT_CLASS, body)
         made.append(name)
         return name
 

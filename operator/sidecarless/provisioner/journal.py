@@ -177,8 +177,7 @@ class Journal:
         if legacy is None:
             return
         adopted = self._decode(legacy, name, endpoint_name)
-        for entry in adopted:
-            await self.record(entry)
+        await asyncio.gather(*(self.record(entry) for entry in adopted))  # one write for all
         await self._kube.delete(CONFIGMAP, name, self.namespace)
         log.info("journal: moved %d entries of %s/%s into %s", len(adopted), self.namespace, name, self.name)
 
