@@ -78,6 +78,9 @@ def _connection_failed(error: BaseException) -> bool:
     return isinstance(error, grpc.aio.AioRpcError) and error.code() is grpc.StatusCode.UNAVAILABLE
 
 
+MAX_RECONNECT_BACKOFF_MS = 5_000
+
+
 class CSIClient:
     """A reusable, typed connection to one CSI endpoint."""
 
@@ -283,6 +286,9 @@ class CSIClient:
             options: list[tuple[str, str | int]] = [
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # gRPC backs reconnection off up to 120 s: a driver back after a minute down
+                # would wait up to two more minutes unseen. Probes come every few seconds anyway.
+                ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
             ]
             if self.endpoint.transport is Transport.UNIX:
                 # gRPC would use the socket path as :authority; drivers expect a host name.
