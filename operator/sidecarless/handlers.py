@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
+from kopf._core.engines.peering import Identity  # not exported; a NewType of str
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from csi_client import TLSConfig
@@ -352,6 +353,9 @@ async def run(
             stop_flag=stop_flag,
             ready_flag=ready_flag,
             liveness_endpoint=liveness,
+            # Kopf's own guess asks the password database for the user's name, and a
+            # container's user (runAsUser) need not be in it: that crashed at start.
+            identity=Identity(settings.identity),
         )
     finally:
         if metrics is not None:

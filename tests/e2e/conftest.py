@@ -52,11 +52,11 @@ def exclusive(
     log_dir = short_tmpdir("slc-kill-")
     started: list[OperatorProcess] = []
 
-    def start(**env: str) -> OperatorProcess:
+    def start(*, sandboxed: bool = False, **env: str) -> OperatorProcess:
         process = OperatorProcess(cluster.kubeconfig, log_dir, env=env)
         process.starts = len(started)  # distinct log files per start
         started.append(process)
-        process.start()
+        process.start(sandboxed=sandboxed)
         return process
 
     try:

@@ -22,12 +22,17 @@ class OperatorProcess:
         self.process: ManagedProcess | None = None
         self.starts = 0
 
-    def start(self, *, tied_to_parent: bool = True, **env: str) -> None:
+    def start(self, *, tied_to_parent: bool = True, sandboxed: bool = False, **env: str) -> None:
+        """`sandboxed` runs it as the chart's securityContext would: see devcluster/sandbox.py."""
         self.starts += 1
+        command = [sys.executable, "-m", "sidecarless", "run"]
+        if sandboxed:
+            # -I: the script's folder holds a module named `operator`, which would shadow the stdlib's.
+            command = [sys.executable, "-I", str(Path(__file__).with_name("sandbox.py")), "--", *command]
         self.health_port, self.metrics_port = free_port(), free_port()
         self.process = ManagedProcess(
             "sidecarless",
-            [sys.executable, "-m", "sidecarless", "run"],
+            command,
             self.log_dir / f"operator-{self.starts}.log",
             env={
                 "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)]),

@@ -1,5 +1,7 @@
-"""Secrets reach the driver and nothing else: not the operator's log (at DEBUG), not an
-Event, not a status, not an object, not a metric."""
+"""The operator as the chart runs it: read-only filesystems, user 65532, no capabilities
+(devcluster/sandbox.py; there is no container engine here). Through a whole volume life it
+writes no file and needs no privilege, and secrets reach the driver and nothing else: not
+the operator's log (at DEBUG), not an Event, not a status, not an object, not a metric."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import base64
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
 from devcluster import LocalCluster
 from devcluster.operator import OperatorProcess
+from devcluster.sandbox import USER, is_runtime_mount
 from sidecarless.kube import (
     DRIVER_ENDPOINT,
     EVENT,
@@ -31,7 +35,21 @@ from tests.e2e.test_snapshots import gone, ready_snapshot, volume_snapshot
 pytestmark = pytest.mark.cluster
 
 
-async def test_secret_values_appear_nowhere_but_at_the_driver(
+def assert_confined(pid: int) -> None:
+    """The process really runs as the chart's securityContext says, so the test can fail."""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    assert status["CapEff"].strip() == status["CapBnd"].strip() == "0000000000000000", "no capabilities"
+    assert status["NoNewPrivs"].strip() == "1", "allowPrivilegeEscalation: false"
+    assert Path(f"/proc/{pid}/uid_map").read_text().split()[0] == str(USER), "runs as user 65532"
+    writable = [
+        line.split()[4]
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        if "ro" not in line.split()[5].split(",") and not is_runtime_mount(line.split()[4])
+    ]
+    assert writable == [], "every filesystem is read-only"
+
+
+async def test_confined_operator_writes_no_file_and_shows_no_secret(
     kube: Kube,
     namespace: str,
     cluster: LocalCluster,
@@ -40,7 +58,9 @@ async def test_secret_values_appear_nowhere_but_at_the_driver(
     make_class: Callable[..., Awaitable[str]],
     unique_name: Callable[[str], str],
 ) -> None:
-    operator = exclusive(SIDECARLESS_LOG_LEVEL="DEBUG")
+    operator = exclusive(sandboxed=True, SIDECARLESS_LOG_LEVEL="DEBUG")
+    assert operator.process is not None
+    assert_confined(operator.process.pid)
     values = {key: f"s3cr3t-{key}-{uuid.uuid4().hex}" for key in ("password", "token")}
     await kube.create(
         SECRET,
@@ -130,6 +150,8 @@ async def test_secret_values_appear_nowhere_but_at_the_driver(
         json.dumps(await kube.list(EVENT, "default")),
     ]
     assert "DEBUG" in seen[-3], "the log was written at DEBUG"
+    for refusal in ("Read-only file system", "Permission denied", "Operation not permitted", "Traceback"):
+        assert refusal not in seen[-3]
     for value in values.values():
         for text in seen:
             assert value not in text
