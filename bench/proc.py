@@ -30,6 +30,13 @@ def usage(pid: int) -> Usage:
     return Usage(round(cpu, 2), round(memory["VmRSS"], 1), round(memory["VmHWM"], 1))
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine spent not idle (nor waiting on I/O) since boot."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
 def connections_to(pid: int, port: int) -> int:
     """Established TCP connections of `pid` to `port` (the API server's): watches share them in Go (HTTP/2)."""
     sockets = set()

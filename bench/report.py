@@ -8,12 +8,14 @@ from typing import Any
 
 SIDES = ("sidecars", "sidecarless")
 
-# (key in a round's figures, what the table calls it); a key "phase.field" reads a phase's figure.
+# (key in a round's figures, what the table calls it); a key "phase.field[.field]" reads a phase's figure.
 METRICS = (
     ("provision.pv_created", "all PVs created, s"),
     ("provision.seconds", "all PVCs Bound, s"),
     ("provision.p50", "  Bound p50, s"),
     ("provision.p99", "  Bound p99, s"),
+    ("provision.machine_busy", "  machine busy (1: both CPUs)"),
+    ("provision.shared_cpu_seconds.kube-apiserver", "  kube-apiserver CPU s"),
     ("attach.seconds", "all attached, s"),
     ("attach.p99", "  attached p99, s"),
     ("detach.seconds", "all detached, s"),
@@ -21,6 +23,9 @@ METRICS = (
     ("expand.p99", "  expanded p99, s"),
     ("snapshot.seconds", "all snapshots ready, s"),
     ("snapshot.p99", "  ready p99, s"),
+    ("snapshot.machine_busy", "  machine busy (1: both CPUs)"),
+    ("snapshot.shared_cpu_seconds.kube-apiserver", "  kube-apiserver CPU s"),
+    ("snapshot.shared_cpu_seconds.etcd", "  etcd CPU s"),
     ("unsnapshot.seconds", "all snapshots deleted, s"),
     ("delete.seconds", "all volumes deleted, s"),
     ("delete.p99", "  deleted p99, s"),
@@ -37,8 +42,13 @@ METRICS = (
 
 
 def figure(round_figures: dict[str, Any], key: str) -> float | None:
-    phase, _, name = key.partition(".")
-    value = round_figures["phases"].get(phase, {}).get(name) if name else round_figures.get(key)
+    phase, _, path = key.partition(".")
+    if not path:
+        value = round_figures.get(key)
+    else:
+        value = round_figures["phases"].get(phase, {})
+        for name in path.split("."):
+            value = value.get(name) if isinstance(value, dict) else None
     return None if value is None else float(value)
 
 

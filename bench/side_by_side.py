@@ -31,7 +31,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from bench import report
 from bench.audit import AuditLog, Requests
-from bench.proc import connections_to, usage
+from bench.proc import connections_to, machine_busy_seconds, usage
 from bench.sides import SETTINGS, Setting, Side, SidecarlessSide, SidecarsSide
 from bench.workload import NAMESPACE, PHASES, Workload, driver_name
 from devcluster import ClusterOptions, DriverSpec, LocalCluster
@@ -39,6 +39,7 @@ from devcluster.build import ensure_sidecars
 from devcluster.operator import REPO
 from sidecarless.kube import POD, PVC, VOLUME_SNAPSHOT, Kube, load_configuration
 
+SHARED_PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager")
 SCENARIOS = {
     "all": PHASES,
     "provision": ("provision", "delete"),
@@ -56,6 +57,7 @@ async def one_round(
     *,
     settle: float,
     api_port: int,
+    control_plane: dict[str, int],
     profile: Path | None = None,
 ) -> dict[str, Any]:
     audit.advance()  # whatever came before is not this side's
@@ -67,7 +69,10 @@ async def one_round(
     requests = Requests()
     for phase in phases:
         cpu_before = _cpu(side)
+        shared_before = _shared_cpu(control_plane)
         result = await workload.run(phase)
+        shared = {name: round(seconds - shared_before[name], 2) for name, seconds in _shared_cpu(control_plane).items()}
+        machine = shared.pop("machine")
         counts = await _until_quiet(audit, side.user)
         requests.total += counts.total
         requests.by_kind.update(counts.by_kind)
@@ -75,6 +80,10 @@ async def one_round(
             **result.summary(),
             "requests": counts.total,
             "cpu_seconds": round(_cpu(side) - cpu_before, 2),
+            # While the phase ran (until converged): what the shared parts spent, and how
+            # busy the machine was (1.0: every CPU busy), to see what holds a phase back.
+            "shared_cpu_seconds": shared,
+            "machine_busy": round(machine / max(result.seconds, 0.01) / (os.cpu_count() or 1), 2),
         }
         side.check_alive()
     processes = {label: usage(pid) for label, pid in side.pids().items()}
@@ -128,6 +137,7 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
     api = ApiClient(await load_configuration(str(cluster.kubeconfig)))
     kube = Kube(api, qps=0, burst=1)  # the benchmark's own requests are never held back
     audit = AuditLog(cluster.audit_log)
+    control_plane = {p.name: p.pid for p in cluster.processes if p.name in SHARED_PROCESSES}
     workload = Workload(kube, args.n, args.drivers, args.timeout)
     rounds: list[dict[str, Any]] = []
     try:
@@ -152,6 +162,7 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
                         args.phases,
                         settle=args.settle,
                         api_port=api_port,
+                        control_plane=control_plane,
                         profile=args.profile,
                     )
                     figures.update({"setting": setting.name, "round": number})
@@ -196,6 +207,10 @@ async def _until_quiet(audit: AuditLog, user: str, quiet: float = 1.0, limit: fl
             total.total += counts.total
             total.by_kind.update(counts.by_kind)
     return total
+
+
+def _shared_cpu(control_plane: dict[str, int]) -> dict[str, float]:
+    return {**{name: usage(pid).cpu_seconds for name, pid in control_plane.items()}, "machine": machine_busy_seconds()}
 
 
 def _cpu(side: Side) -> float:

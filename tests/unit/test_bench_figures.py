@@ -90,6 +90,14 @@ def test_medians_and_ratios() -> None:
     assert "0.30" in printed
 
 
+def test_nested_phase_figures() -> None:
+    figures = {"phases": {"snapshot": {"shared_cpu_seconds": {"kube-apiserver": 2.5}, "machine_busy": 0.9}}}
+    assert report.figure(figures, "snapshot.shared_cpu_seconds.kube-apiserver") == 2.5
+    assert report.figure(figures, "snapshot.machine_busy") == 0.9
+    assert report.figure(figures, "snapshot.shared_cpu_seconds.etcd") is None
+    assert report.figure(figures, "provision.machine_busy") is None
+
+
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     summary = report.summarize([_round("defaults", "sidecars", 10, 300), _round("defaults", "sidecarless", 5, 90)])
     path = tmp_path / "plot.png"
