@@ -46,7 +46,9 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
     api = ApiClient(await load_configuration(str(cluster.kubeconfig)))
     kube = Kube(api, qps=0, burst=1)
     workload = Workload(kube, args.wave, 1, timeout=600)
-    side = SidecarlessSide(cluster.user_kubeconfig(SidecarlessSide.user), SETTINGS["defaults"], workdir, {})
+    side = SidecarlessSide(
+        cluster.user_kubeconfig(SidecarlessSide.user), SETTINGS["defaults"], workdir, args.operator_env
+    )
     samples: list[tuple[float, float]] = []
     waves: list[dict[str, float]] = []
     try:
@@ -101,7 +103,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="and for at least this long")
     parser.add_argument("--wave", type=int, default=100, help="claims per wave")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for Sidecarless",
+    )
     args = parser.parse_args()
+    args.operator_env = dict(item.split("=", 1) for item in args.operator_env)
     workdir = Path(tempfile.mkdtemp(prefix="slc-soak-", dir="/tmp"))
     cluster = LocalCluster.start(workdir / "cluster", cluster_options(1, audit_log=False))
     try:

@@ -28,7 +28,7 @@ class Settings:
     # the provisioner, attacher, resizer, snapshotter and snapshot controllers, as every
     # sidecar process has its own (the budget the sidecars' --kube-api-qps gives).
     api_qps_scope: str = "process"
-    provisioner_workers: int = 50  # claims handled at once (per-endpoint CSI concurrency is separate)
+    provisioner_workers: int = 100  # claims handled at once, as external-provisioner --worker-threads
     volume_workers: int = 20  # PVs (deletion) handled at once
     attacher_workers: int = 10  # VolumeAttachments handled at once, in each of the attach and detach lanes
     resizer_workers: int = 10  # claims expanded or modified at once (external-resizer --workers)

@@ -32,8 +32,11 @@ from sidecarless.kube import (
 from tests.e2e.conftest import eventually, volume_snapshot_class
 from tests.e2e.test_attacher import attachment_of, pod
 from tests.e2e.test_provisioner import bound_claim
+from tests.e2e.test_topology import MOCK_SEGMENT, MOCK_TOPOLOGY_KEY
 
 Body = dict[str, Any]
+Drivers = tuple[str, str, str]  # the plain, the node-expansion and the topology driver (or their endpoints)
+SECRET_NAME = "compat-creds"  # in each run's namespace: the classes' secrets
 Captured = dict[str, Any]  # role ("PersistentVolume of claim basic") -> scrubbed object or reasons
 
 DROPPED_KEYS = {"uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "deletionTimestamp"}
@@ -56,8 +59,9 @@ class Classes:
     node_expansion: str
     snapshots: str
     attributes: str  # a VolumeAttributesClass of the driver (iops), for ControllerModifyVolume
-    endpoint: str  # the DriverEndpoint the classes route to (while Sidecarless serves them)
-    node_endpoint: str
+    infeasible: str  # a VolumeAttributesClass with a key the driver refuses (INVALID_ARGUMENT)
+    zoned: str  # WaitForFirstConsumer and allowedTopologies, on the topology driver
+    endpoints: dict[str, str]  # driver -> the DriverEndpoint its classes route to (while Sidecarless serves)
 
 
 def scrub(value: Any, namespace: str, key: str = "") -> Any:
@@ -110,6 +114,7 @@ class Run:
 
     def __init__(self, kube: Kube, namespace: str, classes: Classes) -> None:
         self.kube, self.namespace, self.classes = kube, namespace, classes
+        self.passing: Captured = {}  # states on the way that the end state no longer shows
 
     # --- waits -----------------------------------------------------------------------
 
@@ -142,13 +147,15 @@ class Run:
         await self._claim("basic", self.classes.basic)
         await self._claim("retained", self.classes.retain)
         await self._claim("late", self.classes.late)
+        await self._claim("zoned", self.classes.zoned)
         await self._claim("grows-on-node", self.classes.node_expansion)
         for name in ("basic", "retained", "grows-on-node"):
             await self.bound(name)
         # No scheduler here: pick the node as it would.
         selected = {"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "node-1"}}}
-        await self.kube.patch(PVC, "late", selected, self.namespace)
-        await self.bound("late")
+        for name in ("late", "zoned"):
+            await self.kube.patch(PVC, name, selected, self.namespace)
+            await self.bound(name)
         await self._claim("clone", self.classes.basic, source={"kind": "PersistentVolumeClaim", "name": "basic"})
         await self.bound("clone")
 
@@ -190,15 +197,37 @@ class Run:
         await until(node_pending, "claim grows-on-node waiting for the node (FileSystemResizePending)")
 
     async def modify(self) -> None:
-        """Claim basic moves to the driver's VolumeAttributesClass: ControllerModifyVolume."""
-        change = {"spec": {"volumeAttributesClassName": self.classes.attributes}}
-        await self.kube.patch(PVC, "basic", change, self.namespace)
+        """Claim basic moves to the driver's VolumeAttributesClass: ControllerModifyVolume.
+        Claim retained asks for one the driver refuses (Infeasible), then rolls back."""
+        await self._set_attributes_class("basic", self.classes.attributes)
 
         async def modified() -> bool:
             claim = await self.claim("basic")
             return bool((claim.get("status") or {}).get("currentVolumeAttributesClassName") == self.classes.attributes)
 
         await until(modified, f"claim basic modified to {self.classes.attributes}")
+
+        await self._set_attributes_class("retained", self.classes.infeasible)
+
+        async def infeasible() -> Body | None:
+            claim = await self.claim("retained")
+            status = (claim.get("status") or {}).get("modifyVolumeStatus") or {}
+            return claim if status.get("status") == "Infeasible" else None
+
+        claim = await until(infeasible, "claim retained's modification Infeasible")
+        self.passing["PersistentVolumeClaim retained, modification infeasible"] = scrub(claim, self.namespace)
+        await self._set_attributes_class("retained", None)
+
+        async def rolled_back() -> bool:
+            # external-resizer's rollback takes the ModifyingVolume condition away and leaves
+            # the rest (the last attempt's modifyVolumeStatus): the capture compares that.
+            conditions = ((await self.claim("retained")).get("status") or {}).get("conditions") or []
+            return not [c for c in conditions if c["type"] == "ModifyingVolume"]
+
+        await until(rolled_back, "claim retained's modification rolled back")
+
+    async def _set_attributes_class(self, claim: str, name: str | None) -> None:
+        await self.kube.patch(PVC, claim, {"spec": {"volumeAttributesClassName": name}}, self.namespace)
 
     async def snapshot_and_restore(self) -> None:
         snapshot = {
@@ -250,7 +279,7 @@ class Run:
 
         return check
 
-    claim_names = ("basic", "retained", "late", "grows-on-node", "clone", "restored")
+    claim_names = ("basic", "retained", "late", "zoned", "grows-on-node", "clone", "restored")
 
     async def _claim(self, name: str, storage_class: str, size: str = "1Gi", source: Body | None = None) -> None:
         spec: Body = {
@@ -270,8 +299,9 @@ class Run:
 
     # --- capture ---------------------------------------------------------------------
 
-    async def capture(self) -> Captured:
-        """Every object of this run, by role, scrubbed; and the event reasons of each."""
+    async def capture(self, *, passing: bool = False) -> Captured:
+        """Every object of this run, by role, scrubbed; and the event reasons of each; with
+        `passing`, also the states recorded on the way."""
         captured: Captured = {}
         names: dict[str, str] = {}  # object name -> role, for events
         for claim in await self.kube.list(PVC, self.namespace):
@@ -300,6 +330,8 @@ class Run:
                 captured[role] = content
                 names[content["metadata"]["name"]] = role
         captured = {role: scrub(obj, self.namespace) for role, obj in captured.items()}
+        if passing:
+            captured |= self.passing
         for role, reasons in (await self._event_reasons(names)).items():
             captured[f"events of {role}"] = sorted(reasons)
         return captured
@@ -318,9 +350,11 @@ class Run:
         return reasons
 
 
-async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: str, node_endpoint: str) -> Classes:
+async def create_classes(kube: Kube, drivers: Drivers, endpoints: Drivers) -> Classes:
     """Classes routed to the endpoints both runs use (the sidecars ignore the annotation)."""
     prefix = "compat"
+    driver, node_driver, topology_driver = drivers
+    endpoint, node_endpoint, topology_endpoint = endpoints
     classes = Classes(
         f"{prefix}-basic",
         f"{prefix}-retain",
@@ -328,8 +362,9 @@ async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: st
         f"{prefix}-node",
         f"{prefix}-snap",
         f"{prefix}-gold",
-        endpoint,
-        node_endpoint,
+        f"{prefix}-bad",
+        f"{prefix}-zoned",
+        dict(zip(drivers, endpoints, strict=True)),
     )
 
     def storage_class(name: str, provisioner: str, route: str, **fields: Any) -> Body:
@@ -342,7 +377,15 @@ async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: st
             **fields,
         }
 
-    await kube.create(STORAGE_CLASS, storage_class(classes.basic, driver, endpoint, parameters={"type": "fast"}))
+    # Every kind of secret the sidecars pass on: they show in the PV's spec and annotations.
+    secrets = {
+        f"csi.storage.k8s.io/{kind}-secret-{field}": value
+        for kind in ("provisioner", "controller-publish", "node-stage", "node-publish", "controller-expand")
+        for field, value in (("name", SECRET_NAME), ("namespace", "${pvc.namespace}"))
+    }
+    await kube.create(
+        STORAGE_CLASS, storage_class(classes.basic, driver, endpoint, parameters={"type": "fast", **secrets})
+    )
     await kube.create(
         STORAGE_CLASS,
         storage_class(
@@ -359,8 +402,26 @@ async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: st
     )
     await kube.create(STORAGE_CLASS, storage_class(classes.node_expansion, node_driver, node_endpoint))
     await kube.create(
+        STORAGE_CLASS,
+        storage_class(
+            classes.zoned,
+            topology_driver,
+            topology_endpoint,
+            volumeBindingMode="WaitForFirstConsumer",
+            allowedTopologies=[{"matchLabelExpressions": [{"key": MOCK_TOPOLOGY_KEY, "values": [MOCK_SEGMENT]}]}],
+        ),
+    )
+    await kube.create(
         VOLUME_SNAPSHOT_CLASS,
-        volume_snapshot_class(classes.snapshots, driver, endpoint=endpoint),
+        volume_snapshot_class(
+            classes.snapshots,
+            driver,
+            endpoint=endpoint,
+            parameters={
+                "csi.storage.k8s.io/snapshotter-secret-name": SECRET_NAME,
+                "csi.storage.k8s.io/snapshotter-secret-namespace": "${volumesnapshot.namespace}",
+            },
+        ),
     )
     await kube.create(
         VOLUME_ATTRIBUTES_CLASS,
@@ -370,6 +431,16 @@ async def create_classes(kube: Kube, driver: str, node_driver: str, endpoint: st
             "metadata": {"name": classes.attributes},
             "driverName": driver,
             "parameters": {"iops": "500"},
+        },
+    )
+    await kube.create(
+        VOLUME_ATTRIBUTES_CLASS,
+        {
+            "apiVersion": VOLUME_ATTRIBUTES_CLASS.api_version,
+            "kind": "VolumeAttributesClass",
+            "metadata": {"name": classes.infeasible},
+            "driverName": driver,
+            "parameters": {"colour": "blue"},
         },
     )
     return classes

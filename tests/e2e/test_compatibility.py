@@ -21,16 +21,26 @@ from bench.sides import SETTINGS, SidecarsSide
 from csi_client import CSIClient, csi
 from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import REPO, OperatorProcess
-from sidecarless.kube import DRIVER_ENDPOINT, PV, STORAGE_CLASS, VOLUME_ATTRIBUTES_CLASS, VOLUME_SNAPSHOT_CLASS, Kube
+from sidecarless.kube import (
+    DRIVER_ENDPOINT,
+    PV,
+    SECRET,
+    STORAGE_CLASS,
+    VOLUME_ATTRIBUTES_CLASS,
+    VOLUME_SNAPSHOT_CLASS,
+    Kube,
+)
 from tests.conftest import short_tmpdir
 from tests.e2e.conftest import eventually, wait_ready
-from tests.e2e.differential import Captured, Classes, Run, create_classes, differences
+from tests.e2e.differential import SECRET_NAME, Captured, Classes, Run, create_classes, differences
 from tests.e2e.test_attacher import SERVICE_ACCOUNT
 
 pytestmark = pytest.mark.cluster
 
 DRIVER = "compat.csi.sidecarless.dev"
 NODE_DRIVER = "compat-node.csi.sidecarless.dev"  # its volumes also need NodeExpandVolume
+TOPOLOGY_DRIVER = "compat-zones.csi.sidecarless.dev"  # VOLUME_ACCESSIBILITY_CONSTRAINTS
+DRIVERS = (DRIVER, NODE_DRIVER, TOPOLOGY_DRIVER)
 
 # "role path" glob -> why Sidecarless differs there. docs/compatibility.md explains each.
 DELIBERATE: dict[str, str] = {}
@@ -42,21 +52,24 @@ def drivers(cluster: LocalCluster) -> Iterator[dict[str, str]]:
     for spec in (
         DriverSpec(DRIVER, accepted_mutable_parameters=("iops",)),
         DriverSpec(NODE_DRIVER, node_expansion=True),
+        DriverSpec(TOPOLOGY_DRIVER, topology=True),
     ):
         cluster.add_driver(spec)
-    yield {name: cluster.driver_addresses[name] for name in (DRIVER, NODE_DRIVER)}
-    for name in (DRIVER, NODE_DRIVER):
+    yield {name: cluster.driver_addresses[name] for name in DRIVERS}
+    for name in DRIVERS:
         cluster.remove_driver(name)
 
 
 @pytest.fixture
 async def classes(kube: Kube, unique_name: Callable[[str], str]) -> AsyncIterator[Classes]:
-    made = await create_classes(kube, DRIVER, NODE_DRIVER, unique_name("compat"), unique_name("compat-node"))
+    endpoints = (unique_name("compat"), unique_name("compat-node"), unique_name("compat-zones"))
+    made = await create_classes(kube, DRIVERS, endpoints)
     yield made
-    for name in (made.basic, made.retain, made.late, made.node_expansion):
+    for name in (made.basic, made.retain, made.late, made.node_expansion, made.zoned):
         await kube.delete(STORAGE_CLASS, name)
     await kube.delete(VOLUME_SNAPSHOT_CLASS, made.snapshots)
-    await kube.delete(VOLUME_ATTRIBUTES_CLASS, made.attributes)
+    for attributes in (made.attributes, made.infeasible):
+        await kube.delete(VOLUME_ATTRIBUTES_CLASS, attributes)
 
 
 async def one_run(kube: Kube, namespace: str, classes: Classes) -> tuple[Captured, Captured]:
@@ -69,7 +82,7 @@ async def one_run(kube: Kube, namespace: str, classes: Classes) -> tuple[Capture
     await run.modify()
     await run.snapshot_and_restore()
     await asyncio.sleep(2)  # events are posted asynchronously by both sides
-    settled = await run.capture()
+    settled = await run.capture(passing=True)
     await run.delete()
     await asyncio.sleep(2)
     return settled, await run.capture()
@@ -80,6 +93,8 @@ async def make_namespace(kube: Kube, name: str) -> str:
     await kube.request("POST", "/api/v1/namespaces", body=body)
     # Pods are refused until the namespace has its default ServiceAccount.
     await eventually(lambda: kube.get_or_none(SERVICE_ACCOUNT, "default", name), what="default ServiceAccount")
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME}, "stringData": {"key": "v"}}
+    await kube.create(SECRET, secret, name)
     return name
 
 
@@ -120,7 +135,13 @@ async def test_sidecars_and_sidecarless_leave_the_same_objects(
         assert role in settled, f"the sidecars' run made no {role}"
     reasons = {event.split(":")[0] for event in settled["events of PersistentVolumeClaim basic"]}
     assert {"ProvisioningSucceeded", "VolumeResizeSuccessful", "VolumeModifySuccessful"} <= reasons
+    reasons = {event.split(":")[0] for event in settled["events of PersistentVolumeClaim retained"]}
+    assert {"VolumeModifyFailed", "VolumeModifyCanceled"} <= reasons
+    assert "PersistentVolumeClaim retained, modification infeasible" in settled
     assert [k for k in deleted if not k.startswith("events")] == ["PersistentVolume of claim retained"]
+    assert "nodeAffinity" in settled["PersistentVolume of claim zoned"]["spec"]
+    csi = settled["PersistentVolume of claim basic"]["spec"]["csi"]
+    assert {"controllerPublishSecretRef", "nodeStageSecretRef", "nodePublishSecretRef"} <= set(csi)
 
     found = []
     for point, (a, b) in zip(("settled", "deleted"), zip(theirs, ours, strict=True), strict=True):
@@ -132,7 +153,7 @@ async def test_sidecars_and_sidecarless_leave_the_same_objects(
 
 async def serve(kube: Kube, classes: Classes, drivers: dict[str, str]) -> None:
     """DriverEndpoints for the classes' endpoint names: Sidecarless serves them once it runs."""
-    for endpoint, driver in ((classes.endpoint, DRIVER), (classes.node_endpoint, NODE_DRIVER)):
+    for driver, endpoint in classes.endpoints.items():
         body = {
             "apiVersion": DRIVER_ENDPOINT.api_version,
             "kind": "DriverEndpoint",
@@ -143,7 +164,7 @@ async def serve(kube: Kube, classes: Classes, drivers: dict[str, str]) -> None:
 
 
 async def ready(kube: Kube, classes: Classes) -> None:
-    for endpoint in (classes.endpoint, classes.node_endpoint):
+    for endpoint in classes.endpoints.values():
         await wait_ready(kube, endpoint)
 
 
@@ -153,7 +174,7 @@ async def cleanup(kube: Kube, namespaces: list[str], classes: Classes) -> None:
             await kube.delete(PV, volume["metadata"]["name"])  # the Retain ones: Released, kept
     for name in namespaces:
         await kube.request("DELETE", f"/api/v1/namespaces/{name}")
-    for endpoint in (classes.endpoint, classes.node_endpoint):
+    for endpoint in classes.endpoints.values():
         await kube.delete(DRIVER_ENDPOINT, endpoint)
 
 
@@ -177,7 +198,7 @@ async def after_the_switch(run: Run, cluster: LocalCluster) -> dict[str, str]:
 
 async def backend_volumes(cluster: LocalCluster) -> set[str]:
     held = set()
-    for driver in (DRIVER, NODE_DRIVER):
+    for driver in DRIVERS:
         async with CSIClient(cluster.driver_addresses[driver]) as client:
             listed = await client.list_volumes(csi.ListVolumesRequest())
         held |= {entry.volume.volume_id for entry in listed.entries}

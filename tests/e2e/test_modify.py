@@ -179,7 +179,7 @@ async def test_missing_class_is_pending_until_created(
     await claim_where(
         kube, namespace, lambda c: (modify.modify_status(c) or {}).get("status") == modify.PENDING, "Pending"
     )
-    assert "VAC 'not-yet' does not exist." in (await event_reasons(kube, namespace, "data"))["VolumeModifyFailed"]
+    assert 'VAC "not-yet" does not exist.' in (await event_reasons(kube, namespace, "data"))["VolumeModifyFailed"]
     await kube.create(
         VOLUME_ATTRIBUTES_CLASS,
         {

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.cluster
 
 TOPOLOGY_DRIVER = "mock-topology.csi.sidecarless.dev"
 MOCK_TOPOLOGY_KEY = "io.kubernetes.storage.mock/node"  # csi-test's mock: one fixed segment
+MOCK_SEGMENT = "some-mock-node"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ async def test_wait_for_first_consumer(
     assert volume["spec"]["nodeAffinity"] == {
         "required": {
             "nodeSelectorTerms": [
-                {"matchExpressions": [{"key": MOCK_TOPOLOGY_KEY, "operator": "In", "values": ["some-mock-node"]}]}
+                {"matchExpressions": [{"key": MOCK_TOPOLOGY_KEY, "operator": "In", "values": [MOCK_SEGMENT]}]}
             ]
         }
     }

@@ -250,13 +250,13 @@ def test_status_patches() -> None:
         "status": "InProgress",
         "targetVolumeAttributesClassName": "gold",
     }
-    assert started["status"]["conditions"][0]["message"] == "Modifying volume to 'gold' is in progress."
+    assert started["status"]["conditions"][0]["message"] == 'Modifying volume to "gold" is in progress.'
     assert started["metadata"] == {"resourceVersion": "7"}
     claim["status"]["modifyVolumeStatus"] = {"status": "InProgress", "targetVolumeAttributesClassName": "gold"}
     failed = modify.status_patch(claim, modify.INFEASIBLE, NOW, error=("InvalidArgument", "bad key"))
     kinds = {c["type"]: c for c in failed["status"]["conditions"]}
     assert kinds[modify.MODIFY_ERROR]["reason"] == "InvalidArgument"
-    assert kinds[modify.MODIFYING]["message"] == "Modifying volume to 'gold' failed. Waiting for retry."
+    assert kinds[modify.MODIFYING]["message"] == 'Modifying volume to "gold" failed. Waiting for retry.'
     assert failed["status"]["modifyVolumeStatus"] == {"status": "Infeasible"}
     pending = modify.status_patch(a_modified_claim("gold"), modify.PENDING, NOW)
     assert pending["status"] == {"modifyVolumeStatus": {"status": "Pending"}}

@@ -226,7 +226,7 @@ class Resizer:
         await context.events.warning(
             claim,
             "VolumeResizeFailed",
-            f"resize volume {volume_name!r} by resizer {driver!r} failed: {error.status_text}",
+            f'resize volume "{volume_name}" by resizer "{driver}" failed: {error.status_text}',  # Go's %q
         )
 
     async def _in_use(self, claim: Body) -> bool:
@@ -280,7 +280,7 @@ class Resizer:
         context = self.context
         attributes_class = context.stores.attribute_classes.get(decision.class_name)
         if attributes_class is None:
-            await context.events.warning(claim, "VolumeModifyFailed", f"VAC {decision.class_name!r} does not exist.")
+            await context.events.warning(claim, "VolumeModifyFailed", f'VAC "{decision.class_name}" does not exist.')
             if decision.start:
                 await self._patch_claim(claim, modify.status_patch(claim, modify.PENDING, now_rfc3339()))
             raise Requeue(None, f"VolumeAttributesClass {decision.class_name} not found")

@@ -154,11 +154,11 @@ def status_patch(
         if error is None:
             target = spec_class(claim)
             modify["targetVolumeAttributesClassName"] = target
-            message = f"Modifying volume to {target!r} is in progress."
+            message = f'Modifying volume to "{target}" is in progress.'  # Go's %q, as external-resizer
         elif final:
-            message = f"Modifying volume to {target!r} failed. Waiting for retry."
+            message = f'Modifying volume to "{target}" failed. Waiting for retry.'
         else:
-            message = f"Modifying volume to {target!r} is still in progress."
+            message = f'Modifying volume to "{target}" is still in progress.'
         conditions = [{"type": MODIFYING, "status": "True", "lastProbeTime": now, "message": message}]
         if error is not None:
             code, text = error
