@@ -6,7 +6,7 @@ export PYTHONPATH := tools:operator
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo demo-down bench bench-pods crash soak chart-docs lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
+.PHONY: help setup demo demo-down bench bench-pods bench-wire crash soak chart-docs lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ crash: binaries ## only the crash-anywhere suite (SCENARIOS=provision,snapshot p
 
 bench-pods: binaries ## resizer memory with PODS Pods (default 5000): Sidecarless beside external-resizer
 	$(UV) run python -m bench.pods_memory --pods $(or $(PODS),5000)
+
+bench-wire: binaries ## kube-apiserver CPU for the same reads and watched writes in JSON and in protobuf
+	$(UV) run python -m bench.wire_format
 
 chart-docs: setup ## regenerate charts/sidecarless/README.md from the documented values
 	$(UV) run python tools/chart_readme.py
