@@ -423,24 +423,17 @@ async def create_classes(kube: Kube, drivers: Drivers, endpoints: Drivers) -> Cl
             },
         ),
     )
-    await kube.create(
-        VOLUME_ATTRIBUTES_CLASS,
-        {
-            "apiVersion": VOLUME_ATTRIBUTES_CLASS.api_version,
-            "kind": "VolumeAttributesClass",
-            "metadata": {"name": classes.attributes},
-            "driverName": driver,
-            "parameters": {"iops": "500"},
-        },
-    )
-    await kube.create(
-        VOLUME_ATTRIBUTES_CLASS,
-        {
-            "apiVersion": VOLUME_ATTRIBUTES_CLASS.api_version,
-            "kind": "VolumeAttributesClass",
-            "metadata": {"name": classes.infeasible},
-            "driverName": driver,
-            "parameters": {"colour": "blue"},
-        },
-    )
+    # The driver accepts the key "iops" only: "colour" makes the modification infeasible.
+    attributes_classes = ((classes.attributes, {"iops": "500"}), (classes.infeasible, {"colour": "blue"}))
+    for attributes_class, parameters in attributes_classes:
+        await kube.create(
+            VOLUME_ATTRIBUTES_CLASS,
+            {
+                "apiVersion": VOLUME_ATTRIBUTES_CLASS.api_version,
+                "kind": "VolumeAttributesClass",
+                "metadata": {"name": attributes_class},
+                "driverName": driver,
+                "parameters": parameters,
+            },
+        )
     return classes
