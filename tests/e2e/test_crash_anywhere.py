@@ -11,6 +11,11 @@ again with an operator that kills itself at step N, starts a healthy operator, a
   (a volume without a PV is a leak), and no CreateVolume name twice (a duplicate);
 - after the objects are deleted, the driver holds nothing the run made.
 
+The killed operators log their steps too, so a run that finishes the operation short of
+step N proves its path was shorter (their number varies a little: a conflict's retry, the
+order of two controllers' writes); that step is run again, and reported as not reached
+after three such runs.
+
 The figures (steps, leaks, duplicates) go to the test's output and, with
 SIDECARLESS_CRASH_REPORT=FILE, to a JSON file (docs/reliability.md quotes them).
 """
@@ -51,6 +56,7 @@ pytestmark = pytest.mark.cluster
 CRASH = "mock-crash.csi.sidecarless.dev"
 STEP_LINE = re.compile(r"fault step (\d+): (.+?) (\S+)$")
 CONVERGE_SECONDS = 60.0
+ATTEMPTS = 3  # runs of one step before it is reported as not reached
 
 
 @dataclass
@@ -97,6 +103,14 @@ class World:
     storage_class: str = ""
     snapshot_class: str = ""
     attributes_class: str = ""
+    running: OperatorProcess | None = None
+
+    def run(self, **env: str) -> OperatorProcess:
+        """Stop the operator that runs (if any) and start one with `env`: one at a time."""
+        if self.running is not None:
+            self.running.stop()
+        self.running = self.start(**env)
+        return self.running
 
     async def bound(self, name: str) -> dict[str, Any] | None:
         current = await self.kube.get_or_none(PVC, name, self.namespace)
@@ -126,6 +140,7 @@ class Figures:
     steps: int = 0
     points: set[str] = field(default_factory=set)
     crashed: int = 0
+    unreached: list[str] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
 
@@ -336,12 +351,11 @@ def dead(process: OperatorProcess) -> bool:
 
 async def run_scenario(world: World, scenario: Scenario) -> Figures:
     figures = Figures(scenario.name)
-    healthy = world.start()
+    world.run()
 
     # Once with every step logged: how many there are.
     await scenario.prepare(world, "trace")
-    healthy.stop()
-    tracer = world.start(SIDECARLESS_FAULT_TRACE="1")
+    tracer = world.run(SIDECARLESS_FAULT_TRACE="1")
     await scenario.act(world, "trace")
     await eventually(lambda: scenario.done(world, "trace"), what=f"{scenario.name} traced", timeout=CONVERGE_SECONDS)
     await asyncio.sleep(2.5)  # the journal's late removals are steps too
@@ -349,44 +363,62 @@ async def run_scenario(world: World, scenario: Scenario) -> Figures:
     traced = steps_logged(tracer)
     figures.steps = len(traced)
     assert traced, f"{scenario.name}: no steps logged"
-    healthy = world.start()
+    world.run()
     await scenario.cleanup(world, "trace")
 
     for step in range(1, len(traced) + 1):
-        tag = f"k{step}"
-        await scenario.prepare(world, tag)
-        healthy.stop()
-        faulty = world.start(SIDECARLESS_FAULT_AT=str(step))
-        await scenario.act(world, tag)
-
-        async def killed_or_done(tag: str = tag, faulty: OperatorProcess = faulty) -> bool:
-            return dead(faulty) or await scenario.done(world, tag)
-
-        await eventually(killed_or_done, what=f"{scenario.name} step {step}", timeout=CONVERGE_SECONDS)
-        # Some steps come after the operation looks done (the journal's late removal): wait for them.
-        for _ in range(30):
-            if dead(faulty):
+        # The number of steps varies a little between runs (a conflict's retry, the order in
+        # which two controllers write): a run that finishes the operation short of step N
+        # is tried again, and after ATTEMPTS such runs the step is reported as unreached.
+        paths: list[int] = []
+        for attempt in range(ATTEMPTS):
+            tag = f"k{step}" + (f"r{attempt}" if attempt else "")
+            crashed, path = await crash_once(world, scenario, figures, step, traced[step - 1], tag)
+            if crashed:
+                figures.crashed += 1
                 break
-            await asyncio.sleep(0.1)
-        if dead(faulty):
-            figures.crashed += 1
-            figures.points.add(next((p for p in reversed(steps_logged_killed(faulty))), traced[step - 1]))
-        faulty.stop()
-        healthy = world.start()
-
-        async def converged(tag: str = tag) -> bool:
-            return await scenario.done(world, tag)
-
-        await eventually(
-            converged,
-            what=f"{scenario.name} converged after a crash at step {step} ({traced[step - 1]})",
-            timeout=CONVERGE_SECONDS,
-        )
-        await backend_matches_objects(world, figures, f"{scenario.name} step {step} converged")
-        await scenario.cleanup(world, tag)
-        await backend_matches_objects(world, figures, f"{scenario.name} step {step} cleaned up")
-    healthy.stop()
+            paths.append(path)
+        else:
+            figures.unreached.append(f"step {step} ({traced[step - 1]}): the runs took {paths} steps")
+    assert world.running is not None
+    world.running.stop()
     return figures
+
+
+async def crash_once(
+    world: World, scenario: Scenario, figures: Figures, step: int, point: str, tag: str
+) -> tuple[bool, int]:
+    """One run of the operation killed at `step`, then healed and checked: (killed, steps it took if not)."""
+    await scenario.prepare(world, tag)
+    faulty = world.run(SIDECARLESS_FAULT_AT=str(step), SIDECARLESS_FAULT_TRACE="1")
+    await scenario.act(world, tag)
+
+    async def killed_or_done() -> bool:
+        return dead(faulty) or await scenario.done(world, tag)
+
+    await eventually(killed_or_done, what=f"{scenario.name} step {step}", timeout=CONVERGE_SECONDS)
+    # Some steps come after the operation looks done (the journal's late removal): wait for them.
+    for _ in range(30):
+        if dead(faulty):
+            break
+        await asyncio.sleep(0.1)
+    crashed = dead(faulty)
+    path = len(steps_logged(faulty))
+    if crashed:
+        figures.points.add(next(iter(steps_logged_killed(faulty)), point))
+    else:
+        assert path < step, f"{scenario.name}: step {step} was reached ({path} steps logged) but nothing was killed"
+    world.run()
+
+    await eventually(
+        lambda: scenario.done(world, tag),
+        what=f"{scenario.name} converged after a crash at step {step} ({point})",
+        timeout=CONVERGE_SECONDS,
+    )
+    await backend_matches_objects(world, figures, f"{scenario.name} step {step} converged")
+    await scenario.cleanup(world, tag)
+    await backend_matches_objects(world, figures, f"{scenario.name} step {step} cleaned up")
+    return crashed, path
 
 
 def steps_logged_killed(process: OperatorProcess) -> list[str]:
@@ -473,6 +505,7 @@ def write_report(path: Path, figures: Figures) -> None:
     previous[figures.scenario] = {
         "steps": figures.steps,
         "crashes": figures.crashed,
+        "unreached": figures.unreached,
         "points": sorted(figures.points),
         "leaks": figures.leaks,
         "duplicates": figures.duplicates,
@@ -486,6 +519,7 @@ async def test_crash_at_every_step(world: World, scenario: Scenario) -> None:
     line = (
         f"{scenario.name}: {figures.steps} steps, {figures.crashed} crashes injected at "
         f"{len(figures.points)} distinct points, {len(figures.leaks)} leaks, {len(figures.duplicates)} duplicates"
+        + (f"; not reached: {figures.unreached}" if figures.unreached else "")
     )
     print(line)
     report = os.environ.get("SIDECARLESS_CRASH_REPORT")
@@ -493,4 +527,6 @@ async def test_crash_at_every_step(world: World, scenario: Scenario) -> None:
         write_report(Path(report), figures)
     assert not figures.leaks, figures.leaks
     assert not figures.duplicates, figures.duplicates
-    assert figures.crashed >= figures.steps - 1, f"{line}: the steps did not repeat"
+    # Every step was killed at, or runs proved (by their own traces) that they finish sooner:
+    # the traced run took a rarer, longer path. More than two such steps is no longer rare.
+    assert len(figures.unreached) <= 2, f"{line}: steps not reached in {ATTEMPTS} runs: {figures.unreached}"
