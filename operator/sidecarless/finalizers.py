@@ -42,7 +42,7 @@ async def remove(kube: Kube, resource: Resource, obj: Body, finalizer: str) -> B
 async def remove_last(
     kube: Kube, resource: Resource, name: str, finalizer: str, namespace: str | None = None, *, current: Body | None
 ) -> None:
-    """Remove `finalizer` as the last step of a deletion.
+    """Remove `finalizer` as the last step of a deletion (or from a claim others keep writing to).
 
     Built-in kinds (PVs, VolumeAttachments) take a strategic merge patch that deletes just
     this entry from the list: no resourceVersion, so nobody else's change can make it

@@ -20,6 +20,7 @@ from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
 from sidecarless.routing import endpoint_of_class
+from sidecarless.snapshots import plan as snapshot_plan
 from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
@@ -123,6 +124,10 @@ def snapshot_event(c: Controllers, kind: str | None, snapshot: Body) -> None:
         # Claims waiting to be restored from it need not wait for their backoff.
         for claim in c.provisioner.restores_of(key):
             c.provisioner.claims.add(claim)
+    content = snapshot_plan.bound_content_name(snapshot)
+    if snapshot["metadata"].get("deletionTimestamp") and content:
+        # The driver half reads this deletion from the snapshot itself (snapshots.plan.content_decision).
+        c.snapshotter.contents.add(content)
     if c.snapshot_controller is None:
         return
     if kind == DELETED:

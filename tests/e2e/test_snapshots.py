@@ -3,6 +3,7 @@ operator, restore through the provisioner, and the failures a user should see.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -234,6 +235,34 @@ async def test_retain_keeps_the_content_and_the_snapshot(
     await kube.delete(VOLUME_SNAPSHOT_CONTENT, content_name)
     await gone(kube, VOLUME_SNAPSHOT_CONTENT, content_name)
     assert calls(cluster, MOCK, "DeleteSnapshot", snapshot_id=handle) == []
+
+
+async def test_content_deleted_under_a_live_snapshot_keeps_its_snapshot(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    routed_class: Routed,
+    make_snapshot_class: Callable[..., Awaitable[str]],
+) -> None:
+    """csi-snapshotter's rule, kept without its annotation: a content deleted by hand while its
+    VolumeSnapshot lives keeps the backend snapshot, Terminating, until the VolumeSnapshot goes."""
+    await source_claim(kube, namespace, routed_class)
+    snapshot_class = await make_snapshot_class()
+    await kube.create(VOLUME_SNAPSHOT, volume_snapshot("live", claim_name="data", class_name=snapshot_class), namespace)
+    snapshot = await ready_snapshot(kube, namespace, "live")
+    content_name = snapshot["status"]["boundVolumeSnapshotContentName"]
+    handle = (await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name))["status"]["snapshotHandle"]
+    await kube.delete(VOLUME_SNAPSHOT_CONTENT, content_name)
+    await asyncio.sleep(3)  # long enough for a wrong DeleteSnapshot (the driver half answers in milliseconds)
+    content = await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name)
+    assert content["metadata"]["deletionTimestamp"]
+    assert content["status"]["snapshotHandle"] == handle
+    assert calls(cluster, MOCK, "DeleteSnapshot", snapshot_id=handle) == []
+
+    await kube.delete(VOLUME_SNAPSHOT, "live", namespace)
+    await gone(kube, VOLUME_SNAPSHOT_CONTENT, content_name)
+    await gone(kube, VOLUME_SNAPSHOT, "live", namespace)
+    assert len(calls(cluster, MOCK, "DeleteSnapshot", snapshot_id=handle)) == 1
 
 
 async def test_preprovisioned_snapshot_is_imported(

@@ -1,5 +1,6 @@
 """snapshot-controller's and csi-snapshotter's rules as pure functions."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -95,6 +96,38 @@ def test_new_content_is_bound_to_its_snapshot() -> None:
     assert plan.bound_to(content, a_snapshot())
 
 
+def test_content_made_here_says_being_created_from_the_start() -> None:
+    content = plan.new_content(a_snapshot(), a_volume(), a_class(), None, being_created=True)
+    assert content["metadata"]["annotations"] == {plan.ANN_BEING_CREATED: "yes"}
+    assert "annotations" not in plan.new_content(a_snapshot(), a_volume(), a_class(), None)["metadata"]
+
+
+@pytest.mark.parametrize(
+    ("snapshot_class", "secret", "expected"),
+    [
+        (a_class(), None, True),
+        (a_class(iops="5"), None, True),
+        (a_class(), SecretRef("s", "ns"), False),  # a missing secret would stop the call
+        ({**a_class(), "parameters": {"csi.storage.k8s.io/nonsense": "x"}}, None, False),  # so would a bad parameter
+    ],
+)
+def test_takes_snapshot_at_once(snapshot_class: dict[str, Any], secret: SecretRef | None, expected: bool) -> None:
+    assert plan.takes_snapshot_at_once(snapshot_class, secret) is expected
+
+
+def test_first_status_waits_for_the_driver_a_little() -> None:
+    now = datetime(2026, 11, 29, 10, 0, 1, tzinfo=UTC)
+    being_created = a_content(creationTimestamp="2026-11-29T10:00:00Z", annotations={plan.ANN_BEING_CREATED: "yes"})
+    assert plan.first_status_wait(a_snapshot(), being_created, now) == pytest.approx(1.0)
+    assert plan.first_status_wait(a_snapshot(), being_created, now + timedelta(seconds=5)) == 0.0
+    answered = {**being_created, "status": {"snapshotHandle": "s", "readyToUse": True}}
+    assert plan.first_status_wait(a_snapshot(), answered, now) == 0.0
+    bound = a_snapshot(boundVolumeSnapshotContentName="snapcontent-u-1")
+    assert plan.first_status_wait(bound, being_created, now) == 0.0
+    not_ours = a_content(creationTimestamp="2026-11-29T10:00:00Z")  # a csi-snapshotter's, not started yet
+    assert plan.first_status_wait(a_snapshot(), not_ours, now) == 0.0
+
+
 def test_snapshotter_secret_templates() -> None:
     parameters = {
         plan.SECRET_KEYS[0]: "${volumesnapshot.name}-${volumesnapshotcontent.name}",
@@ -180,6 +213,17 @@ def test_content_decision(content: dict[str, Any], status: dict[str, Any], expec
     if status:
         content["status"] = status
     assert plan.content_decision(content) == expected
+
+
+def test_content_deleted_under_its_snapshot() -> None:
+    deleted = {**a_content(deletionTimestamp="t"), "status": {"snapshotHandle": "s", "readyToUse": True}}
+    # Deleted while its VolumeSnapshot lives: the snapshot stays (csi-snapshotter's rule).
+    assert plan.content_decision(deleted) == plan.Ready()
+    # Its VolumeSnapshot is being deleted, seen here instead of through the annotation.
+    assert plan.content_decision(deleted, snapshot_deleted=True) == plan.Delete(call=True)
+    # A CreateSnapshot may still be running: that comes first, whoever says the snapshot goes.
+    creating = a_content(deletionTimestamp="t", annotations={plan.ANN_BEING_CREATED: "yes"})
+    assert plan.content_decision(creating, snapshot_deleted=True) == plan.Create()
 
 
 def test_create_request() -> None:

@@ -21,6 +21,7 @@ from sidecarless.kube import PVC, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Conf
 from sidecarless.metrics import SNAPSHOT_OPERATION_SECONDS
 from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.snapshots import plan
+from sidecarless.snapshots.driver import snapshots_here
 from sidecarless.snapshots.group_plan import MEMBER_FINALIZER, group_of
 from sidecarless.snapshots.plan import SnapshotError
 from sidecarless.workqueue import Requeue, WorkQueue
@@ -197,7 +198,7 @@ class SnapshotController:
                     "SnapshotHandleSet",
                     f"Snapshot handle should not be set in content {plan.key_of(snapshot)} for dynamic provisioning",
                 )
-            await self._copy_status(snapshot, content)
+            await self._copy_status_soon(snapshot, content)
             return
         content = await self._create_content(snapshot)
         await self.context.events.normal(
@@ -205,6 +206,15 @@ class SnapshotController:
             "CreatingSnapshot",
             f"Waiting for a snapshot {plan.key_of(snapshot)} to be created by the CSI driver.",
         )
+        await self._copy_status_soon(snapshot, content)
+
+    async def _copy_status_soon(self, snapshot: Body, content: Body) -> None:
+        """Copy the content's status now, or once the driver half has answered (the content's
+        change brings the snapshot back) or has taken too long: plan.first_status_wait."""
+        wait = plan.first_status_wait(snapshot, content)
+        if wait > 0:
+            self.snapshots.add_after(plan.key_of(snapshot), wait)
+            return
         await self._copy_status(snapshot, content)
 
     async def _create_content(self, snapshot: Body) -> Body:
@@ -250,6 +260,8 @@ class SnapshotController:
                 f'{snapshot["metadata"]["name"]}: "{error}"',
             ) from error
         body = plan.new_content(snapshot, volume, snapshot_class, secret)
+        if plan.takes_snapshot_at_once(snapshot_class, secret) and snapshots_here(context, body):
+            body = plan.new_content(snapshot, volume, snapshot_class, secret, being_created=True)
         try:
             return await context.kube.create(VOLUME_SNAPSHOT_CONTENT, body)
         except KubeError as error:
@@ -348,13 +360,25 @@ class SnapshotController:
             await context.events.warning(snapshot, "SnapshotDeletePending", "Snapshot is being used to restore a PVC")
             raise Requeue(None, f"snapshot {plan.key_of(snapshot)} is in use (being used to restore a PVC)")
         delete_content = content is not None and (content.get("spec") or {}).get("deletionPolicy") == "Delete"
-        if content is not None:
+        told_by_snapshot = content is not None and self._driver_half_reads_snapshot(snapshot, content)
+        if content is not None and not told_by_snapshot:
             await self._mark_being_deleted(content)
         if delete_content:
             assert content is not None
             await context.kube.delete(VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"])
+        keep_bound = delete_content and not await self._stop_waiting_for_create(snapshot, content)
+        if told_by_snapshot and not keep_bound:
+            assert content is not None
+            # The snapshot goes before its content after all: the annotation is all that will say so.
+            await self._mark_being_deleted(content)
+        if keep_bound and plan.BOUND_FINALIZER in held:
+            # The content's deletion brings this snapshot back, and all its finalizers come off
+            # then, in one write. snapshot-controller drops the source finalizer now and
+            # bound-protection then: one write more for the same end.
+            await self._release_claim(snapshot, skip_self=True)
+            return
         remaining = [f for f in meta.get("finalizers") or [] if f not in (plan.SOURCE_FINALIZER, MEMBER_FINALIZER)]
-        if not delete_content or await self._stop_waiting_for_create(snapshot, content):
+        if not keep_bound:
             remaining = [f for f in remaining if f != plan.BOUND_FINALIZER]
         if remaining != list(meta.get("finalizers") or []):
             try:
@@ -400,6 +424,19 @@ class SnapshotController:
         )
         return True
 
+    def _driver_half_reads_snapshot(self, snapshot: Body, content: Body) -> bool:
+        """Whether the being-deleted annotation, snapshot-controller's word to csi-snapshotter
+        that the snapshot may go, can be left out: the driver half here reads the
+        VolumeSnapshot's deletionTimestamp instead (plan.content_decision), and the
+        VolumeSnapshot stays until its content is gone (bound-protection). A kept content
+        (Retain) still gets it: there it is all that records the VolumeSnapshot's deletion."""
+        return bool(
+            (content.get("spec") or {}).get("deletionPolicy") == "Delete"
+            and plan.BOUND_FINALIZER in (snapshot["metadata"].get("finalizers") or [])
+            and not group_of(snapshot)
+            and snapshots_here(self.context, content)
+        )
+
     async def _mark_being_deleted(self, content: Body) -> None:
         if plan.ANN_BEING_DELETED in (content["metadata"].get("annotations") or {}):
             return
@@ -425,7 +462,10 @@ class SnapshotController:
         ]
         if plan.claim_in_use(plan.source_claim(snapshot), namespace, others):
             return
-        await finalizers.remove_fresh(self.context.kube, PVC, claim["metadata"]["name"], plan.PVC_FINALIZER, namespace)
+        # By strategic merge patch: no read first, and no conflict with the claim's other writers.
+        await finalizers.remove_last(
+            self.context.kube, PVC, claim["metadata"]["name"], plan.PVC_FINALIZER, namespace, current=claim
+        )
 
     # --- VolumeSnapshotContents ------------------------------------------------------
 
@@ -450,5 +490,6 @@ class SnapshotController:
             return
         self.snapshots.add(plan.key_of(snapshot))
         held = {plan.SOURCE_FINALIZER, plan.BOUND_FINALIZER} & set(snapshot["metadata"].get("finalizers") or [])
-        if snapshot["metadata"].get("deletionTimestamp") and held:
+        deleting = bool(snapshot["metadata"].get("deletionTimestamp") and held)
+        if deleting and not self._driver_half_reads_snapshot(snapshot, content):
             await self._mark_being_deleted(content)

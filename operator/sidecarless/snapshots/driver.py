@@ -3,7 +3,8 @@
 A content routes to a DriverEndpoint through its VolumeSnapshotClass's
 `sidecarless.io/endpoint` annotation, else through its source PV (dynamic contents), and
 must name that endpoint's driver. `snapshot.storage.kubernetes.io/volumesnapshot-being-created`
-goes on before CreateSnapshot and comes off after success or a final error, so a content
+goes on before CreateSnapshot (or with the content, where the snapshot half here made it:
+plan.takes_snapshot_at_once) and comes off after success or a final error, so a content
 deleted meanwhile waits for the call instead of leaking the snapshot.
 """
 
@@ -47,6 +48,50 @@ def awaits_volume(context: Context, driver: str, handle: str) -> bool:
     return served and bool(handle) and volume_by_handle(context, driver, handle) is None
 
 
+def endpoint_of(context: Context, content: Body) -> Endpoint | None:
+    """The class's endpoint annotation, else the source PV's endpoint; None: not Sidecarless' content."""
+    stores, endpoints = context.stores, context.endpoints
+    spec = content.get("spec") or {}
+    driver = spec.get("driver")
+    name = None
+    snapshot_class = stores.snapshot_classes.get(spec.get("volumeSnapshotClassName") or "")
+    if snapshot_class is not None:
+        name = (snapshot_class["metadata"].get("annotations") or {}).get(ANN_ENDPOINT)
+    if not name:
+        volume = _source_volume(context, content)
+        if volume is not None:
+            class_name = (volume.get("spec") or {}).get("storageClassName") or ""
+            name = endpoint_of_volume(volume, stores.classes.get(class_name))
+    endpoint = endpoints.get(name) if name else None
+    if endpoint is None or endpoint.spec.driver_name != driver:
+        return None
+    return endpoint
+
+
+def snapshots_here(context: Context, content: Body) -> bool:
+    """Whether this process's driver half takes the snapshot of `content` (else nobody, or a
+    csi-snapshotter beside it)."""
+    endpoint = endpoint_of(context, content)
+    return endpoint is not None and endpoint.controller_state("snapshotter") == ACTIVE
+
+
+def _source_volume(context: Context, content: Body) -> Body | None:
+    """The PV a dynamic content snapshots: through its VolumeSnapshot's claim, else by volume handle."""
+    stores = context.stores
+    spec = content.get("spec") or {}
+    handle = (spec.get("source") or {}).get("volumeHandle")
+    if not handle:
+        return None
+    ref = spec.get("volumeSnapshotRef") or {}
+    snapshot = stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
+    if snapshot is not None and plan.source_claim(snapshot):
+        claim = stores.claims.get(f"{ref.get('namespace')}/{plan.source_claim(snapshot)}")
+        volume = stores.volumes.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
+        if volume is not None and (volume.get("spec") or {}).get("csi", {}).get("volumeHandle") == handle:
+            return volume
+    return volume_by_handle(context, str(spec.get("driver") or ""), str(handle))
+
+
 class Snapshotter:
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -75,50 +120,13 @@ class Snapshotter:
         for content in self.context.stores.contents.values():
             self.contents.add(content["metadata"]["name"])
 
-    # --- routing -------------------------------------------------------------------
-
-    def endpoint_of(self, content: Body) -> Endpoint | None:
-        """The class's endpoint annotation, else the source PV's endpoint; None: not Sidecarless' content."""
-        stores, endpoints = self.context.stores, self.context.endpoints
-        spec = content.get("spec") or {}
-        driver = spec.get("driver")
-        name = None
-        snapshot_class = stores.snapshot_classes.get(spec.get("volumeSnapshotClassName") or "")
-        if snapshot_class is not None:
-            name = (snapshot_class["metadata"].get("annotations") or {}).get(ANN_ENDPOINT)
-        if not name:
-            volume = self._source_volume(content)
-            if volume is not None:
-                class_name = (volume.get("spec") or {}).get("storageClassName") or ""
-                name = endpoint_of_volume(volume, stores.classes.get(class_name))
-        endpoint = endpoints.get(name) if name else None
-        if endpoint is None or endpoint.spec.driver_name != driver:
-            return None
-        return endpoint
-
-    def _source_volume(self, content: Body) -> Body | None:
-        """The PV a dynamic content snapshots: through its VolumeSnapshot's claim, else by volume handle."""
-        stores = self.context.stores
-        spec = content.get("spec") or {}
-        handle = (spec.get("source") or {}).get("volumeHandle")
-        if not handle:
-            return None
-        ref = spec.get("volumeSnapshotRef") or {}
-        snapshot = stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
-        if snapshot is not None and plan.source_claim(snapshot):
-            claim = stores.claims.get(f"{ref.get('namespace')}/{plan.source_claim(snapshot)}")
-            volume = stores.volumes.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
-            if volume is not None and (volume.get("spec") or {}).get("csi", {}).get("volumeHandle") == handle:
-                return volume
-        return volume_by_handle(self.context, str(spec.get("driver") or ""), str(handle))
-
     # --- sync ----------------------------------------------------------------------
 
     async def sync_content(self, name: str) -> None:
         content = self.context.stores.contents.get(name)
         if content is None:
             return
-        endpoint = self.endpoint_of(content)
+        endpoint = endpoint_of(self.context, content)
         spec = content.get("spec") or {}
         if endpoint is None and awaits_volume(
             self.context, str(spec.get("driver") or ""), str((spec.get("source") or {}).get("volumeHandle") or "")
@@ -128,7 +136,7 @@ class Snapshotter:
             return
         if not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
-        decision = plan.content_decision(content)
+        decision = plan.content_decision(content, snapshot_deleted=self._snapshot_deleted(content))
         try:
             if isinstance(decision, plan.Delete):
                 await self._delete(content, endpoint, decision)
@@ -141,6 +149,16 @@ class Snapshotter:
         except Requeue as requeue:
             requeue.backoff = requeue.backoff or endpoint.backoff
             raise
+
+    def _snapshot_deleted(self, content: Body) -> bool:
+        """Whether the VolumeSnapshot bound to `content` is being deleted."""
+        ref = (content.get("spec") or {}).get("volumeSnapshotRef") or {}
+        snapshot = self.context.stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
+        return (
+            snapshot is not None
+            and snapshot["metadata"].get("uid") == ref.get("uid")
+            and bool(snapshot["metadata"].get("deletionTimestamp"))
+        )
 
     async def _create(self, content: Body, endpoint: Endpoint) -> None:
         context = self.context
@@ -157,8 +175,10 @@ class Snapshotter:
                 content, parameters, extra_metadata=endpoint.spec.provisioner.extra_create_metadata
             )
         except ParameterError as error:
-            # Nothing was asked of the driver, so nothing can be in flight: unlike
-            # csi-snapshotter, no being-created annotation is left to block deletion.
+            # Nothing was asked of the driver in this pass: unlike csi-snapshotter, no
+            # being-created annotation is set to block deletion. One that is there stays: an
+            # earlier pass may have made the call (or the class changed after the content
+            # was made with it, which plan.takes_snapshot_at_once could not foresee).
             await self.writes.failed(
                 content, f"failed to get input parameters to create snapshot for content {name}: {error}"
             )
@@ -236,9 +256,13 @@ class Snapshotter:
             except CSIError as error:
                 await context.events.warning(content, "SnapshotDeleteError", "Failed to delete snapshot")
                 raise Requeue(None, f"failed to delete snapshot content {name}: {error}") from error
-            content = await self.writes.status(
-                content, {"snapshotHandle": None, "readyToUse": None, "creationTime": None, "restoreSize": None}
-            )
+            if set(content["metadata"].get("finalizers") or []) - {plan.CONTENT_FINALIZER}:
+                # csi-snapshotter clears the status, so a content that stays says its snapshot
+                # is gone. Where our finalizer is the last, the content goes with it; a crash
+                # before that calls DeleteSnapshot again, which answers OK for what is gone.
+                content = await self.writes.status(
+                    content, {"snapshotHandle": None, "readyToUse": None, "creationTime": None, "restoreSize": None}
+                )
             endpoint.count("snapshotDeletions")
         await finalizers.remove_last(
             context.kube, VOLUME_SNAPSHOT_CONTENT, name, plan.CONTENT_FINALIZER, current=content

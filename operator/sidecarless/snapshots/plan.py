@@ -30,6 +30,9 @@ ANN_DELETION_SECRET_NAME = _PREFIX + "deletion-secret-name"
 ANN_DELETION_SECRET_NAMESPACE = _PREFIX + "deletion-secret-namespace"
 ANN_GROUP_MEMBER = "groupsnapshot.storage.k8s.io/volumeGroupSnapshotHandle"
 ANN_ALLOW_VOLUME_MODE_CHANGE = _PREFIX + "allow-volume-mode-change"
+# How long a snapshot's first status write waits for the driver half's answer, so that one
+# write says both "bound" and "ready" (see first_status_wait).
+FIRST_STATUS_WAIT_SECONDS = 2.0
 
 _CSI_PREFIX = "csi.storage.k8s.io/"
 SECRET_KEYS = (_CSI_PREFIX + "snapshotter-secret-name", _CSI_PREFIX + "snapshotter-secret-namespace")
@@ -249,9 +252,16 @@ def _expand(template: str, values: dict[str, str]) -> str:
     return result
 
 
-def new_content(snapshot: Body, volume: Body, snapshot_class: Body, secret: SecretRef | None) -> Body:
+def new_content(
+    snapshot: Body, volume: Body, snapshot_class: Body, secret: SecretRef | None, *, being_created: bool = False
+) -> Body:
     """The VolumeSnapshotContent snapshot-controller makes for a dynamic snapshot, with the
-    bound-protection finalizer snapshot-controller adds right after (one write fewer)."""
+    bound-protection finalizer snapshot-controller adds right after (one write fewer).
+
+    `being_created`: csi-snapshotter's being-created annotation is on from the start, where
+    this process takes the snapshot itself (one write fewer again). It says a CreateSnapshot
+    may be running, so it is only safe where nothing can stop the call from being made, which
+    is what `takes_snapshot_at_once` decides."""
     meta = _meta(snapshot)
     content: Body = {
         "apiVersion": GROUP_VERSION,
@@ -274,12 +284,46 @@ def new_content(snapshot: Body, volume: Body, snapshot_class: Body, secret: Secr
     }
     if _spec(volume).get("volumeMode"):
         content["spec"]["sourceVolumeMode"] = volume["spec"]["volumeMode"]
+    annotations: Body = {}
     if secret is not None:
-        content["metadata"]["annotations"] = {
-            ANN_DELETION_SECRET_NAME: secret.name,
-            ANN_DELETION_SECRET_NAMESPACE: secret.namespace,
-        }
+        annotations |= {ANN_DELETION_SECRET_NAME: secret.name, ANN_DELETION_SECRET_NAMESPACE: secret.namespace}
+    if being_created:
+        annotations[ANN_BEING_CREATED] = "yes"
+    if annotations:
+        content["metadata"]["annotations"] = annotations
     return content
+
+
+def takes_snapshot_at_once(snapshot_class: Body, secret: SecretRef | None) -> bool:
+    """Whether the driver half will surely call CreateSnapshot for a content of this class: its
+    parameters are valid and there is no secret to read (a missing one stops the call). Where
+    it is not sure, the being-created annotation goes on just before the call, as upstream, so
+    a content that never reaches the driver never waits for an answer."""
+    if secret is not None:
+        return False
+    try:
+        driver_parameters(snapshot_class.get("parameters") or {})
+    except ParameterError:
+        return False
+    return True
+
+
+def first_status_wait(snapshot: Body, content: Body, now: datetime | None = None) -> float:
+    """Seconds to hold a dynamic snapshot's first status write (0: write now).
+
+    snapshot-controller writes the snapshot's status when it has created the content
+    (bound, not ready) and again when the content is ready. While the driver is taking the
+    snapshot (the being-created annotation, no status on the content yet) and for at most
+    FIRST_STATUS_WAIT_SECONDS after the content was made, the first write waits for the
+    content's status, so that a snapshot taken quickly gets one write saying both."""
+    if _status(snapshot).get("boundVolumeSnapshotContentName") or _status(content):
+        return 0.0
+    if ANN_BEING_CREATED not in (_meta(content).get("annotations") or {}):
+        return 0.0
+    created = _meta(content).get("creationTimestamp")
+    if not created:
+        return 0.0
+    return max(0.0, FIRST_STATUS_WAIT_SECONDS - seconds_since(created, now))
 
 
 def check_content_binding(snapshot: Body, content: Body) -> None:
@@ -418,15 +462,22 @@ class Ready:
 ContentDecision = Delete | Create | Check | Ready
 
 
-def content_decision(content: Body) -> ContentDecision:
-    """What csi-snapshotter's syncContent would do with this content now."""
+def content_decision(content: Body, *, snapshot_deleted: bool = False) -> ContentDecision:
+    """What csi-snapshotter's syncContent would do with this content now.
+
+    csi-snapshotter deletes a bound content's snapshot only once snapshot-controller has said
+    its VolumeSnapshot is being deleted (the being-deleted annotation), never for a content
+    deleted under a live VolumeSnapshot. `snapshot_deleted` says the same from the
+    VolumeSnapshot itself, as this process sees it: the snapshot half here does not write the
+    annotation on contents whose snapshot this driver half takes (one write fewer)."""
     meta, spec, status = _meta(content), _spec(content), _status(content)
     annotations = meta.get("annotations") or {}
     source = spec.get("source") or {}
     ref = spec.get("volumeSnapshotRef") or {}
     if meta.get("deletionTimestamp"):
         unbound_preprovisioned = bool(source.get("snapshotHandle")) and not ref.get("uid")
-        if unbound_preprovisioned or (ANN_BEING_DELETED in annotations and ANN_BEING_CREATED not in annotations):
+        told = ANN_BEING_DELETED in annotations or snapshot_deleted
+        if unbound_preprovisioned or (told and ANN_BEING_CREATED not in annotations):
             handle = status.get("snapshotHandle")
             return Delete(
                 call=spec.get("deletionPolicy") == "Delete"
