@@ -8,6 +8,7 @@ for the controllers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
+from prometheus_client import Gauge
 
 from csi_client import AddressError, CSIClient, CSIError, DriverInfo, TLSConfig, discover, parse_address, probe_ready
 from csi_client.client import Rpc
@@ -29,6 +31,10 @@ Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
 
 log = logging.getLogger("sidecarless.endpoints")
+
+ENDPOINT_READY = Gauge(
+    "sidecarless_endpoint_ready", "1 while the DriverEndpoint is served (connected, probed ready), else 0", ["endpoint"]
+)
 
 # The switches of spec.controllers; the modifier (VolumeAttributesClass) goes with the
 # resizer, as both are external-resizer's.
@@ -218,6 +224,7 @@ class Endpoint:
             self.probe_ready = False
             self.info = None  # rediscover after a reconnection: the driver may have changed
             self.problem = ("Unreachable", f"{self.spec.address}: {error}")
+            ENDPOINT_READY.labels(self.spec.name).set(0)
             return
         finally:
             self.probe_time = _now()
@@ -225,6 +232,7 @@ class Endpoint:
         self.connected = True
         self.probe_ready = ready
         self.problem = self._check(ready)
+        ENDPOINT_READY.labels(self.spec.name).set(1 if self.serving else 0)
 
     def _check(self, ready: bool) -> tuple[str, str] | None:
         assert self.info is not None
@@ -427,6 +435,8 @@ class EndpointRegistry:
         old = self._endpoints.pop(name, None)
         if old is not None:
             await old.close()
+            with contextlib.suppress(KeyError):
+                ENDPOINT_READY.remove(name)
 
     async def close(self) -> None:
         for name in list(self._endpoints):

@@ -36,6 +36,7 @@ import pytest
 from csi_client import CSIClient, csi
 from devcluster import DriverSpec, LocalCluster
 from devcluster.operator import OperatorProcess
+from devcluster.procs import wait_until
 from sidecarless.kube import (
     NAMESPACE,
     PV,
@@ -103,14 +104,23 @@ class World:
     storage_class: str = ""
     snapshot_class: str = ""
     attributes_class: str = ""
+    endpoint: str = ""
     running: OperatorProcess | None = None
 
     def run(self, **env: str) -> OperatorProcess:
-        """Stop the operator that runs (if any) and start one with `env`: one at a time."""
+        """Stop the operator that runs (if any) and start one with `env`: one at a time. It
+        is handed the operation once it serves the endpoint, so that every run takes the
+        same path (a snapshot taken before the endpoint is set up writes more)."""
         if self.running is not None:
             self.running.stop()
-        self.running = self.start(**env)
-        return self.running
+        process = self.running = self.start(**env)
+        wait_until(
+            f"DriverEndpoint {self.endpoint} served",
+            lambda: serves(process, self.endpoint),
+            timeout=CONVERGE_SECONDS,
+            watch=[],
+        )
+        return process
 
     async def bound(self, name: str) -> dict[str, Any] | None:
         current = await self.kube.get_or_none(PVC, name, self.namespace)
@@ -140,6 +150,7 @@ class Figures:
     steps: int = 0
     points: set[str] = field(default_factory=set)
     crashed: int = 0
+    traced: list[str] = field(default_factory=list)  # the traced run's steps, in order
     unreached: list[str] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
@@ -334,6 +345,14 @@ async def backend_matches_objects(world: World, figures: Figures, when: str) -> 
     figures.leaks += [f"{when}: snapshot {s} has no content" for s in sorted(snapshots - contents)]
 
 
+def serves(process: OperatorProcess, endpoint: str) -> bool:
+    """The operator serves `endpoint` (or has died trying: a step may come before)."""
+    try:
+        return f'sidecarless_endpoint_ready{{endpoint="{endpoint}"}} 1.0' in process.metrics()
+    except OSError:
+        return dead(process)
+
+
 def steps_logged(process: OperatorProcess) -> list[str]:
     assert process.process is not None
     points = []
@@ -362,6 +381,7 @@ async def run_scenario(world: World, scenario: Scenario) -> Figures:
     tracer.stop()
     traced = steps_logged(tracer)
     figures.steps = len(traced)
+    figures.traced = traced
     assert traced, f"{scenario.name}: no steps logged"
     world.run()
     await scenario.cleanup(world, "trace")
@@ -443,7 +463,7 @@ async def world(
 ) -> AsyncIterator[World]:
     made = World(kube, namespace, crash_driver, exclusive)
     probe = exclusive()
-    endpoint = await make_endpoint(CRASH)
+    endpoint = made.endpoint = await make_endpoint(CRASH)
     await wait_ready(kube, endpoint)
     made.storage_class = await make_class(
         endpoint, provisioner=CRASH, reclaimPolicy="Delete", allowVolumeExpansion=True
@@ -506,6 +526,7 @@ def write_report(path: Path, figures: Figures) -> None:
         "steps": figures.steps,
         "crashes": figures.crashed,
         "unreached": figures.unreached,
+        "traced": figures.traced,
         "points": sorted(figures.points),
         "leaks": figures.leaks,
         "duplicates": figures.duplicates,

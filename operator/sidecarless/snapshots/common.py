@@ -365,7 +365,8 @@ class SnapshotController:
             await self._mark_being_deleted(content)
         if delete_content:
             assert content is not None
-            await context.kube.delete(VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"])
+            if not content["metadata"].get("deletionTimestamp"):  # a second DELETE would change nothing
+                await context.kube.delete(VOLUME_SNAPSHOT_CONTENT, content["metadata"]["name"])
         keep_bound = delete_content and not await self._stop_waiting_for_create(snapshot, content)
         if told_by_snapshot and not keep_bound:
             assert content is not None
