@@ -114,6 +114,15 @@ async def ready_snapshot(kube: Kube, namespace: str, name: str) -> dict[str, Any
     return result
 
 
+async def snapshot_taken(kube: Kube, namespace: str, name: str, snapshot_class: str) -> tuple[dict[str, Any], str, str]:
+    """A snapshot of claim `data`, once ready: the VolumeSnapshot, its content's name and its handle."""
+    await kube.create(VOLUME_SNAPSHOT, volume_snapshot(name, claim_name="data", class_name=snapshot_class), namespace)
+    snapshot = await ready_snapshot(kube, namespace, name)
+    content_name = snapshot["status"]["boundVolumeSnapshotContentName"]
+    handle = (await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name))["status"]["snapshotHandle"]
+    return snapshot, content_name, str(handle)
+
+
 async def gone(kube: Kube, resource: Any, name: str, namespace: str | None = None) -> None:
     async def absent() -> bool:
         return await kube.get_or_none(resource, name, namespace) is None
@@ -220,12 +229,9 @@ async def test_retain_keeps_the_content_and_the_snapshot(
     make_snapshot_class: Callable[..., Awaitable[str]],
 ) -> None:
     await source_claim(kube, namespace, routed_class)
-    snapshot_class = await make_snapshot_class(policy="Retain")
-    await kube.create(VOLUME_SNAPSHOT, volume_snapshot("kept", claim_name="data", class_name=snapshot_class), namespace)
-    snapshot = await ready_snapshot(kube, namespace, "kept")
+    retain = await make_snapshot_class(policy="Retain")
+    snapshot, content_name, handle = await snapshot_taken(kube, namespace, "kept", retain)
     assert snapshot["metadata"]["finalizers"] == [plan.SOURCE_FINALIZER], "no bound-protection for Retain"
-    content_name = snapshot["status"]["boundVolumeSnapshotContentName"]
-    handle = (await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name))["status"]["snapshotHandle"]
     await kube.delete(VOLUME_SNAPSHOT, "kept", namespace)
     await gone(kube, VOLUME_SNAPSHOT, "kept", namespace)
     content = await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name)
@@ -247,11 +253,7 @@ async def test_content_deleted_under_a_live_snapshot_keeps_its_snapshot(
     """csi-snapshotter's rule, kept without its annotation: a content deleted by hand while its
     VolumeSnapshot lives keeps the backend snapshot, Terminating, until the VolumeSnapshot goes."""
     await source_claim(kube, namespace, routed_class)
-    snapshot_class = await make_snapshot_class()
-    await kube.create(VOLUME_SNAPSHOT, volume_snapshot("live", claim_name="data", class_name=snapshot_class), namespace)
-    snapshot = await ready_snapshot(kube, namespace, "live")
-    content_name = snapshot["status"]["boundVolumeSnapshotContentName"]
-    handle = (await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name))["status"]["snapshotHandle"]
+    _, content_name, handle = await snapshot_taken(kube, namespace, "live", await make_snapshot_class())
     await kube.delete(VOLUME_SNAPSHOT_CONTENT, content_name)
     await asyncio.sleep(3)  # long enough for a wrong DeleteSnapshot (the driver half answers in milliseconds)
     content = await kube.get(VOLUME_SNAPSHOT_CONTENT, content_name)
