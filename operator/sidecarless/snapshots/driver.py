@@ -156,7 +156,7 @@ class Snapshotter:
         snapshot = self.context.stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
         return (
             snapshot is not None
-            and snapshot["metadata"].get("uid") == ref.get("uid")
+            and plan.bound_to(content, snapshot)
             and bool(snapshot["metadata"].get("deletionTimestamp"))
         )
 
