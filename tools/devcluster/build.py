@@ -32,6 +32,8 @@ GOMOD_KUBERNETES = Path(__file__).resolve().parent / "gomod" / "kubernetes"
 KUBERNETES_PACKAGES = [
     "k8s.io/kubernetes/cmd/kube-apiserver",
     "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "k8s.io/kubernetes/cmd/kube-scheduler",
+    "k8s.io/kubernetes/cmd/kubelet",
     "./cmd/etcd",
 ]
 
@@ -49,6 +51,8 @@ class KubernetesBinaries:
     etcd: Path
     kube_apiserver: Path
     kube_controller_manager: Path
+    kube_scheduler: Path
+    kubelet: Path
 
 
 @contextmanager
@@ -105,7 +109,7 @@ def _build_once(out_dir: Path, names: list[str], build: Callable[[Path], None]) 
 
 
 def ensure_kubernetes() -> KubernetesBinaries:
-    """etcd, kube-apiserver and kube-controller-manager, built from the wrapper module."""
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet, built from the wrapper module."""
     ldflags = _kubernetes_ldflags()
     key = _inputs_hash(
         GOMOD_KUBERNETES / "go.mod",
@@ -114,7 +118,7 @@ def ensure_kubernetes() -> KubernetesBinaries:
         extra=_go_version() + ldflags,
     )
     out = cache_root() / "bin" / f"kubernetes-{versions.KUBERNETES}-{key}"
-    names = ["etcd", "kube-apiserver", "kube-controller-manager"]
+    names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"]
 
     def build(tmp: Path) -> None:
         log.info("building Kubernetes %s (about 10 minutes on 2 cores from a cold Go cache)", versions.KUBERNETES)
@@ -125,7 +129,7 @@ def ensure_kubernetes() -> KubernetesBinaries:
         )
 
     _build_once(out, names, build)
-    return KubernetesBinaries(out / "etcd", out / "kube-apiserver", out / "kube-controller-manager")
+    return KubernetesBinaries(*(out / name for name in names))
 
 
 def _kubernetes_ldflags() -> str:
