@@ -46,7 +46,7 @@ lint: setup ## ruff, ruff format --check, mypy --strict, hadolint
 	$(UV) run mypy
 	$(UV) run hadolint --failure-threshold info Dockerfile
 
-binaries: setup ## build (or find cached) kube-apiserver, kube-controller-manager, etcd and the CSI drivers
+binaries: setup ## build (or find cached) Kubernetes, etcd, containerd, runc, CNI plugins, pause and the CSI drivers
 	$(UV) run python -m devcluster build
 
 test: lint binaries ## the whole suite: lint, then unit, csi, cluster and e2e tests on a local cluster
@@ -55,8 +55,8 @@ test: lint binaries ## the whole suite: lint, then unit, csi, cluster and e2e te
 test-unit: setup ## only the pure unit tests (no cluster, no drivers)
 	$(UV) run pytest tests/unit
 
-cluster: binaries ## start a local cluster in ~/.cache/sidecarless/clusters/default and leave it running
-	$(UV) run python -m devcluster up
+cluster: binaries ## start a local cluster in ~/.cache/sidecarless/clusters/default and leave it running (NODES=1: a real kubelet node)
+	$(UV) run python -m devcluster up $(if $(NODES),--real-nodes $(NODES))
 
 cluster-down: setup ## stop the cluster `make cluster` started (by PID)
 	$(UV) run python -m devcluster down

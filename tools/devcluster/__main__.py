@@ -14,10 +14,13 @@ from devcluster.build import (
     ensure_helm,
     ensure_kubernetes,
     ensure_mock_driver,
+    ensure_node_runtime,
+    ensure_pause,
     ensure_sidecars,
     snapshot_crd_files,
 )
 from devcluster.cluster import ClusterOptions, ClusterState, LocalCluster
+from devcluster.node import NodeStartError
 from devcluster.procs import ProcessDiedError
 
 
@@ -25,7 +28,7 @@ def default_dir() -> Path:
     return Path(os.environ.get("SIDECARLESS_CLUSTER_DIR", cache_root() / "clusters" / "default"))
 
 
-def up(workdir: Path) -> int:
+def up(workdir: Path, real_nodes: int = 0) -> int:
     existing = ClusterState.load(workdir)
     if existing is not None and existing.alive():
         print(f"a cluster is already running from {workdir}")
@@ -34,8 +37,13 @@ def up(workdir: Path) -> int:
     if existing is not None:
         existing.stop()  # a half-dead earlier cluster: clear what is left of it
     try:
-        LocalCluster.start(workdir, ClusterOptions(tied_to_parent=False))
-    except (BuildError, ProcessDiedError, TimeoutError) as error:
+        options = ClusterOptions(
+            tied_to_parent=False, kubelet_nodes=tuple(f"worker-{n + 1}" for n in range(real_nodes))
+        )
+        if real_nodes:
+            options.nodes = ()  # hand-made Nodes would need the node lifecycle controller off
+        LocalCluster.start(workdir, options)
+    except (BuildError, ProcessDiedError, TimeoutError, NodeStartError) as error:
         print(f"the local cluster did not start: {error}", file=sys.stderr)
         return 1
     state = ClusterState.load(workdir)
@@ -81,6 +89,9 @@ def build_all(_: Path) -> int:
         binaries = ensure_kubernetes()
         print(f"kubernetes: {binaries.kube_apiserver.parent}")
         print(f"mock driver: {ensure_mock_driver()}")
+        runtime = ensure_node_runtime()
+        print(f"node runtime: {runtime.containerd.parent}, {runtime.runc}, CNI {runtime.cni_bin_dir}")
+        print(f"pause: {ensure_pause()}")
         print(f"snapshot CRDs: {snapshot_crd_files()[0].parent}")
         print(f"helm: {ensure_helm()}")
         # The real sidecars: the compatibility tests and `make bench` run them beside Sidecarless.
@@ -96,9 +107,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
     parser.add_argument("command", choices=["build", "up", "down", "status"])
     parser.add_argument("--dir", type=Path, default=default_dir(), help="work folder (default: %(default)s)")
+    parser.add_argument(
+        "--real-nodes", type=int, default=0, help="up: nodes with a real kubelet, containerd and runc (default: none)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return {"build": build_all, "up": up, "down": down, "status": status}[args.command](args.dir)
+    if args.command == "up":
+        return up(args.dir, args.real_nodes)
+    return {"build": build_all, "down": down, "status": status}[args.command](args.dir)
 
 
 if __name__ == "__main__":

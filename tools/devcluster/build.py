@@ -67,8 +67,8 @@ def _locked(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _go(args: list[str], cwd: Path, what: str) -> str:
-    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
+def _go(args: list[str], cwd: Path, what: str, *, cgo: bool = False) -> str:
+    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "1" if cgo else "0"}
     started = time.monotonic()
     result = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -157,15 +157,24 @@ def module_dir(module: str, version: str) -> Path:
 
 
 def _build_from_module(
-    module: str, version: str, package: str, binary: str, nested: dict[str, tuple[str, str]] | None = None
+    module: str,
+    version: str,
+    binaries: dict[str, str],
+    nested: dict[str, tuple[str, str]] | None = None,
+    *,
+    tags: str = "",
+    cgo: bool = False,
 ) -> Path:
-    """Build `package` of a module from the proxy, in a writable copy of the module (its zip
-    carries no vendor tree), with dependencies at the versions its go.mod names."""
-    out = cache_root() / "bin" / f"{binary}-{version}-{_inputs_hash(extra=_go_version())}"
+    """Build each `binary: package` of a module from the proxy into one cached folder, in a
+    writable copy of the module (its zip carries no vendor tree), with dependencies at the
+    versions its go.mod names. Returns the folder."""
+    first = next(iter(binaries))
+    others = ",".join(sorted(binaries)[1:]) if len(binaries) > 1 else ""
+    out = cache_root() / "bin" / f"{first}-{version}-{_inputs_hash(extra=_go_version() + tags + others)}"
 
     def build(tmp: Path) -> None:
         source = module_dir(module, version)
-        work = cache_root() / "src" / f"{binary}-{version}"
+        work = cache_root() / "src" / f"{first}-{version}"
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(source, work)
         # Nested modules the go.mod replaces with a folder (`=> ./client`) are not in the
@@ -174,16 +183,21 @@ def _build_from_module(
             shutil.copytree(module_dir(nested_module, nested_version), work / folder)
         for path in [work, *work.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)
-        _go(["build", "-mod=mod", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / binary), package], work, binary)
+        flags = ["-mod=mod", "-trimpath", "-ldflags=-s -w", *(["-tags", tags] if tags else [])]
+        for binary, package in binaries.items():
+            _go(["build", *flags, "-o", str(tmp / binary), package], work, binary, cgo=cgo)
 
-    _build_once(out, [binary], build)
-    return out / binary
+    _build_once(out, list(binaries), build)
+    return out
 
 
 def ensure_external_resizer() -> Path:
     """kubernetes-csi's external-resizer sidecar (cmd/csi-resizer), for benchmarks."""
-    return _build_from_module(
-        versions.EXTERNAL_RESIZER_MODULE, versions.EXTERNAL_RESIZER, "./cmd/csi-resizer", "csi-resizer"
+    return (
+        _build_from_module(
+            versions.EXTERNAL_RESIZER_MODULE, versions.EXTERNAL_RESIZER, {"csi-resizer": "./cmd/csi-resizer"}
+        )
+        / "csi-resizer"
     )
 
 
@@ -198,7 +212,10 @@ def ensure_sidecars() -> dict[str, Path]:
     ]
     client = {"client": (versions.SNAPSHOTTER_CLIENT_MODULE, versions.SNAPSHOTTER_CLIENT)}
     return {
-        binary: _build_from_module(module, version, f"./cmd/{binary}", binary, client if "snapshot" in binary else None)
+        binary: _build_from_module(
+            module, version, {binary: f"./cmd/{binary}"}, client if "snapshot" in binary else None
+        )
+        / binary
         for module, version, binary in builds
     }
 
@@ -209,7 +226,106 @@ def ensure_mock_driver() -> Path:
     Its main package imports csi-test's internal packages, so it is built inside a copy
     of the module rather than with `go install`.
     """
-    return _build_from_module(versions.CSI_TEST_MODULE, versions.CSI_TEST, "./cmd/mock-driver", "mock-driver")
+    return _build_from_module(versions.CSI_TEST_MODULE, versions.CSI_TEST, {"mock-driver": "./cmd/mock-driver"}) / (
+        "mock-driver"
+    )
+
+
+@dataclass(frozen=True)
+class NodeRuntime:
+    """What a real node runs beside kubelet: the container runtime and the CNI plugins."""
+
+    containerd: Path
+    shim_dir: Path  # holds containerd-shim-runc-v2, which containerd finds on PATH
+    ctr: Path
+    runc: Path
+    cni_bin_dir: Path
+
+
+def ensure_node_runtime() -> NodeRuntime:
+    """containerd, runc and the CNI plugins a node needs, from the module proxy."""
+    containerd = _build_from_module(
+        versions.CONTAINERD_MODULE,
+        versions.CONTAINERD,
+        {
+            "containerd": "./cmd/containerd",
+            "containerd-shim-runc-v2": "./cmd/containerd-shim-runc-v2",
+            "ctr": "./cmd/ctr",
+        },
+        # Snapshotters that need C libraries or kernel features this machine lacks are left out;
+        # overlayfs and native stay.
+        tags="urfave_cli_no_docs no_btrfs no_devmapper no_zfs",
+    )
+    # runc's nsenter is C, so cgo is on. seccomp is needed (containerd gives every pod sandbox
+    # the runtime/default profile), and libpathrs (Rust) is left out for its pure-Go fallback.
+    ensure_debian_packages({"libseccomp-dev": "seccomp.h, for runc", "busybox-static": "the shell of test pods"})
+    runc = _build_from_module(
+        versions.RUNC_MODULE, versions.RUNC, {"runc": "."}, tags="seccomp urfave_cli_no_docs", cgo=True
+    )
+    cni = _build_from_module(
+        versions.CNI_PLUGINS_MODULE,
+        versions.CNI_PLUGINS,
+        {
+            "bridge": "./plugins/main/bridge",
+            "loopback": "./plugins/main/loopback",
+            "host-local": "./plugins/ipam/host-local",
+        },
+    )
+    return NodeRuntime(containerd / "containerd", containerd, containerd / "ctr", runc / "runc", cni)
+
+
+def ensure_debian_packages(packages: dict[str, str]) -> None:
+    """Install the Debian packages (name: what for) that are missing; the machine's apt sources are used."""
+    missing = [
+        name
+        for name in packages
+        if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False
+        ).stdout
+        != "install ok installed"
+    ]
+    if not missing:
+        return
+    log.info("installing Debian packages %s", ", ".join(f"{n} ({packages[n]})" for n in missing))
+    with _locked("apt"):
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+            if result.returncode != 0:
+                raise BuildError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+
+
+def ensure_pause() -> Path:
+    """The pod sandbox's pause binary, from kubernetes' own build/pause/linux/pause.c, static."""
+    out = cache_root() / "bin" / f"pause-{versions.KUBERNETES}-{_inputs_hash(extra=_gcc_version())}"
+
+    def build(tmp: Path) -> None:
+        source = module_dir("k8s.io/kubernetes", versions.KUBERNETES) / "build" / "pause" / "linux" / "pause.c"
+        version = f'-DVERSION="{versions.KUBERNETES}"'
+        result = subprocess.run(
+            ["gcc", "-Os", "-Wall", "-Werror", "-static", version, "-o", str(tmp / "pause"), str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BuildError(f"building pause from {source} failed:\n{result.stderr[-2000:]}")
+        subprocess.run(["strip", str(tmp / "pause")], check=True)
+
+    _build_once(out, ["pause"], build)
+    return out / "pause"
+
+
+def _gcc_version() -> str:
+    try:
+        return subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True, check=True).stdout.strip()
+    except FileNotFoundError as error:
+        raise BuildError("gcc is needed to build the pause image (apt-get install gcc)") from error
 
 
 def ensure_helm() -> Path:

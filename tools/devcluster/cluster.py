@@ -27,7 +27,9 @@ import yaml
 
 from devcluster import build
 from devcluster.drivers import DriverSpec, RunningDriver, driver_calls, socket_name, start_driver
+from devcluster.images import busybox_image, pause_image, write_archive
 from devcluster.kube import KubeError, KubeREST
+from devcluster.node import RealNode
 from devcluster.pki import ClusterPKI, KeyPair, load_authority, load_cluster_pki, make_cluster_pki
 from devcluster.procs import ManagedProcess, free_port, stop_pid, wait_until
 
@@ -64,6 +66,10 @@ class ClusterOptions:
     # Benchmarks: kube-apiserver writes every request's metadata (user, verb, resource) to
     # logs/audit.log, so each client's requests and watches can be counted.
     audit_log: bool = False
+    # Nodes with a real kubelet, containerd and runc (devcluster.node), and kube-scheduler to
+    # place pods on them. Empty: no kubelet at all, every Node is hand-made (the fast cluster).
+    kubelet_nodes: tuple[str, ...] = ()
+    kubelet_config: dict[str, Any] = field(default_factory=dict)  # merged into each KubeletConfiguration
 
 
 @dataclass
@@ -78,6 +84,7 @@ class LocalCluster:
     # False when attached to a cluster another process started: stop() then leaves it running.
     owned: bool = True
     nodes: tuple[str, ...] = ()
+    real_nodes: list[RealNode] = field(default_factory=list)
 
     @classmethod
     def attach(cls, workdir: Path) -> LocalCluster | None:
@@ -90,6 +97,7 @@ class LocalCluster:
         cluster.pki = load_cluster_pki(workdir / "pki")
         cluster.nodes = tuple(state.nodes)
         cluster.foreign_drivers = {name: d["address"] for name, d in state.drivers.items()}
+        cluster.real_nodes = [RealNode.from_json(node) for node in state.real_nodes]
         return cluster
 
     @property
@@ -186,9 +194,43 @@ class LocalCluster:
             )
         for spec in self.options.drivers:
             self.add_driver(spec)
+        if self.options.kubelet_nodes:
+            self._start_real_nodes(binaries)
         self._wait_default_service_account()
         self.save_state()
         log.info("local cluster up at %s in %.1fs", self.server, time.monotonic() - started)
+
+    def _start_real_nodes(self, binaries: build.KubernetesBinaries) -> None:
+        assert self.pki is not None
+        runtime = build.ensure_node_runtime()
+        images = [
+            write_archive(pause_image(build.ensure_pause()), self.workdir / "images" / "pause.tar"),
+            write_archive(busybox_image(Path("/bin/busybox")), self.workdir / "images" / "busybox.tar"),
+        ]
+        scheduler_port = free_port()
+        self._spawn("kube-scheduler", [str(binaries.kube_scheduler), *self._scheduler_args(scheduler_port)])
+        for name in self.options.kubelet_nodes:
+            node = RealNode.create(self.workdir / "nodes" / name, name, self.options.kubelet_config)
+            self.real_nodes.append(node)
+            self.save_state()  # so `make cluster-down` finds the node's cgroups and bridge if we die here
+            node.start(
+                server=self.server,
+                pki=self.pki,
+                kubernetes=binaries,
+                runtime=runtime,
+                images=images,
+                tied_to_parent=self.options.tied_to_parent,
+                cluster_id=self.workdir.name,
+            )
+        wait_until(
+            "kube-scheduler",
+            lambda: _https_ok(f"https://127.0.0.1:{scheduler_port}/healthz"),
+            timeout=60,
+            watch=self.processes,
+        )
+        rest = self.rest
+        for node in self.real_nodes:
+            node.wait_ready(rest)
 
     def stop(self) -> None:
         """Stop every process this object started, drivers first, etcd last."""
@@ -197,6 +239,8 @@ class LocalCluster:
                 self.drivers.pop(name).stop()
             else:
                 self.remove_driver(name)
+        for node in reversed(self.real_nodes if self.owned else []):
+            node.stop()
         for process in reversed(self.processes):
             process.stop()
         if self.owned:
@@ -298,10 +342,15 @@ class LocalCluster:
             "kubeconfig": str(self.kubeconfig),
             "processes": [
                 {"name": p.name, "pid": p.pid, "exe": p.argv[0], "log": str(p.log_path)}
-                for p in [*(p for d in self.drivers.values() for p in d.processes), *reversed(self.processes)]
+                for p in [
+                    *(p for d in self.drivers.values() for p in d.processes),
+                    *(p for n in self.real_nodes for p in reversed(n.processes)),
+                    *reversed(self.processes),
+                ]
             ],
             "drivers": {name: {"address": d.address, "attach": d.spec.attach} for name, d in self.drivers.items()},
             "nodes": list(self.nodes),
+            "real_nodes": [node.to_json() for node in self.real_nodes],
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -377,6 +426,22 @@ class LocalCluster:
             "--audit-log-maxsize=1000000",
         ]
 
+    def _scheduler_args(self, port: int) -> list[str]:
+        assert self.pki is not None
+        pki_dir = self.pki.ca.cert.parent
+        pair = load_authority(pki_dir, "ca").issue(pki_dir, "scheduler", "system:kube-scheduler", client=True)
+        kubeconfig = self.workdir / "scheduler.kubeconfig"
+        self._write_kubeconfig(kubeconfig, "system:kube-scheduler", pair)
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+
     def _controller_manager_args(self, kubeconfig: Path, port: int) -> list[str]:
         pki = self.pki
         assert pki is not None
@@ -392,9 +457,10 @@ class LocalCluster:
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki.service_account_key}",
             f"--root-ca-file={pki.ca.cert}",
-            # No kubelet keeps the hand-made Nodes' status fresh: the lifecycle
-            # controller would taint them and evict everything.
-            "--controllers=*,-node-lifecycle-controller",
+            # No kubelet keeps the hand-made Nodes' status fresh: the lifecycle controller
+            # would taint them and evict everything. With real nodes only, it runs: it is what
+            # lifts the not-ready taint kubelet registers with.
+            "--controllers=*" if not self.nodes else "--controllers=*,-node-lifecycle-controller",
             "--leader-elect=false",
             f"--kube-api-qps={self.options.controller_manager_qps}",
             f"--kube-api-burst={self.options.controller_manager_burst}",
@@ -460,6 +526,7 @@ class ClusterState:
     drivers: dict[str, dict[str, Any]]
     nodes: list[str]
     processes: list[dict[str, Any]]
+    real_nodes: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def load(cls, workdir: Path) -> ClusterState | None:
@@ -467,14 +534,27 @@ class ClusterState:
         if not path.exists():
             return None
         raw = json.loads(path.read_text())
-        return cls(workdir, raw["server"], Path(raw["kubeconfig"]), raw["drivers"], raw["nodes"], raw["processes"])
+        return cls(
+            workdir,
+            raw["server"],
+            Path(raw["kubeconfig"]),
+            raw["drivers"],
+            raw["nodes"],
+            raw["processes"],
+            raw.get("real_nodes", []),
+        )
 
     def alive(self) -> bool:
         return all(Path(f"/proc/{p['pid']}").exists() for p in self.processes)
 
     def stop(self) -> list[str]:
-        """Stop the recorded processes by PID (only if each PID is still that program)."""
-        stopped = [p["name"] for p in self.processes if stop_pid(p["pid"], p["exe"])]
+        """Stop the recorded processes by PID (only if each PID is still that program), then
+        clear what the real nodes left: their containers, mounts, bridges and cgroups."""
+        kubelets = [p for p in self.processes if p["name"].startswith("kubelet-")]
+        stopped = [p["name"] for p in kubelets if stop_pid(p["pid"], p["exe"])]
+        stopped += [p["name"] for p in self.processes if p not in kubelets and stop_pid(p["pid"], p["exe"])]
+        for node in self.real_nodes:
+            RealNode.from_json(node).stop()
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
         return stopped
 

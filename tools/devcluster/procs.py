@@ -34,6 +34,13 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _enter_cgroups(procs_files: list[Path]) -> None:
+    # Between fork and exec too: the child (and all it starts) lives in these cgroups.
+    pid = str(os.getpid())
+    for procs in procs_files:
+        procs.write_text(pid)
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -48,11 +55,19 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    cgroup_procs: list[Path] = field(default_factory=list)  # `cgroup.procs` files to start in
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self, *, tied_to_parent: bool) -> None:
         """Start detached from the terminal; `tied_to_parent` kills it when its parent dies (tests)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cgroups = self.cgroup_procs
+
+        def before_exec() -> None:
+            if tied_to_parent:
+                _die_with_parent()
+            _enter_cgroups(cgroups)
+
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
                 self.argv,
@@ -61,7 +76,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 env={**_base_env(), **self.env},
                 start_new_session=True,
-                preexec_fn=_die_with_parent if tied_to_parent else None,  # noqa: PLW1509
+                preexec_fn=before_exec if tied_to_parent or cgroups else None,  # noqa: PLW1509
             )
 
     @property

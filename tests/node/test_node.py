@@ -1,0 +1,164 @@
+"""The real node: kubelet registers it, kube-scheduler places pods on it, containerd and runc
+run them, and everything the node makes stays inside what the project owns: its cgroups
+under this run's own, its pods' network namespaces with no route off the machine."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devcluster import LocalCluster, versions
+from devcluster.images import BUSYBOX_IMAGE, PAUSE_IMAGE
+from devcluster.node import CgroupTree, RealNode, pod_routes
+from sidecarless.kube import EVENT, NODE, POD, Kube
+from tests.e2e.conftest import eventually
+from tests.node.conftest import WORKER
+
+
+def pod(name: str, *, host_network: bool = False, command: tuple[str, ...] = ()) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": BUSYBOX_IMAGE if command else PAUSE_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+    }
+    if command:
+        container["command"] = list(command)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "hostNetwork": host_network,
+            "containers": [container],
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": False,
+        },
+    }
+
+
+async def running(kube: Kube, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        found = await kube.get(POD, name, namespace)
+        return found if found.get("status", {}).get("phase") == "Running" else None
+
+    found: dict[str, Any] = await eventually(check, timeout=timeout, what=f"pod {name} Running")
+    return found
+
+
+def cgroup_paths(pid: int) -> list[str]:
+    return [line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
+
+
+def pod_pids(node: RealNode, uid: str) -> set[int]:
+    """The processes of one pod: kubelet names each pod's cgroup after its UID."""
+    assert node.cgroups is not None
+    found: set[int] = set()
+    for folder in node.cgroups.folders("pods"):
+        for pod_folder in folder.rglob(f"pod{uid}"):
+            for procs in pod_folder.rglob("cgroup.procs"):
+                found.update(int(p) for p in procs.read_text().split())
+    return found
+
+
+def real_node(cluster: LocalCluster) -> RealNode:
+    return next(n for n in cluster.real_nodes if n.name == WORKER)
+
+
+async def test_kubelet_registers_the_node_ready(kube: Kube, cluster: LocalCluster) -> None:
+    node = await kube.get(NODE, WORKER)
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", ready["message"]
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == versions.KUBERNETES
+    assert info["containerRuntimeVersion"].startswith(f"containerd://{versions.CONTAINERD.lstrip('v')}")
+    internal = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    assert internal == real_node(cluster).network.node_ip
+    assert not ipaddress.ip_address(internal).is_loopback
+    # The node lifecycle controller lifted the not-ready taint kubelet registers with.
+    assert not [t for t in node["spec"].get("taints", []) if t["key"].startswith("node.kubernetes.io/")]
+
+
+async def test_the_scheduler_places_a_pod_and_it_runs(kube: Kube, namespace: str) -> None:
+    await kube.create(POD, pod("sleeper", command=("sleep", "3600")), namespace)
+    found = await running(kube, namespace, "sleeper")
+    assert found["spec"]["nodeName"] == WORKER
+    events = [e for e in await kube.list(EVENT, namespace) if e["involvedObject"]["name"] == "sleeper"]
+    scheduled = [e for e in events if e["reason"] == "Scheduled"]
+    assert scheduled, [e["reason"] for e in events]
+    assert "default-scheduler" in (scheduled[0].get("reportingComponent"), scheduled[0]["source"].get("component"))
+
+
+async def test_pod_network_has_no_route_off_the_machine(kube: Kube, cluster: LocalCluster, namespace: str) -> None:
+    await kube.create(POD, pod("net", command=("sleep", "3600")), namespace)
+    found = await running(kube, namespace, "net")
+    node = real_node(cluster)
+    subnet = node.network.subnet
+    assert ipaddress.ip_address(found["status"]["podIP"]) in subnet
+    pids = pod_pids(node, found["metadata"]["uid"])
+    assert pids, "no process of the pod found in the node's cgroups"
+    for pid in pids:
+        for route in pod_routes(pid):
+            assert route_stays_on_machine(route, subnet), f"pod process {pid} has a route off the machine: {route}"
+
+
+def route_stays_on_machine(route: dict[str, Any], subnet: ipaddress.IPv4Network) -> bool:
+    """A route of a pod's network namespace leads only to the pod's own subnet, or is local."""
+    if route.get("table") == "local" or route.get("type") in {"local", "broadcast", "multicast"}:
+        return True
+    destination = route.get("dst", "")
+    if destination == "default":
+        return False
+    network = ipaddress.ip_network(destination, strict=False)
+    if network.version == 6:
+        return network.is_link_local  # fe80::/64 on the pod's interface: the link only
+    return network.subnet_of(subnet) if isinstance(network, ipaddress.IPv4Network) else False
+
+
+@pytest.mark.parametrize(
+    ("route", "stays"),
+    [
+        ({"dst": "default", "dev": "eth0"}, False),
+        ({"dst": "10.217.3.0/24", "dev": "eth0"}, True),
+        ({"dst": "10.0.0.0/24", "dev": "eth0"}, False),
+        ({"dst": "192.0.2.0/24", "dev": "eth0"}, False),
+        ({"dst": "fe80::/64", "dev": "eth0"}, True),
+        ({"dst": "fd00::/64", "dev": "eth0"}, False),
+        ({"dst": "10.217.3.7", "dev": "eth0", "table": "local", "type": "local"}, True),
+    ],
+)
+def test_the_route_check_itself(route: dict[str, Any], stays: bool) -> None:
+    assert route_stays_on_machine(route, ipaddress.IPv4Network("10.217.3.0/24")) is stays
+
+
+async def test_containers_live_in_the_nodes_cgroups(kube: Kube, cluster: LocalCluster, namespace: str) -> None:
+    await kube.create(POD, pod("host", host_network=True, command=("sleep", "3600")), namespace)
+    found = await running(kube, namespace, "host")
+    node = real_node(cluster)
+    assert node.cgroups is not None
+    own = CgroupTree.own_paths()
+    pids = pod_pids(node, found["metadata"]["uid"])
+    assert pids
+    for pid in pids:
+        for path in cgroup_paths(pid):
+            assert path.startswith(node.cgroups.path + "/pods/"), f"pid {pid} is in {path}"
+    # Nothing at any hierarchy's root (containerd's default /k8s.io, kubelet's default /kubepods).
+    for mount in own:
+        assert not (mount / "k8s.io").exists()
+        assert not (mount / "kubepods").exists()
+
+
+async def test_a_pod_writes_to_an_empty_dir(kube: Kube, cluster: LocalCluster, namespace: str) -> None:
+    manifest = pod("writer", command=("sh", "-c", "echo written > /data/file && cat /data/file && sleep 3600"))
+    manifest["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    manifest["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    await kube.create(POD, manifest, namespace)
+    found = await running(kube, namespace, "writer")
+    node = real_node(cluster)
+
+    async def logged() -> bool:
+        return "written" in node.container_log(namespace, "writer", found["metadata"]["uid"], "main")
+
+    await eventually(logged, what="the pod's log line")

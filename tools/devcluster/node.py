@@ -1,0 +1,616 @@
+"""A real node: containerd, runc and kubelet on this machine, kept inside what the cluster owns.
+
+    node = RealNode.create(workdir / "nodes" / "kubelet-1", "kubelet-1", index=1)
+    node.start(server, pki, kubernetes, runtime, images=[...], tied_to_parent=True)
+    ...
+    node.stop()   # kills its containers, unmounts what kubelet and containerd mounted,
+                  # removes its bridge and its cgroups
+
+What it owns, and nothing else:
+- **cgroups**: one folder per hierarchy, under the cgroup this process is in
+  (`/proc/self/cgroup`). kubelet takes a single cgroup root for every hierarchy, so the
+  node's root is the deepest of this process's own paths (each other hierarchy's own path
+  must lie on the way to it) plus a leaf of its own. containerd, its shims and kubelet run
+  in `<root>/runtime`, pods in `<root>/pods` (kubelet's `cgroupRoot`, with
+  `cgroupsPerQOS: false`), so teardown finds every process of the node in that tree.
+- **addresses**: a bridge `slcbr<N>` holding the node IP `10.217.<N>.1/24`, which is
+  also the pod network's gateway: pods get `10.217.<N>.x` and a route to that subnet only,
+  no default route, so nothing a pod sends can leave the machine. kubelet refuses a
+  loopback node IP, and this machine has no dummy interfaces, hence the bridge.
+- **listeners**: kubelet's and containerd's servers on 127.0.0.1 or unix sockets under the
+  node's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devcluster.build import KubernetesBinaries, NodeRuntime
+from devcluster.kube import KubeREST
+from devcluster.pki import ClusterPKI, load_authority
+from devcluster.procs import ManagedProcess, free_port, tail, wait_until
+
+log = logging.getLogger("devcluster.node")
+
+POD_NETWORK = ipaddress.IPv4Network("10.217.0.0/16")
+CGROUP_MOUNTS = Path("/sys/fs/cgroup")
+
+
+class NodeStartError(RuntimeError):
+    """The node cannot start on this machine; the message says why and what to change."""
+
+
+# --- cgroups ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CgroupTree:
+    """The node's cgroup folder in every hierarchy: `<mount>/<path>` for each mount."""
+
+    path: str  # the same path in every hierarchy, as kubelet and runc need it
+    mounts: tuple[Path, ...]
+    created: tuple[Path, ...]  # folders this tree made, parents first (removed in reverse)
+
+    @classmethod
+    def own_paths(cls) -> dict[Path, str]:
+        """This process's cgroup in each mounted hierarchy: mount point -> path."""
+        by_controllers = {}
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            by_controllers[controllers] = path
+        mounts: dict[Path, str] = {}
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            separator = fields.index("-")
+            fstype, options = fields[separator + 1], fields[separator + 3].split(",")
+            point = Path(fields[4])
+            if fstype == "cgroup2":
+                mounts[point] = by_controllers.get("", "/")
+            elif fstype == "cgroup":
+                names = [o for o in options if o in _v1_controllers() or o.startswith("name=")]
+                key = next((k for k in by_controllers if sorted(k.split(",")) == sorted(names)), None)
+                if key is not None:
+                    mounts[point] = by_controllers[key]
+        return mounts
+
+    @classmethod
+    def make(cls, leaf: str) -> CgroupTree:
+        own = cls.own_paths()
+        node_path = f"{common_cgroup_path(own).rstrip('/')}/{leaf}"
+        created: list[Path] = []
+        for mount in own:
+            folder = mount
+            for part in node_path.strip("/").split("/"):
+                folder = folder / part
+                if not folder.exists():
+                    try:
+                        _make_cgroup(folder)
+                    except OSError as error:
+                        cls(node_path, tuple(own), tuple(created)).remove()
+                        raise NodeStartError(f"cannot create cgroup {folder}: {error}") from error
+                    created.append(folder)
+        tree = cls(node_path, tuple(own), tuple(created))
+        for folder in [*tree.folders("runtime"), *tree.folders("pods")]:
+            if not folder.exists():
+                _make_cgroup(folder)
+        return tree
+
+    def folders(self, sub: str = "") -> list[Path]:
+        return [mount / self.path.strip("/") / sub for mount in self.mounts]
+
+    def procs_files(self, sub: str) -> list[Path]:
+        return [folder / "cgroup.procs" for folder in self.folders(sub)]
+
+    def pids(self, sub: str = "") -> set[int]:
+        """Every process in the node's folder `sub` (default: all of it), in any hierarchy."""
+        found: set[int] = set()
+        for top in self.folders(sub):
+            for procs in top.rglob("cgroup.procs") if top.exists() else []:
+                with contextlib.suppress(OSError):
+                    found.update(int(p) for p in procs.read_text().split())
+        return found
+
+    def remove(self) -> None:
+        """Remove the node's folders, deepest first; the processes in them must be gone."""
+        for top in self.folders():
+            if top.exists():
+                for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    _rmdir_cgroup(folder)
+                _rmdir_cgroup(top)
+        for folder in reversed(self.created):
+            _rmdir_cgroup(folder)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "mounts": [str(m) for m in self.mounts], "created": [str(c) for c in self.created]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> CgroupTree:
+        return cls(raw["path"], tuple(Path(m) for m in raw["mounts"]), tuple(Path(c) for c in raw["created"]))
+
+
+def common_cgroup_path(own: dict[Path, str]) -> str:
+    """One cgroup path under this process's own cgroup in every hierarchy: the deepest own
+    path, which every other hierarchy's own path must lead to."""
+    if not own:
+        raise NodeStartError("no cgroup hierarchy is mounted under /sys/fs/cgroup: kubelet needs cgroups")
+    deepest = max(own.values(), key=lambda p: len(p.rstrip("/").split("/")))
+    for mount, path in own.items():
+        if not (deepest.rstrip("/") + "/").startswith(path.rstrip("/") + "/"):
+            raise NodeStartError(
+                f"this process is in cgroup {path} of {mount} but in {deepest} elsewhere: kubelet needs one "
+                "cgroup path for every hierarchy, and none lies under both"
+            )
+    return deepest
+
+
+def _v1_controllers() -> set[str]:
+    return {line.split()[0] for line in Path("/proc/cgroups").read_text().splitlines()[1:] if line.strip()}
+
+
+def _make_cgroup(folder: Path) -> None:
+    folder.mkdir()
+    # A new cpuset v1 cgroup has no CPUs or memory nodes, and takes no process until it has.
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if (folder / name).exists():
+            (folder / name).write_text((folder.parent / name).read_text())
+
+
+def _rmdir_cgroup(folder: Path) -> None:
+    for _ in range(50):
+        try:
+            folder.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)  # a process that was just killed may still be leaving it
+    log.warning("could not remove cgroup %s", folder)
+
+
+# --- network ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeNetwork:
+    bridge: str
+    subnet: ipaddress.IPv4Network
+
+    @property
+    def node_ip(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    @classmethod
+    def free(cls) -> NodeNetwork:
+        """The first 10.217.N.0/24 no interface of this machine uses yet (another cluster may)."""
+        used: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+        for link in json.loads(_ip("-j", "addr")):
+            for address in link.get("addr_info", []):
+                if address.get("family") == "inet":
+                    used.add(ipaddress.ip_interface(f"{address['local']}/{address['prefixlen']}").network)
+        for index, subnet in enumerate(POD_NETWORK.subnets(new_prefix=24)):
+            if index and subnet not in used and not any(subnet.overlaps(u) for u in used):
+                return cls(f"slcbr{index}", subnet)
+        raise NodeStartError(f"every /24 of {POD_NETWORK} is in use on this machine")
+
+    def create(self) -> None:
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.node_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+
+    def remove(self) -> None:
+        with contextlib.suppress(NodeStartError):
+            _ip("link", "del", self.bridge)
+
+    def cni_config(self) -> dict[str, Any]:
+        """bridge + host-local: the node IP is the gateway, and IPAM hands out no route at all."""
+        return {
+            "cniVersion": "1.0.0",
+            "name": "sidecarless-pods",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": True,  # the bridge keeps the node IP; no default route is added
+                    "ipMasq": False,
+                    "hairpinMode": False,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": str(self.subnet), "gateway": self.node_ip}]],
+                        "routes": [],
+                    },
+                },
+                {"type": "loopback"},
+            ],
+        }
+
+
+def _ip(*args: str) -> str:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NodeStartError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def pod_routes(pid: int) -> list[dict[str, Any]]:
+    """The IPv4 and IPv6 routes of the network namespace process `pid` is in."""
+    routes: list[dict[str, Any]] = []
+    for family in ("-4", "-6"):
+        result = subprocess.run(
+            ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-j", family, "route", "show", "table", "all"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        routes += json.loads(result.stdout or "[]")
+    return routes
+
+
+# --- the node --------------------------------------------------------------------------
+
+
+@dataclass
+class RealNode:
+    name: str
+    workdir: Path
+    network: NodeNetwork
+    cgroups: CgroupTree | None = None
+    processes: list[ManagedProcess] = field(default_factory=list)
+    kubelet_healthz_port: int = 0
+    kubelet_config: dict[str, Any] = field(default_factory=dict)  # merged into the KubeletConfiguration
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.workdir / "kubelet"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.workdir / "containerd.sock"
+
+    @property
+    def pod_logs_dir(self) -> Path:
+        return self.workdir / "pod-logs"
+
+    def container_log(self, namespace: str, pod: str, uid: str, container: str) -> str:
+        """What a container wrote, from kubelet's log files: kubelet listens on 127.0.0.1 only,
+        so the API server cannot reach it at the node IP for `kubectl logs`."""
+        folder = self.pod_logs_dir / f"{namespace}_{pod}_{uid}" / container
+        lines = [line for path in sorted(folder.glob("*.log")) for line in path.read_text().splitlines()]
+        # CRI log format: <time> <stream> <P|F> <text>
+        return "\n".join(line.split(" ", 3)[3] for line in lines if line.count(" ") >= 3)
+
+    @classmethod
+    def create(cls, workdir: Path, name: str, kubelet_config: dict[str, Any] | None = None) -> RealNode:
+        return cls(name, workdir, NodeNetwork.free(), kubelet_config=kubelet_config or {})
+
+    def start(
+        self,
+        *,
+        server: str,
+        pki: ClusterPKI,
+        kubernetes: KubernetesBinaries,
+        runtime: NodeRuntime,
+        images: list[Path],
+        tied_to_parent: bool,
+        cluster_id: str,
+    ) -> None:
+        _check_machine()
+        for binary in (kubernetes.kubelet, runtime.containerd, runtime.runc, runtime.cni_bin_dir / "bridge"):
+            if not binary.exists():
+                raise NodeStartError(f"{binary} is missing: run `make binaries`")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cgroups = CgroupTree.make(f"sidecarless-{cluster_id}-{self.name}")
+        self.network.create()
+        self._write_cni(runtime)
+        containerd = self._spawn(
+            "containerd",
+            [str(runtime.containerd), f"--config={self._write_containerd_config(runtime)}"],
+            tied_to_parent,
+            env={"PATH": f"{runtime.shim_dir}:{os.environ.get('PATH', '')}"},
+        )
+        wait_until(f"containerd on {self.name}", self.containerd_socket.exists, timeout=30, watch=[containerd])
+        for archive in images:
+            self.ctr(runtime, "images", "import", "--no-unpack=false", str(archive))
+        kubeconfig = self._write_kubelet_kubeconfig(server, pki)
+        config = self._write_kubelet_config(pki)
+        kubelet = self._spawn(
+            "kubelet",
+            [
+                str(kubernetes.kubelet),
+                f"--config={config}",
+                f"--kubeconfig={kubeconfig}",
+                f"--root-dir={self.kubelet_dir}",
+                f"--cert-dir={self.workdir / 'pki'}",
+                f"--hostname-override={self.name}",
+                f"--node-ip={self.network.node_ip}",
+                "--v=2",
+            ],
+            tied_to_parent,
+        )
+        wait_until(
+            f"kubelet on {self.name} healthy",
+            lambda: _http_ok(f"http://127.0.0.1:{self.kubelet_healthz_port}/healthz"),
+            timeout=60,
+            watch=[containerd, kubelet],
+        )
+
+    def ctr(self, runtime: NodeRuntime, *args: str) -> str:
+        result = subprocess.run(
+            [str(runtime.ctr), f"--address={self.containerd_socket}", "--namespace=k8s.io", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise NodeStartError(f"ctr {' '.join(args)} on {self.name} failed: {result.stderr.strip()[-2000:]}")
+        return result.stdout
+
+    def wait_ready(self, rest: KubeREST, timeout: float = 60) -> None:
+        def ready() -> bool:
+            node = rest.get(f"/api/v1/nodes/{self.name}")
+            conditions = (node or {}).get("status", {}).get("conditions", [])
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        try:
+            wait_until(f"node {self.name} Ready", ready, timeout=timeout, watch=self.processes)
+        except TimeoutError as error:
+            node = rest.get(f"/api/v1/nodes/{self.name}") or {}
+            conditions = node.get("status", {}).get("conditions", [])
+            said = "; ".join(f"{c['type']}={c['status']} {c.get('message', '')}" for c in conditions)
+            raise NodeStartError(f"{error}\nnode conditions: {said or 'none (not registered)'}") from error
+
+    def stop(self) -> None:
+        """Stop kubelet, every container, containerd and the shims; unmount; remove the bridge and cgroups."""
+        for process in reversed(self.processes):
+            if process.name == "kubelet":
+                process.stop()
+        if self.cgroups is not None:
+            _kill_all(self.cgroups, "pods")
+        for process in reversed(self.processes):
+            process.stop()
+        if self.cgroups is not None:
+            _kill_all(self.cgroups, "")
+        unmount_under(self.workdir)
+        self.network.remove()
+        if self.cgroups is not None:
+            self.cgroups.remove()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "workdir": str(self.workdir),
+            "bridge": self.network.bridge,
+            "subnet": str(self.network.subnet),
+            "cgroups": self.cgroups.to_json() if self.cgroups else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RealNode:
+        network = NodeNetwork(raw["bridge"], ipaddress.IPv4Network(raw["subnet"]))
+        cgroups = CgroupTree.from_json(raw["cgroups"]) if raw["cgroups"] else None
+        return cls(raw["name"], Path(raw["workdir"]), network, cgroups)
+
+    # --- configuration ---------------------------------------------------------------
+
+    def _spawn(
+        self, name: str, argv: list[str], tied_to_parent: bool, env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        assert self.cgroups is not None
+        process = ManagedProcess(
+            f"{name}-{self.name}",
+            argv,
+            self.workdir / "logs" / f"{name}.log",
+            env=env or {},
+            cgroup_procs=self.cgroups.procs_files("runtime"),
+        )
+        process.start(tied_to_parent=tied_to_parent)
+        self.processes.append(process)
+        return process
+
+    def _write_cni(self, runtime: NodeRuntime) -> None:
+        conf_dir = self.workdir / "cni" / "net.d"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        (conf_dir / "10-sidecarless.conflist").write_text(json.dumps(self.network.cni_config(), indent=2))
+
+    def _write_containerd_config(self, runtime: NodeRuntime) -> Path:
+        folder = self.workdir / "containerd"
+        cni = self.workdir / "cni"
+        # Plugins that would listen, write outside the node's folder or need what this machine lacks.
+        disabled = [
+            "io.containerd.nri.v1.nri",
+            "io.containerd.tracing.processor.v1.otlp",
+            "io.containerd.internal.v1.tracing",
+            "io.containerd.snapshotter.v1.blockfile",
+            "io.containerd.snapshotter.v1.erofs",
+            "io.containerd.differ.v1.erofs",
+        ]
+        config = f"""version = 3
+root = "{folder / "root"}"
+state = "{folder / "state"}"
+disabled_plugins = {json.dumps(disabled)}
+
+[grpc]
+  address = "{self.containerd_socket}"
+[ttrpc]
+  address = "{self.containerd_socket}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+
+[plugins.'io.containerd.shim.v1.manager']
+  socket_dir = "{self.workdir / "s"}"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "localhost/pause:3.10"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # This machine lacks CAP_SYS_RESOURCE: a container may not get a lower oom_score_adj than containerd's.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  enable_cdi = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{runtime.cni_bin_dir}"]
+    conf_dir = "{cni / "net.d"}"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "{runtime.runc}"
+        Root = "{folder / "runc"}"
+        SystemdCgroup = false
+"""
+        path = self.workdir / "containerd.toml"
+        path.write_text(config)
+        return path
+
+    def _write_kubelet_kubeconfig(self, server: str, pki: ClusterPKI) -> Path:
+        pki_dir = pki.ca.cert.parent
+        (self.workdir / "pki").mkdir(exist_ok=True)
+        pair = load_authority(pki_dir, "ca").issue(
+            self.workdir / "pki",
+            "kubelet-client",
+            f"system:node:{self.name}",
+            organizations=("system:nodes",),
+            client=True,
+        )
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(pki.ca.cert)}}],
+            "users": [{"name": "kubelet", "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "kubelet"}}],
+            "current-context": "local",
+        }
+        path = self.workdir / "kubelet.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def _write_kubelet_config(self, pki: ClusterPKI) -> Path:
+        assert self.cgroups is not None
+        self.kubelet_healthz_port = free_port()
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": "127.0.0.1",
+            "port": free_port(),
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": self.kubelet_healthz_port,
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(pki.ca.cert)},
+            },
+            "authorization": {"mode": "Webhook"},
+            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            # This kind of machine mounts cgroup v1 only, which kubelet v1.36 refuses by default.
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            # kubelet's QoS tree (kubepods/...) under the node's own folder: with
+            # cgroupsPerQOS off kubelet names no cgroup parent, and containerd would then put
+            # every container under /k8s.io at each hierarchy's root.
+            "cgroupsPerQOS": True,
+            "cgroupRoot": f"{self.cgroups.path}/pods",
+            "enforceNodeAllocatable": ["pods"],
+            "failSwapOn": False,
+            "podLogsDir": str(self.pod_logs_dir),
+            "volumePluginDir": str(self.workdir / "volume-plugins"),
+            "staticPodPath": "",
+            "registerNode": True,
+            "serializeImagePulls": False,
+            # Nothing here is pulled: images are imported, so never collect them.
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "kubeAPIQPS": 50,
+            "kubeAPIBurst": 100,
+            "makeIPTablesUtilChains": False,  # no iptables on this machine, and no kube-proxy
+            "localStorageCapacityIsolation": True,
+            "shutdownGracePeriod": "0s",
+            **self.kubelet_config,
+        }
+        path = self.workdir / "kubelet.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+
+def _check_machine() -> None:
+    """Fail at once, with the reason, on what a node cannot do without."""
+    if os.geteuid() != 0:
+        raise NodeStartError("a real node needs root (kubelet mounts volumes, runc makes namespaces and cgroups)")
+    missing = [tool for tool in ("ip", "mount", "umount", "nsenter") if shutil.which(tool) is None]
+    if missing:
+        raise NodeStartError(f"a real node needs {', '.join(missing)} on PATH (apt-get install iproute2 util-linux)")
+
+
+def _kill_all(tree: CgroupTree, sub: str) -> None:
+    """SIGKILL every process in the node's cgroup folder `sub` (its containers, or everything)."""
+    for _ in range(50):
+        pids = tree.pids(sub) - {os.getpid()}
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    log.warning("processes still in %s after SIGKILL", tree.path)
+
+
+def unmount_under(folder: Path) -> None:
+    """Unmount every mount at or below `folder`, deepest first (kubelet's and containerd's)."""
+    prefix = str(folder.resolve())
+    for _ in range(5):
+        points = [
+            line.split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4] == prefix or line.split()[4].startswith(prefix + "/")
+        ]
+        if not points:
+            return
+        for point in sorted(set(points), key=lambda p: -p.count("/")):
+            result = subprocess.run(["umount", point], capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    log.warning("mounts left under %s", folder)
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def describe_failure(node: RealNode) -> str:
+    """The last lines of the node's logs, for an error message."""
+    return "\n".join(f"--- {p.name}: {p.log_path}\n{tail(p.log_path, 20)}" for p in node.processes)
