@@ -91,8 +91,11 @@ async def test_the_scheduler_places_a_pod_and_it_runs(kube: Kube, namespace: str
     assert "default-scheduler" in (scheduled[0].get("reportingComponent"), scheduled[0]["source"].get("component"))
 
 
-async def test_pod_network_has_no_route_off_the_machine(kube: Kube, cluster: LocalCluster, namespace: str) -> None:
-    await kube.create(POD, pod("net", command=("sleep", "3600")), namespace)
+@pytest.mark.parametrize("host_network", [False, True], ids=["pod-network", "host-network"])
+async def test_no_route_off_the_machine(kube: Kube, cluster: LocalCluster, namespace: str, host_network: bool) -> None:
+    """A pod's network namespace, or with host networking the node's own, leads nowhere but
+    the node's subnet."""
+    await kube.create(POD, pod("net", host_network=host_network, command=("sleep", "3600")), namespace)
     found = await running(kube, namespace, "net")
     node = real_node(cluster)
     subnet = node.network.subnet
@@ -100,7 +103,9 @@ async def test_pod_network_has_no_route_off_the_machine(kube: Kube, cluster: Loc
     pids = pod_pids(node, found["metadata"]["uid"])
     assert pids, "no process of the pod found in the node's cgroups"
     for pid in pids:
-        for route in pod_routes(pid):
+        routes = pod_routes(pid)
+        assert routes
+        for route in routes:
             assert route_stays_on_machine(route, subnet), f"pod process {pid} has a route off the machine: {route}"
 
 

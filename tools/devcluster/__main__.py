@@ -21,6 +21,7 @@ from devcluster.build import (
 )
 from devcluster.cluster import ClusterOptions, ClusterState, LocalCluster
 from devcluster.node import NodeStartError
+from devcluster.operator_image import ensure_base_image
 from devcluster.procs import ProcessDiedError
 
 
@@ -92,6 +93,7 @@ def build_all(_: Path) -> int:
         runtime = ensure_node_runtime()
         print(f"node runtime: {runtime.containerd.parent}, {runtime.runc}, CNI {runtime.cni_bin_dir}")
         print(f"pause: {ensure_pause()}")
+        print(f"operator image base: {ensure_base_image()}")
         print(f"snapshot CRDs: {snapshot_crd_files()[0].parent}")
         print(f"helm: {ensure_helm()}")
         # The real sidecars: the compatibility tests and `make bench` run them beside Sidecarless.

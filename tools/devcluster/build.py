@@ -56,7 +56,7 @@ class KubernetesBinaries:
 
 
 @contextmanager
-def _locked(name: str) -> Iterator[None]:
+def locked(name: str) -> Iterator[None]:
     lock_dir = cache_root() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with (lock_dir / f"{name}.lock").open("w") as handle:
@@ -94,7 +94,7 @@ def _build_once(out_dir: Path, names: list[str], build: Callable[[Path], None]) 
     """Run `build(tmp_dir)` unless `out_dir` already holds every binary in `names`."""
     if all((out_dir / name).exists() for name in names):
         return
-    with _locked(out_dir.name):
+    with locked(out_dir.name):
         if all((out_dir / name).exists() for name in names):
             return
         tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -287,7 +287,7 @@ def ensure_debian_packages(packages: dict[str, str]) -> None:
     if not missing:
         return
     log.info("installing Debian packages %s", ", ".join(f"{n} ({packages[n]})" for n in missing))
-    with _locked("apt"):
+    with locked("apt"):
         for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
             result = subprocess.run(
                 command,

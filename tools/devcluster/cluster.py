@@ -209,8 +209,14 @@ class LocalCluster:
         ]
         scheduler_port = free_port()
         self._spawn("kube-scheduler", [str(binaries.kube_scheduler), *self._scheduler_args(scheduler_port)])
-        for name in self.options.kubelet_nodes:
-            node = RealNode.create(self.workdir / "nodes" / name, name, self.options.kubelet_config)
+        for index, name in enumerate(self.options.kubelet_nodes, start=1):
+            node = RealNode.create(
+                self.workdir / "nodes" / name,
+                name,
+                cluster_id=self.workdir.name,
+                index=index,
+                kubelet_config=self.options.kubelet_config,
+            )
             self.real_nodes.append(node)
             self.save_state()  # so `make cluster-down` finds the node's cgroups and bridge if we die here
             node.start(
@@ -221,6 +227,7 @@ class LocalCluster:
                 images=images,
                 tied_to_parent=self.options.tied_to_parent,
                 cluster_id=self.workdir.name,
+                relay=Path(__file__).resolve().parent / "netns_relay.py",
             )
         wait_until(
             "kube-scheduler",
@@ -231,6 +238,11 @@ class LocalCluster:
         rest = self.rest
         for node in self.real_nodes:
             node.wait_ready(rest)
+
+    def import_image(self, archive: Path) -> None:
+        """Make an image (an OCI archive) present on every real node: nothing here is pulled."""
+        for node in self.real_nodes:
+            node.import_image(archive)
 
     def stop(self) -> None:
         """Stop every process this object started, drivers first, etcd last."""

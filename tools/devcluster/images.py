@@ -63,6 +63,7 @@ class ImageSpec:
     entrypoint: tuple[str, ...]
     user: str = ""
     links: dict[str, str] = field(default_factory=dict)  # path in the image -> symlink target
+    rootfs: Path | None = None  # a whole root filesystem as the layer (instead of `files`)
     env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
     directories: tuple[str, ...] = field(default=("tmp",))
 
@@ -79,6 +80,10 @@ def _layer(spec: ImageSpec) -> bytes:
     buffer = io.BytesIO()
     # mtime 0 and sorted entries: the same inputs give the same digest.
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as layer:
+        if spec.rootfs is not None:
+            for entry in sorted(spec.rootfs.rglob("*")):
+                layer.add(entry, arcname=str(entry.relative_to(spec.rootfs)), recursive=False)
+            return buffer.getvalue()
         for directory in spec.directories:
             info = tarfile.TarInfo(directory)
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755

@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,34 +186,38 @@ def _rmdir_cgroup(folder: Path) -> None:
 
 @dataclass(frozen=True)
 class NodeNetwork:
-    bridge: str
+    """The node's own network namespace: loopback and a bridge holding the node IP, nothing else."""
+
+    netns: str
     subnet: ipaddress.IPv4Network
+    bridge: str = "slcbr0"
 
     @property
     def node_ip(self) -> str:
         return str(self.subnet.network_address + 1)
 
+    @property
+    def netns_path(self) -> Path:
+        return Path("/run/netns") / self.netns
+
     @classmethod
-    def free(cls) -> NodeNetwork:
-        """The first 10.217.N.0/24 no interface of this machine uses yet (another cluster may)."""
-        used: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
-        for link in json.loads(_ip("-j", "addr")):
-            for address in link.get("addr_info", []):
-                if address.get("family") == "inet":
-                    used.add(ipaddress.ip_interface(f"{address['local']}/{address['prefixlen']}").network)
-        for index, subnet in enumerate(POD_NETWORK.subnets(new_prefix=24)):
-            if index and subnet not in used and not any(subnet.overlaps(u) for u in used):
-                return cls(f"slcbr{index}", subnet)
-        raise NodeStartError(f"every /24 of {POD_NETWORK} is in use on this machine")
+    def for_node(cls, cluster_id: str, name: str, index: int) -> NodeNetwork:
+        # Each node's namespace is closed, so subnets only need to differ between one cluster's nodes.
+        return cls(f"sidecarless-{cluster_id}-{name}", list(POD_NETWORK.subnets(new_prefix=24))[index])
 
     def create(self) -> None:
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.node_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        if self.netns_path.exists():
+            raise NodeStartError(f"network namespace {self.netns} exists already: is another cluster using it?")
+        _ip("netns", "add", self.netns)
+        _ip("-n", self.netns, "link", "set", "lo", "up")
+        _ip("-n", self.netns, "link", "add", self.bridge, "type", "bridge")
+        _ip("-n", self.netns, "addr", "add", f"{self.node_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
+        _ip("-n", self.netns, "link", "set", self.bridge, "up")
 
     def remove(self) -> None:
-        with contextlib.suppress(NodeStartError):
-            _ip("link", "del", self.bridge)
+        if self.netns_path.exists():
+            with contextlib.suppress(NodeStartError):
+                _ip("netns", "del", self.netns)
 
     def cni_config(self) -> dict[str, Any]:
         """bridge + host-local: the node IP is the gateway, and IPAM hands out no route at all."""
@@ -230,6 +235,7 @@ class NodeNetwork:
                         "type": "host-local",
                         "ranges": [[{"subnet": str(self.subnet), "gateway": self.node_ip}]],
                         "routes": [],
+                        "dataDir": "",  # set by RealNode: host-local's state stays in the node's folder
                     },
                 },
                 {"type": "loopback"},
@@ -268,8 +274,8 @@ class RealNode:
     network: NodeNetwork
     cgroups: CgroupTree | None = None
     processes: list[ManagedProcess] = field(default_factory=list)
-    kubelet_healthz_port: int = 0
     kubelet_config: dict[str, Any] = field(default_factory=dict)  # merged into the KubeletConfiguration
+    ctr_binary: Path | None = None
 
     @property
     def kubelet_dir(self) -> Path:
@@ -292,8 +298,11 @@ class RealNode:
         return "\n".join(line.split(" ", 3)[3] for line in lines if line.count(" ") >= 3)
 
     @classmethod
-    def create(cls, workdir: Path, name: str, kubelet_config: dict[str, Any] | None = None) -> RealNode:
-        return cls(name, workdir, NodeNetwork.free(), kubelet_config=kubelet_config or {})
+    def create(
+        cls, workdir: Path, name: str, *, cluster_id: str, index: int, kubelet_config: dict[str, Any] | None = None
+    ) -> RealNode:
+        network = NodeNetwork.for_node(cluster_id, name, index)
+        return cls(name, workdir, network, kubelet_config=kubelet_config or {})
 
     def start(
         self,
@@ -305,6 +314,7 @@ class RealNode:
         images: list[Path],
         tied_to_parent: bool,
         cluster_id: str,
+        relay: Path,
     ) -> None:
         _check_machine()
         for binary in (kubernetes.kubelet, runtime.containerd, runtime.runc, runtime.cni_bin_dir / "bridge"):
@@ -314,15 +324,26 @@ class RealNode:
         self.cgroups = CgroupTree.make(f"sidecarless-{cluster_id}-{self.name}")
         self.network.create()
         self._write_cni(runtime)
+        api_port = int(server.rsplit(":", 1)[1])
+        relay_process = self._spawn(
+            "api-relay",
+            # -I: the script's folder (which has an operator.py) must not shadow the standard library.
+            [sys.executable, "-I", str(relay), f"--netns={self.network.netns_path}", f"--port={api_port}"],
+            tied_to_parent,
+            in_netns=False,
+        )
         containerd = self._spawn(
             "containerd",
             [str(runtime.containerd), f"--config={self._write_containerd_config(runtime)}"],
             tied_to_parent,
             env={"PATH": f"{runtime.shim_dir}:{os.environ.get('PATH', '')}"},
         )
-        wait_until(f"containerd on {self.name}", self.containerd_socket.exists, timeout=30, watch=[containerd])
+        wait_until(
+            f"containerd on {self.name}", self.containerd_socket.exists, timeout=30, watch=[relay_process, containerd]
+        )
+        self.ctr_binary = runtime.ctr
         for archive in images:
-            self.ctr(runtime, "images", "import", "--no-unpack=false", str(archive))
+            self.import_image(archive)
         kubeconfig = self._write_kubelet_kubeconfig(server, pki)
         config = self._write_kubelet_config(pki)
         kubelet = self._spawn(
@@ -339,24 +360,25 @@ class RealNode:
             ],
             tied_to_parent,
         )
-        wait_until(
-            f"kubelet on {self.name} healthy",
-            lambda: _http_ok(f"http://127.0.0.1:{self.kubelet_healthz_port}/healthz"),
-            timeout=60,
-            watch=[containerd, kubelet],
-        )
+        # kubelet's healthz is on the node's own loopback: its Node turning Ready (wait_ready) says it is up.
+        kubelet.check_alive()
 
-    def ctr(self, runtime: NodeRuntime, *args: str) -> str:
+    def ctr(self, *args: str) -> str:
+        assert self.ctr_binary is not None, f"{self.name} was not started"
         result = subprocess.run(
-            [str(runtime.ctr), f"--address={self.containerd_socket}", "--namespace=k8s.io", *args],
+            [str(self.ctr_binary), f"--address={self.containerd_socket}", "--namespace=k8s.io", *args],
             capture_output=True,
             text=True,
             check=False,
-            timeout=120,
+            timeout=300,
         )
         if result.returncode != 0:
             raise NodeStartError(f"ctr {' '.join(args)} on {self.name} failed: {result.stderr.strip()[-2000:]}")
         return result.stdout
+
+    def import_image(self, archive: Path) -> None:
+        """Import an OCI archive into the node's containerd, where kubelet's CRI finds it."""
+        self.ctr("images", "import", str(archive))
 
     def wait_ready(self, rest: KubeREST, timeout: float = 60) -> None:
         def ready() -> bool:
@@ -392,21 +414,29 @@ class RealNode:
         return {
             "name": self.name,
             "workdir": str(self.workdir),
-            "bridge": self.network.bridge,
+            "netns": self.network.netns,
             "subnet": str(self.network.subnet),
             "cgroups": self.cgroups.to_json() if self.cgroups else None,
+            "ctr": str(self.ctr_binary) if self.ctr_binary else None,
         }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RealNode:
-        network = NodeNetwork(raw["bridge"], ipaddress.IPv4Network(raw["subnet"]))
+        network = NodeNetwork(raw["netns"], ipaddress.IPv4Network(raw["subnet"]))
         cgroups = CgroupTree.from_json(raw["cgroups"]) if raw["cgroups"] else None
-        return cls(raw["name"], Path(raw["workdir"]), network, cgroups)
+        ctr = Path(raw["ctr"]) if raw.get("ctr") else None
+        return cls(raw["name"], Path(raw["workdir"]), network, cgroups, ctr_binary=ctr)
 
     # --- configuration ---------------------------------------------------------------
 
     def _spawn(
-        self, name: str, argv: list[str], tied_to_parent: bool, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        tied_to_parent: bool,
+        env: dict[str, str] | None = None,
+        *,
+        in_netns: bool = True,
     ) -> ManagedProcess:
         assert self.cgroups is not None
         process = ManagedProcess(
@@ -415,6 +445,7 @@ class RealNode:
             self.workdir / "logs" / f"{name}.log",
             env=env or {},
             cgroup_procs=self.cgroups.procs_files("runtime"),
+            netns=self.network.netns_path if in_netns else None,
         )
         process.start(tied_to_parent=tied_to_parent)
         self.processes.append(process)
@@ -423,7 +454,9 @@ class RealNode:
     def _write_cni(self, runtime: NodeRuntime) -> None:
         conf_dir = self.workdir / "cni" / "net.d"
         conf_dir.mkdir(parents=True, exist_ok=True)
-        (conf_dir / "10-sidecarless.conflist").write_text(json.dumps(self.network.cni_config(), indent=2))
+        config = self.network.cni_config()
+        config["plugins"][0]["ipam"]["dataDir"] = str(self.workdir / "cni" / "ipam")
+        (conf_dir / "10-sidecarless.conflist").write_text(json.dumps(config, indent=2))
 
     def _write_containerd_config(self, runtime: NodeRuntime) -> Path:
         folder = self.workdir / "containerd"
@@ -509,7 +542,6 @@ disabled_plugins = {json.dumps(disabled)}
 
     def _write_kubelet_config(self, pki: ClusterPKI) -> Path:
         assert self.cgroups is not None
-        self.kubelet_healthz_port = free_port()
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -517,7 +549,7 @@ disabled_plugins = {json.dumps(disabled)}
             "port": free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": self.kubelet_healthz_port,
+            "healthzPort": free_port(),
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": True},
@@ -599,16 +631,6 @@ def unmount_under(folder: Path) -> None:
             if result.returncode != 0:
                 subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     log.warning("mounts left under %s", folder)
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.request  # noqa: PLC0415
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def describe_failure(node: RealNode) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
 
 
 class ProcessDiedError(RuntimeError):
@@ -32,6 +33,17 @@ def _die_with_parent() -> None:
     # Runs in the child between fork and exec: when the test process dies, so does the child.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _enter_netns(netns: Path) -> None:
+    # Between fork and exec: the child (and all it starts) uses this network namespace.
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(netns, os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {netns}")
+    finally:
+        os.close(fd)
 
 
 def _enter_cgroups(procs_files: list[Path]) -> None:
@@ -56,17 +68,20 @@ class ManagedProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     cgroup_procs: list[Path] = field(default_factory=list)  # `cgroup.procs` files to start in
+    netns: Path | None = None  # a network namespace (its /run/netns file) to start in
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self, *, tied_to_parent: bool) -> None:
         """Start detached from the terminal; `tied_to_parent` kills it when its parent dies (tests)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cgroups = self.cgroup_procs
+        cgroups, netns = self.cgroup_procs, self.netns
 
         def before_exec() -> None:
             if tied_to_parent:
                 _die_with_parent()
             _enter_cgroups(cgroups)
+            if netns is not None:
+                _enter_netns(netns)
 
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
@@ -76,7 +91,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 env={**_base_env(), **self.env},
                 start_new_session=True,
-                preexec_fn=before_exec if tied_to_parent or cgroups else None,  # noqa: PLW1509
+                preexec_fn=before_exec if tied_to_parent or cgroups or netns else None,  # noqa: PLW1509
             )
 
     @property
