@@ -45,7 +45,12 @@ def test_helm_lint_strict(helm: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "complaint"),
-    [("operator.logFormat=xml", "logFormat"), ("leaderElection.enabled=false", "replicaCount")],
+    [
+        ("operator.logFormat=xml", "logFormat"),
+        ("leaderElection.enabled=false", "replicaCount"),
+        # In the node's network there is no kube-proxy to make the `kubernetes` Service work.
+        ("hostNetwork=true", "/apiServer/host"),
+    ],
 )
 def test_the_schema_refuses_a_wrong_value(helm: Path, value: str, complaint: str) -> None:
     result = subprocess.run(
@@ -65,6 +70,25 @@ def test_two_replicas_one_active(helm: Path) -> None:
     assert budget["spec"]["minAvailable"] == 1
     single = render(helm, "replicaCount=1", "leaderElection.enabled=false")
     assert of_kind(single, "PodDisruptionBudget") == []
+
+
+def test_host_network_with_an_explicit_api_server(helm: Path) -> None:
+    documents = render(helm, "hostNetwork=true", "apiServer.host=127.0.0.1", "apiServer.port=6443")
+    api_env = [
+        {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+        {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+    ]
+    for pod in [d["spec"]["template"]["spec"] for d in of_kind(documents, "Deployment")] + [
+        d["spec"] for d in of_kind(documents, "Pod")
+    ]:
+        assert pod["hostNetwork"] is True
+        assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+        [container] = pod["containers"]
+        assert all(variable in container["env"] for variable in api_env)
+    default = render(helm)
+    [deployment] = of_kind(default, "Deployment")
+    assert "hostNetwork" not in deployment["spec"]["template"]["spec"]
+    assert not [e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"] if "KUBERNETES" in e["name"]]
 
 
 def test_the_crd_is_the_one_in_crds(helm: Path) -> None:
