@@ -23,6 +23,7 @@ from sidecarless.kube import Kube
 from tests.conftest import short_tmpdir
 
 WORKER = "worker-1"
+WORKERS = (WORKER, "worker-2")  # two: the chart's two replicas in the nodes' networks need a node each
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,7 +41,7 @@ def cluster() -> Iterator[LocalCluster]:
             yield existing
             return
     workdir = short_tmpdir("slcn-")
-    running = LocalCluster.start(workdir, ClusterOptions(nodes=(), drivers=(), kubelet_nodes=(WORKER,)))
+    running = LocalCluster.start(workdir, ClusterOptions(nodes=(), drivers=(), kubelet_nodes=WORKERS))
     try:
         yield running
     finally:

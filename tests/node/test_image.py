@@ -13,7 +13,6 @@ from devcluster import LocalCluster
 from devcluster.operator_image import OPERATOR_IMAGE, REPO, ImageBuildError, ensure_operator_image
 from sidecarless.kube import POD, Kube
 from tests.e2e.conftest import eventually
-from tests.node.conftest import WORKER
 
 pytestmark = pytest.mark.timeout(1800)  # a cold build takes minutes (debootstrap, then PyPI)
 
@@ -74,9 +73,9 @@ async def test_the_image_runs_the_cli_confined(
     )
     await kube.create(POD, confined_pod("help", operator_image, ["sidecarless", "--help"]), namespace)
     await kube.create(POD, confined_pod("probe", operator_image, ["python3", "-c", probe]), namespace)
-    node = next(n for n in cluster.real_nodes if n.name == WORKER)
     for name in ("help", "probe"):
         done = await finished(kube, namespace, name)
+        node = next(n for n in cluster.real_nodes if n.name == done["spec"]["nodeName"])
         log = node.container_log(namespace, name, done["metadata"]["uid"], "main")
         assert done["status"]["phase"] == "Succeeded", log
         if name == "help":

@@ -12,12 +12,13 @@ import pytest
 from devcluster import LocalCluster
 from devcluster.cluster import ClusterOptions
 from devcluster.node import RealNode
-from devcluster.procs import ProcessDiedError
+from devcluster.procs import ProcessDiedError, is_zombie
 from tests.conftest import short_tmpdir
 
 
 def leftovers(node: RealNode, workdir: Path, pids: set[int]) -> list[str]:
-    found = [f"process {pid}" for pid in pids if Path(f"/proc/{pid}").exists()]
+    # A killed container whose shim died with it is reparented to PID 1, which may reap it a moment later.
+    found = [f"process {pid}" for pid in pids if Path(f"/proc/{pid}").exists() and not is_zombie(pid)]
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
     found += [f"mount {line.split()[4]}" for line in mountinfo if line.split()[4].startswith(str(workdir))]
     found += [f"network namespace {node.network.netns}"] if node.network.netns_path.exists() else []
@@ -66,7 +67,10 @@ def test_stop_leaves_nothing_behind() -> None:
     finally:
         cluster.stop()
     try:
-        assert leftovers(node, workdir, pids) == []
+        deadline = time.monotonic() + 10
+        while (left := leftovers(node, workdir, pids)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert left == []
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

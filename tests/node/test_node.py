@@ -15,7 +15,7 @@ from devcluster.images import BUSYBOX_IMAGE, PAUSE_IMAGE
 from devcluster.node import CgroupTree, RealNode, pod_routes
 from sidecarless.kube import EVENT, NODE, POD, Kube
 from tests.e2e.conftest import eventually
-from tests.node.conftest import WORKER
+from tests.node.conftest import WORKER, WORKERS
 
 
 def pod(name: str, *, host_network: bool = False, command: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -52,19 +52,10 @@ def cgroup_paths(pid: int) -> list[str]:
     return [line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
 
 
-def pod_pids(node: RealNode, uid: str) -> set[int]:
-    """The processes of one pod: kubelet names each pod's cgroup after its UID."""
-    assert node.cgroups is not None
-    found: set[int] = set()
-    for folder in node.cgroups.folders("pods"):
-        for pod_folder in folder.rglob(f"pod{uid}"):
-            for procs in pod_folder.rglob("cgroup.procs"):
-                found.update(int(p) for p in procs.read_text().split())
-    return found
-
-
-def real_node(cluster: LocalCluster) -> RealNode:
-    return next(n for n in cluster.real_nodes if n.name == WORKER)
+def real_node(cluster: LocalCluster, pod: dict[str, Any] | None = None) -> RealNode:
+    """The node a pod runs on (default: the first one)."""
+    name = pod["spec"]["nodeName"] if pod else WORKER
+    return next(n for n in cluster.real_nodes if n.name == name)
 
 
 async def test_kubelet_registers_the_node_ready(kube: Kube, cluster: LocalCluster) -> None:
@@ -84,7 +75,7 @@ async def test_kubelet_registers_the_node_ready(kube: Kube, cluster: LocalCluste
 async def test_the_scheduler_places_a_pod_and_it_runs(kube: Kube, namespace: str) -> None:
     await kube.create(POD, pod("sleeper", command=("sleep", "3600")), namespace)
     found = await running(kube, namespace, "sleeper")
-    assert found["spec"]["nodeName"] == WORKER
+    assert found["spec"]["nodeName"] in WORKERS
     events = [e for e in await kube.list(EVENT, namespace) if e["involvedObject"]["name"] == "sleeper"]
     scheduled = [e for e in events if e["reason"] == "Scheduled"]
     assert scheduled, [e["reason"] for e in events]
@@ -97,10 +88,10 @@ async def test_no_route_off_the_machine(kube: Kube, cluster: LocalCluster, names
     the node's subnet."""
     await kube.create(POD, pod("net", host_network=host_network, command=("sleep", "3600")), namespace)
     found = await running(kube, namespace, "net")
-    node = real_node(cluster)
+    node = real_node(cluster, found)
     subnet = node.network.subnet
     assert ipaddress.ip_address(found["status"]["podIP"]) in subnet
-    pids = pod_pids(node, found["metadata"]["uid"])
+    pids = node.pod_pids(found["metadata"]["uid"])
     assert pids, "no process of the pod found in the node's cgroups"
     for pid in pids:
         routes = pod_routes(pid)
@@ -141,10 +132,10 @@ def test_the_route_check_itself(route: dict[str, Any], stays: bool) -> None:
 async def test_containers_live_in_the_nodes_cgroups(kube: Kube, cluster: LocalCluster, namespace: str) -> None:
     await kube.create(POD, pod("host", host_network=True, command=("sleep", "3600")), namespace)
     found = await running(kube, namespace, "host")
-    node = real_node(cluster)
+    node = real_node(cluster, found)
     assert node.cgroups is not None
     own = CgroupTree.own_paths()
-    pids = pod_pids(node, found["metadata"]["uid"])
+    pids = node.pod_pids(found["metadata"]["uid"])
     assert pids
     for pid in pids:
         for path in cgroup_paths(pid):
@@ -161,7 +152,7 @@ async def test_a_pod_writes_to_an_empty_dir(kube: Kube, cluster: LocalCluster, n
     manifest["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
     await kube.create(POD, manifest, namespace)
     found = await running(kube, namespace, "writer")
-    node = real_node(cluster)
+    node = real_node(cluster, found)
 
     async def logged() -> bool:
         return "written" in node.container_log(namespace, "writer", found["metadata"]["uid"], "main")

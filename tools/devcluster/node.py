@@ -289,6 +289,17 @@ class RealNode:
     def pod_logs_dir(self) -> Path:
         return self.workdir / "pod-logs"
 
+    def pod_pids(self, uid: str) -> set[int]:
+        """The processes of one pod on this node: kubelet names each pod's cgroup after its UID."""
+        assert self.cgroups is not None
+        top = self.cgroups.folders("pods")[0]  # every process is in every hierarchy: one is enough
+        return {
+            int(pid)
+            for pod_folder in top.rglob(f"pod{uid}")
+            for procs in pod_folder.rglob("cgroup.procs")
+            for pid in procs.read_text().split()
+        }
+
     def container_log(self, namespace: str, pod: str, uid: str, container: str) -> str:
         """What a container wrote, from kubelet's log files: kubelet listens on 127.0.0.1 only,
         so the API server cannot reach it at the node IP for `kubectl logs`."""

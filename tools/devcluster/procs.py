@@ -142,7 +142,7 @@ def stop_pid(pid: int, expected_exe: str, timeout: float = 10.0) -> bool:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+        if not Path(f"/proc/{pid}").exists() or is_zombie(pid):
             return True
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
@@ -150,7 +150,7 @@ def stop_pid(pid: int, expected_exe: str, timeout: float = 10.0) -> bool:
     return True
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1].split()[0] == "Z"
     except (FileNotFoundError, IndexError):
