@@ -12,7 +12,7 @@ import pytest
 
 from devcluster import LocalCluster, versions
 from devcluster.images import BUSYBOX_IMAGE, PAUSE_IMAGE
-from devcluster.node import CgroupTree, RealNode, pod_routes
+from devcluster.node import OWNED_NETWORK, CgroupTree, RealNode, pod_routes
 from sidecarless.kube import EVENT, NODE, POD, Kube
 from tests.e2e.conftest import eventually
 from tests.node.conftest import WORKER, WORKERS
@@ -89,19 +89,21 @@ async def test_no_route_off_the_machine(kube: Kube, cluster: LocalCluster, names
     await kube.create(POD, pod("net", host_network=host_network, command=("sleep", "3600")), namespace)
     found = await running(kube, namespace, "net")
     node = real_node(cluster, found)
-    subnet = node.network.subnet
-    assert ipaddress.ip_address(found["status"]["podIP"]) in subnet
+    assert ipaddress.ip_address(found["status"]["podIP"]) in node.network.subnet
     pids = node.pod_pids(found["metadata"]["uid"])
     assert pids, "no process of the pod found in the node's cgroups"
     for pid in pids:
         routes = pod_routes(pid)
         assert routes
         for route in routes:
-            assert route_stays_on_machine(route, subnet), f"pod process {pid} has a route off the machine: {route}"
+            assert route_stays_on_machine(route, OWNED_NETWORK), (
+                f"pod process {pid} has a route off the machine: {route}"
+            )
 
 
-def route_stays_on_machine(route: dict[str, Any], subnet: ipaddress.IPv4Network) -> bool:
-    """A route of a pod's network namespace leads only to the pod's own subnet, or is local."""
+def route_stays_on_machine(route: dict[str, Any], owned: ipaddress.IPv4Network) -> bool:
+    """A route of a pod's or node's network namespace leads only into the cluster's own
+    addresses (the nodes' pod subnets and the wire between them), or is local."""
     if route.get("table") == "local" or route.get("type") in {"local", "broadcast", "multicast"}:
         return True
     destination = route.get("dst", "")
@@ -110,7 +112,7 @@ def route_stays_on_machine(route: dict[str, Any], subnet: ipaddress.IPv4Network)
     network = ipaddress.ip_network(destination, strict=False)
     if network.version == 6:
         return network.is_link_local  # fe80::/64 on the pod's interface: the link only
-    return network.subnet_of(subnet) if isinstance(network, ipaddress.IPv4Network) else False
+    return network.subnet_of(owned) if isinstance(network, ipaddress.IPv4Network) else False
 
 
 @pytest.mark.parametrize(
@@ -118,6 +120,8 @@ def route_stays_on_machine(route: dict[str, Any], subnet: ipaddress.IPv4Network)
     [
         ({"dst": "default", "dev": "eth0"}, False),
         ({"dst": "10.217.3.0/24", "dev": "eth0"}, True),
+        ({"dst": "10.216.0.0/15", "gateway": "10.217.3.1", "dev": "eth0"}, True),
+        ({"dst": "10.216.0.0/14", "gateway": "10.217.3.1", "dev": "eth0"}, False),
         ({"dst": "10.0.0.0/24", "dev": "eth0"}, False),
         ({"dst": "192.0.2.0/24", "dev": "eth0"}, False),
         ({"dst": "fe80::/64", "dev": "eth0"}, True),
@@ -126,7 +130,7 @@ def route_stays_on_machine(route: dict[str, Any], subnet: ipaddress.IPv4Network)
     ],
 )
 def test_the_route_check_itself(route: dict[str, Any], stays: bool) -> None:
-    assert route_stays_on_machine(route, ipaddress.IPv4Network("10.217.3.0/24")) is stays
+    assert route_stays_on_machine(route, OWNED_NETWORK) is stays
 
 
 async def test_containers_live_in_the_nodes_cgroups(kube: Kube, cluster: LocalCluster, namespace: str) -> None:
@@ -144,6 +148,24 @@ async def test_containers_live_in_the_nodes_cgroups(kube: Kube, cluster: LocalCl
     for mount in own:
         assert not (mount / "k8s.io").exists()
         assert not (mount / "kubepods").exists()
+
+
+async def test_pods_reach_each_other_across_nodes(kube: Kube, namespace: str) -> None:
+    """The fabric: a pod on one node answers a pod on the other (busybox nc, one round trip)."""
+    listener = pod("listener", command=("sh", "-c", "echo pong | nc -l -p 7000"))
+    listener["spec"]["nodeSelector"] = {"kubernetes.io/hostname": WORKERS[0]}
+    listener["spec"]["restartPolicy"] = "Never"  # so that serving once ends it: Succeeded
+    await kube.create(POD, listener, namespace)
+    found = await running(kube, namespace, "listener")
+    client = pod("client", command=("sh", "-c", f"nc {found['status']['podIP']} 7000 && sleep 3600"))
+    client["spec"]["nodeSelector"] = {"kubernetes.io/hostname": WORKERS[1]}
+    await kube.create(POD, client, namespace)
+
+    async def answered() -> bool:
+        done = await kube.get(POD, "listener", namespace)
+        return bool(done["status"].get("phase") == "Succeeded")
+
+    await eventually(answered, timeout=60, what="the listener served the other node's pod")
 
 
 async def test_a_pod_writes_to_an_empty_dir(kube: Kube, cluster: LocalCluster, namespace: str) -> None:

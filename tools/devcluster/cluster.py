@@ -29,7 +29,7 @@ from devcluster import build
 from devcluster.drivers import DriverSpec, RunningDriver, driver_calls, socket_name, start_driver
 from devcluster.images import busybox_image, pause_image, write_archive
 from devcluster.kube import KubeError, KubeREST
-from devcluster.node import RealNode
+from devcluster.node import NodeFabric, RealNode
 from devcluster.pki import ClusterPKI, KeyPair, load_authority, load_cluster_pki, make_cluster_pki
 from devcluster.procs import ManagedProcess, free_port, stop_pid, wait_until
 
@@ -85,6 +85,7 @@ class LocalCluster:
     owned: bool = True
     nodes: tuple[str, ...] = ()
     real_nodes: list[RealNode] = field(default_factory=list)
+    fabric: str = ""  # the network namespace joining the real nodes
 
     @classmethod
     def attach(cls, workdir: Path) -> LocalCluster | None:
@@ -229,6 +230,10 @@ class LocalCluster:
                 cluster_id=self.workdir.name,
                 relay=Path(__file__).resolve().parent / "netns_relay.py",
             )
+        fabric = NodeFabric.for_cluster(self.workdir.name)
+        self.fabric = fabric.netns
+        self.save_state()
+        fabric.connect([node.network for node in self.real_nodes])
         wait_until(
             "kube-scheduler",
             lambda: _https_ok(f"https://127.0.0.1:{scheduler_port}/healthz"),
@@ -253,6 +258,8 @@ class LocalCluster:
                 self.remove_driver(name)
         for node in reversed(self.real_nodes if self.owned else []):
             node.stop()
+        if self.fabric and self.owned:
+            NodeFabric(self.fabric).remove()
         for process in reversed(self.processes):
             process.stop()
         if self.owned:
@@ -363,6 +370,7 @@ class LocalCluster:
             "drivers": {name: {"address": d.address, "attach": d.spec.attach} for name, d in self.drivers.items()},
             "nodes": list(self.nodes),
             "real_nodes": [node.to_json() for node in self.real_nodes],
+            "fabric": self.fabric,
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -539,6 +547,7 @@ class ClusterState:
     nodes: list[str]
     processes: list[dict[str, Any]]
     real_nodes: list[dict[str, Any]] = field(default_factory=list)
+    fabric: str = ""
 
     @classmethod
     def load(cls, workdir: Path) -> ClusterState | None:
@@ -554,6 +563,7 @@ class ClusterState:
             raw["nodes"],
             raw["processes"],
             raw.get("real_nodes", []),
+            raw.get("fabric", ""),
         )
 
     def alive(self) -> bool:
@@ -567,6 +577,8 @@ class ClusterState:
         stopped += [p["name"] for p in self.processes if p not in kubelets and stop_pid(p["pid"], p["exe"])]
         for node in self.real_nodes:
             RealNode.from_json(node).stop()
+        if self.fabric:
+            NodeFabric(self.fabric).remove()
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
         return stopped
 

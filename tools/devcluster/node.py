@@ -46,7 +46,10 @@ from devcluster.procs import ManagedProcess, free_port, tail, wait_until
 
 log = logging.getLogger("devcluster.node")
 
-POD_NETWORK = ipaddress.IPv4Network("10.217.0.0/16")
+POD_NETWORK = ipaddress.IPv4Network("10.217.0.0/16")  # a /24 per node
+FABRIC_NETWORK = ipaddress.IPv4Network("10.216.0.0/24")  # the wire between the nodes
+# Every address a node or a pod can reach lies in here: all of it is the cluster's own.
+OWNED_NETWORK = ipaddress.IPv4Network("10.216.0.0/15")
 CGROUP_MOUNTS = Path("/sys/fs/cgroup")
 
 
@@ -200,6 +203,14 @@ class NodeNetwork:
     def netns_path(self) -> Path:
         return Path("/run/netns") / self.netns
 
+    @property
+    def index(self) -> int:
+        return int(self.subnet.network_address.packed[2])
+
+    @property
+    def fabric_ip(self) -> str:
+        return str(FABRIC_NETWORK.network_address + self.index)
+
     @classmethod
     def for_node(cls, cluster_id: str, name: str, index: int) -> NodeNetwork:
         # Each node's namespace is closed, so subnets only need to differ between one cluster's nodes.
@@ -220,7 +231,7 @@ class NodeNetwork:
                 _ip("netns", "del", self.netns)
 
     def cni_config(self) -> dict[str, Any]:
-        """bridge + host-local: the node IP is the gateway, and IPAM hands out no route at all."""
+        """bridge + host-local: the node IP is the gateway, and the only route leads to the cluster's own addresses."""
         return {
             "cniVersion": "1.0.0",
             "name": "sidecarless-pods",
@@ -234,13 +245,52 @@ class NodeNetwork:
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": str(self.subnet), "gateway": self.node_ip}]],
-                        "routes": [],
+                        # The other nodes and their pods, through this node: no default route.
+                        "routes": [{"dst": str(OWNED_NETWORK), "gw": self.node_ip}],
                         "dataDir": "",  # set by RealNode: host-local's state stays in the node's folder
                     },
                 },
                 {"type": "loopback"},
             ],
         }
+
+
+@dataclass(frozen=True)
+class NodeFabric:
+    """The wire between the nodes' namespaces: a namespace of its own with one bridge, a veth
+    from each node (`10.216.0.<N>`), and in each node a route to every other node's pod subnet
+    through it. Nodes forward for their pods; nothing leads anywhere else."""
+
+    netns: str
+
+    @classmethod
+    def for_cluster(cls, cluster_id: str) -> NodeFabric:
+        return cls(f"sidecarless-{cluster_id}-fabric")
+
+    def connect(self, networks: list[NodeNetwork]) -> None:
+        _ip("netns", "add", self.netns)
+        _ip("-n", self.netns, "link", "set", "lo", "up")
+        _ip("-n", self.netns, "link", "add", "fabric", "type", "bridge")
+        _ip("-n", self.netns, "link", "set", "fabric", "up")
+        for network in networks:
+            port = f"node{network.index}"
+            _ip("link", "add", "fabric0", "netns", network.netns, "type", "veth", "peer", port, "netns", self.netns)
+            _ip("-n", self.netns, "link", "set", port, "master", "fabric", "up")
+            _ip("-n", network.netns, "addr", "add", f"{network.fabric_ip}/{FABRIC_NETWORK.prefixlen}", "dev", "fabric0")
+            _ip("-n", network.netns, "link", "set", "fabric0", "up")
+            subprocess.run(
+                ["nsenter", f"--net={network.netns_path}", "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+                check=True,
+            )
+        for network in networks:
+            for other in networks:
+                if other is not network:
+                    _ip("-n", network.netns, "route", "add", str(other.subnet), "via", other.fabric_ip)
+
+    def remove(self) -> None:
+        if (Path("/run/netns") / self.netns).exists():
+            with contextlib.suppress(NodeStartError):
+                _ip("netns", "del", self.netns)
 
 
 def _ip(*args: str) -> str:
