@@ -17,14 +17,18 @@ from typing import Any
 import pytest
 
 from devcluster import LocalCluster, build
+from devcluster.images import MOCK_DRIVER_IMAGE
 from devcluster.operator_image import OPERATOR_IMAGE, ensure_operator_image
-from sidecarless.kube import POD, Kube, Resource
-from tests.e2e.conftest import eventually
+from sidecarless.kube import CSI_DRIVER, DRIVER_ENDPOINT, POD, PV, PVC, STORAGE_CLASS, Kube, Resource
+from tests.e2e.conftest import claim, eventually, storage_class, wait_ready
 
 pytestmark = pytest.mark.timeout(1800)
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "sidecarless"
 LEASE = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
+DEPLOYMENT = Resource("apps", "v1", "deployments", "Deployment", True)
+MOCK = "mock.csi.sidecarless.dev"
+MOCK_PORT = 10000
 RELEASE = "sl"
 # One namespace for every install: the kept CRD records the release's namespace, and a release
 # elsewhere could not adopt it.
@@ -170,3 +174,93 @@ async def test_helm_upgrade_rolls_the_pods(cluster: LocalCluster, kube: Kube, in
 
     await eventually(rolled, timeout=240, what="both replicas replaced")
     await leader(kube, namespace)
+
+
+def mock_driver_deployment(node: str) -> dict[str, Any]:
+    """The mock driver's controller as a pod in `node`'s network, on TCP: central mode."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "mock-controller"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "mock-controller"}},
+            "template": {
+                "metadata": {"labels": {"app": "mock-controller"}},
+                "spec": {
+                    "hostNetwork": True,
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "containers": [
+                        {
+                            "name": "mock",
+                            "image": MOCK_DRIVER_IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": [f"--name={MOCK}", "--attach-limit=10000", "-v=3"],
+                            "env": [{"name": "CSI_ENDPOINT", "value": f"tcp://0.0.0.0:{MOCK_PORT}"}],
+                            "ports": [{"name": "csi", "containerPort": MOCK_PORT}],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+async def test_the_operator_in_pods_serves_a_driver_in_a_pod(
+    cluster: LocalCluster, kube: Kube, installed: tuple[str, float]
+) -> None:
+    """Central mode, all of it as pods: the DriverEndpoint (TCP to the driver's pod on the other
+    node's address, over the fabric) turns Ready, a claim is provisioned, and `helm uninstall`
+    leaves the volume in place."""
+    namespace, install_took = installed
+    node = cluster.real_nodes[0]
+    await kube.create(
+        CSI_DRIVER,
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "CSIDriver",
+            "metadata": {"name": MOCK},
+            "spec": {"attachRequired": True},
+        },
+    )
+    await kube.create(DEPLOYMENT, mock_driver_deployment(node.name), namespace)
+    started = time.monotonic()
+    endpoint = {
+        "apiVersion": "sidecarless.io/v1alpha1",
+        "kind": "DriverEndpoint",
+        "metadata": {"name": "mock-in-a-pod"},
+        "spec": {"driverName": MOCK, "address": f"dns:///{node.network.node_ip}:{MOCK_PORT}"},
+    }
+    await kube.create(DRIVER_ENDPOINT, endpoint)
+    try:
+        await wait_ready(kube, "mock-in-a-pod", timeout=120)
+        took = time.monotonic() - started
+        print(f"\nDriverEndpoint Ready {took:.1f}s after it was created (helm install took {install_took:.1f}s)")
+        await kube.create(STORAGE_CLASS, storage_class("mock-in-a-pod", "mock-in-a-pod"))
+        created = time.monotonic()
+        await kube.create(PVC, claim("data", "mock-in-a-pod"), namespace)
+
+        async def bound() -> dict[str, Any] | None:
+            found = await kube.get(PVC, "data", namespace)
+            return found if found.get("status", {}).get("phase") == "Bound" else None
+
+        pvc = await eventually(bound, timeout=60, what="the claim Bound")
+        print(f"PVC created to Bound: {time.monotonic() - created:.1f}s")
+        volume = pvc["spec"]["volumeName"]
+        assert (await kube.get(PV, volume))["spec"]["csi"]["driver"] == MOCK
+        await helm(cluster, "uninstall", RELEASE, "--namespace", namespace, "--wait")
+        assert (await kube.get(PVC, "data", namespace))["status"]["phase"] == "Bound"
+        assert await kube.get_or_none(PV, volume) is not None, "helm uninstall must keep every volume"
+        # Installed again, the operator takes the volume up where it was: deleting the claim deletes it.
+        await helm(cluster, "install", RELEASE, str(CHART), "--namespace", namespace, *release_values(cluster))
+        await kube.delete(PVC, "data", namespace)
+
+        async def deleted() -> bool:
+            return await kube.get_or_none(PV, volume) is None
+
+        await eventually(deleted, timeout=120, what="the volume deleted through the reinstalled operator")
+    finally:
+        await kube.delete(DRIVER_ENDPOINT, "mock-in-a-pod")
+        await kube.delete(STORAGE_CLASS, "mock-in-a-pod")
+        await kube.delete(CSI_DRIVER, MOCK)
+        await kube.delete(DEPLOYMENT, "mock-controller", namespace)

@@ -27,7 +27,7 @@ import yaml
 
 from devcluster import build
 from devcluster.drivers import DriverSpec, RunningDriver, driver_calls, socket_name, start_driver
-from devcluster.images import busybox_image, pause_image, write_archive
+from devcluster.images import busybox_image, mock_driver_image, pause_image, write_archive
 from devcluster.kube import KubeError, KubeREST
 from devcluster.node import NodeFabric, RealNode
 from devcluster.pki import ClusterPKI, KeyPair, load_authority, load_cluster_pki, make_cluster_pki
@@ -207,6 +207,7 @@ class LocalCluster:
         images = [
             write_archive(pause_image(build.ensure_pause()), self.workdir / "images" / "pause.tar"),
             write_archive(busybox_image(Path("/bin/busybox")), self.workdir / "images" / "busybox.tar"),
+            write_archive(mock_driver_image(build.ensure_mock_driver()), self.workdir / "images" / "mock-driver.tar"),
         ]
         scheduler_port = free_port()
         self._spawn("kube-scheduler", [str(binaries.kube_scheduler), *self._scheduler_args(scheduler_port)])

@@ -19,6 +19,7 @@ CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 PAUSE_IMAGE = "localhost/pause:3.10"
 BUSYBOX_IMAGE = "localhost/busybox:1.35"
+MOCK_DRIVER_IMAGE = "localhost/csi-mock-driver:v4.2.0"
 # The applets test pods use (each a symlink to /bin/busybox).
 BUSYBOX_APPLETS = (
     "sh",
@@ -151,3 +152,8 @@ def busybox_image(busybox_binary: Path) -> ImageSpec:
         links={f"/bin/{applet}": "busybox" for applet in BUSYBOX_APPLETS},
         directories=("tmp", "bin"),
     )
+
+
+def mock_driver_image(mock_binary: Path) -> ImageSpec:
+    """csi-test's mock driver (a static binary): the driver pods' image."""
+    return ImageSpec(MOCK_DRIVER_IMAGE, {"/mock-driver": ImageFile(mock_binary)}, ("/mock-driver",))

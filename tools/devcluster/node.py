@@ -42,7 +42,7 @@ import yaml
 from devcluster.build import KubernetesBinaries, NodeRuntime
 from devcluster.kube import KubeREST
 from devcluster.pki import ClusterPKI, load_authority
-from devcluster.procs import ManagedProcess, free_port, tail, wait_until
+from devcluster.procs import ManagedProcess, tail, wait_until
 
 log = logging.getLogger("devcluster.node")
 
@@ -606,11 +606,12 @@ disabled_plugins = {json.dumps(disabled)}
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
+            # kubelet's own ports: each node's network namespace has its own loopback.
             "address": "127.0.0.1",
-            "port": free_port(),
+            "port": 10250,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": free_port(),
+            "healthzPort": 10248,
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": True},
