@@ -170,9 +170,12 @@ NOT_PROBED_YET = ("Connecting", "not probed yet")
 class Endpoint:
     """A live connection to one driver, with what discovery and the last probe learnt."""
 
-    def __init__(self, spec: EndpointSpec, tls: TLSConfig | None = None) -> None:
+    def __init__(self, spec: EndpointSpec, tls: TLSConfig | None = None, *, client: CSIClient | None = None) -> None:
         self.spec = spec
-        self.client = CSIClient(spec.address, timeout=spec.operation_timeout, tls=tls, driver_name=spec.driver_name)
+        # `client`: tests hand in a scripted driver here (tests/unit/fakeworld.py).
+        self.client = client or CSIClient(
+            spec.address, timeout=spec.operation_timeout, tls=tls, driver_name=spec.driver_name
+        )
         self.info: DriverInfo | None = None
         self.connected = False
         self.probe_ready = False
@@ -385,7 +388,13 @@ def build_status(
 class EndpointRegistry:
     """Endpoints by DriverEndpoint name, for the controllers; reconnects when an address changes."""
 
-    def __init__(self, on_change: Callable[[str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[str], Awaitable[None]] | None = None,
+        *,
+        connect: Callable[[EndpointSpec, TLSConfig | None], Endpoint] = Endpoint,
+    ) -> None:
+        self._connect = connect  # tests connect to a scripted driver instead
         self._endpoints: dict[str, Endpoint] = {}
         self.spec_errors: dict[str, str] = {}
         self._applied: dict[str, Body] = {}  # the spec each endpoint was last configured from
@@ -420,7 +429,7 @@ class EndpointRegistry:
             endpoint = current
         else:
             await self._drop(name)
-            endpoint = self._endpoints[name] = Endpoint(parsed, tls)
+            endpoint = self._endpoints[name] = self._connect(parsed, tls)
         await endpoint.refresh()
         if self.on_change is not None:
             await self.on_change(name)

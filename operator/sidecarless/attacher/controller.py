@@ -22,6 +22,7 @@ from sidecarless import faults, finalizers
 from sidecarless.attacher import plan
 from sidecarless.context import Context
 from sidecarless.endpoints import ACTIVE, UNSUPPORTED, Endpoint
+from sidecarless.events import now_rfc3339
 from sidecarless.kube import PV, VOLUME_ATTACHMENT, NotFound
 from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.routing import endpoint_of_volume
@@ -318,10 +319,10 @@ class Attacher:
             )
 
     async def _attach_error(self, attachment: Body, message: str, code: Any) -> None:
-        await self._set_status(attachment, {"attachError": plan.volume_error(message, code)})
+        await self._set_status(attachment, {"attachError": plan.volume_error(message, code, now_rfc3339())})
 
     async def _detach_error(self, attachment: Body, message: str, code: Any = None) -> None:
-        await self._set_status(attachment, {"detachError": plan.volume_error(message, code)})
+        await self._set_status(attachment, {"detachError": plan.volume_error(message, code, now_rfc3339())})
 
     async def _secrets(self, volume: Body, ref_field: str) -> dict[str, str]:
         ref = ((volume.get("spec") or {}).get("csi") or {}).get(ref_field)
