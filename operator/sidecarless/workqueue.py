@@ -5,6 +5,11 @@
 - The handler returns normally when done (the key's backoff is forgotten), raises
   :class:`Requeue` to come back after a chosen delay, or raises anything else to come
   back after the key's next backoff step (initial x 2^failures, capped, with jitter).
+- A *quiet* add (an event that changed nothing but the object's status, or only what
+  we had written ourselves) does not cut a pending retry short, and does not run a key
+  again whose run is ending in a retry: otherwise each failure's own status write would
+  re-run it at once and defeat the backoff (external-attacher's shouldEnqueueVAChange).
+  Otherwise a quiet add is an add.
 - Depth and the age of the oldest waiting key are exported, per queue.
 """
 
@@ -42,6 +47,17 @@ class Backoff:
         return float(base * (1 + random.uniform(-self.jitter, self.jitter)))
 
 
+@dataclass(frozen=True)
+class Quiet:
+    """How quietly a watch event adds keys (see :meth:`WorkQueue.add`)."""
+
+    own: bool = False  # the object's own keys: nothing but its status changed, or nothing we did not know
+    others: bool = False  # keys woken through it (claims of a class, a content's snapshot): nothing changed at all
+
+
+LOUD = Quiet()
+
+
 class Requeue(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Handle this key again after `delay` seconds (None: the key's next step of `backoff`,
     or of the queue's own backoff when that is None too)."""
@@ -69,6 +85,8 @@ class WorkQueue(Generic[K]):
         self._waiting: dict[K, float] = {}  # key -> when it was queued (in _ready)
         self._active: set[K] = set()
         self._dirty: set[K] = set()  # added again while active
+        self._quietly_dirty: set[K] = set()  # added quietly while active
+        self._retrying: set[K] = set()  # keys whose timer is a retry's (not an add_after's)
         self._failures: dict[K, int] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,11 +97,19 @@ class WorkQueue(Generic[K]):
 
     # --- adding ----------------------------------------------------------------------
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, *, quiet: bool = False) -> None:
+        """Handle `key` soon. `quiet`: nothing the key's sync acts on changed (see the module's
+        docstring), so a retry that is pending, or that the running sync ends in, stands."""
+        if quiet and key in self._retrying:
+            return
         self._adds.inc()
+        if quiet and key in self._active:
+            self._quietly_dirty.add(key)
+            return
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+        self._retrying.discard(key)
         if key in self._active:
             self._dirty.add(key)
             return
@@ -103,6 +129,7 @@ class WorkQueue(Generic[K]):
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
+        self._retrying.discard(key)
         self.add(key)
 
     def forget(self, key: K) -> None:
@@ -121,6 +148,7 @@ class WorkQueue(Generic[K]):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._retrying.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -157,7 +185,11 @@ class WorkQueue(Generic[K]):
                 self._active.discard(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
+                    self._quietly_dirty.discard(key)
                     self.add(key)
+                elif key in self._quietly_dirty:
+                    self._quietly_dirty.discard(key)
+                    self.add(key, quiet=True)  # nothing, if this run ended in a retry
 
     def _retry(self, key: K, delay: float | None, backoff: Backoff | None = None) -> None:
         QUEUE_RETRIES.labels(self.name).inc()
@@ -165,6 +197,8 @@ class WorkQueue(Generic[K]):
             self._failures[key] = self._failures.get(key, 0) + 1
             delay = (backoff or self.backoff).delay(self._failures[key])
         self.add_after(key, delay)
+        if key in self._timers:
+            self._retrying.add(key)
 
     def _oldest_wait(self) -> float:
         # Keys enter _waiting in time order and keep their first time: the first is the oldest.

@@ -140,9 +140,9 @@ class Attacher:
             self._forced.add(name)
             self.attaches.add(name)
 
-    def enqueue(self, attachment: Body) -> None:
+    def enqueue(self, attachment: Body, *, quiet: bool = False) -> None:
         lane = self.detaches if attachment["metadata"].get("deletionTimestamp") else self.attaches
-        lane.add(attachment["metadata"]["name"])
+        lane.add(attachment["metadata"]["name"], quiet=quiet)
 
     def requeue_all(self) -> None:
         for attachment in self.context.stores.attachments.values():

@@ -68,10 +68,10 @@ class GroupSnapshotController:
     async def stop(self) -> None:
         await self.groups.stop()
 
-    def content_changed(self, content: Body) -> None:
+    def content_changed(self, content: Body, *, quiet: bool = False) -> None:
         ref = (content.get("spec") or {}).get("volumeGroupSnapshotRef") or {}
         if ref.get("name"):
-            self.groups.add(f"{ref.get('namespace')}/{ref['name']}")
+            self.groups.add(f"{ref.get('namespace')}/{ref['name']}", quiet=quiet)
 
     async def sync_group(self, key: str) -> None:
         group = self.context.stores.group_snapshots.get(key)
