@@ -43,8 +43,17 @@ class Backoff:
     jitter: float = 0.1  # +-10 %
 
     def delay(self, failures: int) -> float:
-        base = min(self.maximum, self.initial * (2 ** max(0, failures - 1)))
+        # In floating point with a capped exponent, as client-go's ItemExponentialFailureRateLimiter:
+        # 2 ** 1024 overflows a float, and a stuck key gets there.
+        exponent = min(max(0, failures - 1), _MAX_EXPONENT)
+        base = min(self.maximum, self.initial * 2.0**exponent)
         return float(base * (1 + random.uniform(-self.jitter, self.jitter)))
+
+
+_MAX_EXPONENT = 62  # past any maximum / initial a schedule has
+# A key whose retry could not be scheduled (a bug in the queue's own bookkeeping) comes back
+# after this, rather than never.
+FALLBACK_RETRY_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -165,14 +174,32 @@ class WorkQueue(Generic[K]):
         return not self._waiting and not self._active
 
     async def _worker(self) -> None:
+        # A worker that died would silently take a share of the queue's capacity with it:
+        # nothing a handler or the queue's own bookkeeping raises may end this loop.
         while True:
             key = await self._ready.get()
-            self._waiting.pop(key, None)
-            self._active.add(key)
+            try:
+                await self._handle(key)
+            except Exception:
+                log.exception("%s: the queue failed around %s; retrying it", self.name, key)
+                self._fallback(key)
+
+    def _fallback(self, key: K) -> None:
+        if key not in self._timers and key not in self._waiting:
+            self._timers[key] = asyncio.get_running_loop().call_later(FALLBACK_RETRY_SECONDS, self._fire, key)
+
+    async def _handle(self, key: K) -> None:
+        self._waiting.pop(key, None)
+        self._active.add(key)
+        try:
             try:
                 await self._handler(key)
             except asyncio.CancelledError:
-                raise
+                if _being_cancelled():
+                    raise
+                # Something the handler awaited was cancelled, not this worker: a failure.
+                log.warning("%s: handling %s was cancelled; retrying it", self.name, key)
+                self._retry(key, None)
             except Requeue as requeue:
                 log.debug("%s: %s again later: %s", self.name, key, requeue)
                 self._retry(key, requeue.delay, requeue.backoff)
@@ -181,17 +208,24 @@ class WorkQueue(Generic[K]):
                 self._retry(key, None)
             else:
                 self.forget(key)
-            finally:
-                self._active.discard(key)
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self._quietly_dirty.discard(key)
-                    self.add(key)
-                elif key in self._quietly_dirty:
-                    self._quietly_dirty.discard(key)
-                    self.add(key, quiet=True)  # nothing, if this run ended in a retry
+        finally:
+            self._active.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self._quietly_dirty.discard(key)
+                self.add(key)
+            elif key in self._quietly_dirty:
+                self._quietly_dirty.discard(key)
+                self.add(key, quiet=True)  # nothing, if this run ended in a retry
 
     def _retry(self, key: K, delay: float | None, backoff: Backoff | None = None) -> None:
+        try:
+            self._schedule_retry(key, delay, backoff)
+        except Exception:
+            log.exception("%s: could not schedule the retry of %s; trying it again later", self.name, key)
+            self._fallback(key)
+
+    def _schedule_retry(self, key: K, delay: float | None, backoff: Backoff | None) -> None:
         QUEUE_RETRIES.labels(self.name).inc()
         if delay is None:
             self._failures[key] = self._failures.get(key, 0) + 1
@@ -204,3 +238,9 @@ class WorkQueue(Generic[K]):
         # Keys enter _waiting in time order and keep their first time: the first is the oldest.
         oldest = next(iter(self._waiting.values()), None)
         return time.monotonic() - oldest if oldest is not None else 0.0
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (stop()), not just something it awaited."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -183,3 +183,36 @@ def test_a_quiet_add_during_a_failing_run_waits_for_the_retry_but_after_success_
     # The retry at 10 s succeeds; the echo during it runs the key once more (nothing is lost).
     assert runs[1] == pytest.approx(10.0)
     assert len(runs) == 3
+
+
+def test_backoff_never_overflows() -> None:
+    # 2 ** 1024 is past any float: a key failing for days must still get the maximum.
+    for failures in (64, 1_025, 10**6):
+        assert Backoff(initial=0.5, maximum=300.0, jitter=0).delay(failures) == 300
+
+
+class BrokenBackoff(Backoff):
+    def delay(self, failures: int) -> float:
+        raise OverflowError("the queue's own bookkeeping failed")
+
+
+async def test_a_worker_survives_its_handlers_and_its_own_failures() -> None:
+    handled: list[str] = []
+
+    async def handle(key: str) -> None:
+        handled.append(key)
+        if key == "cancelled":
+            raise asyncio.CancelledError  # from something the handler awaited, not the worker's own
+        if key == "broken-retry":
+            raise Requeue(reason="with a backoff that fails", backoff=BrokenBackoff())
+        if key == "error":
+            raise RuntimeError("handler bug")
+
+    queue: WorkQueue[str] = WorkQueue("t-survive", handle, workers=1)
+    queue.start()
+    for key in ("cancelled", "broken-retry", "error", "after"):
+        queue.add(key)
+    await wait_for(lambda: "after" in handled)
+    assert handled == ["cancelled", "broken-retry", "error", "after"]
+    assert all(not task.done() for task in queue._tasks)
+    await queue.stop()
