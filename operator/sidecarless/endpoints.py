@@ -8,6 +8,7 @@ for the controllers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -167,6 +168,50 @@ class LastError:
 NOT_PROBED_YET = ("Connecting", "not probed yet")
 
 
+class Slots:
+    """At most `size` holders at once, first come first served; the size may change while
+    slots are held (spec.maxInFlight edited live): waiters go as soon as the new size allows."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._wake()
+
+    async def __aenter__(self) -> None:
+        if self.held < self.size and not self._waiters:
+            self.held += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted, then cancelled before it could be used
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self.held -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.held < self.size:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.held += 1
+                waiter.set_result(None)
+
+
 class Endpoint:
     """A live connection to one driver, with what discovery and the last probe learnt."""
 
@@ -186,7 +231,13 @@ class Endpoint:
         self.failures = 0
         self.operations: dict[str, int] = {}  # completed operations by kind ("attaches", "detaches")
         self.last_error: LastError | None = None
-        self._slots = asyncio.Semaphore(spec.max_in_flight)
+        self._slots = Slots(spec.max_in_flight)
+
+    def reconfigure(self, spec: EndpointSpec) -> None:
+        """Take a spec whose connection is the same: its timeout and limit apply from the next call."""
+        self.spec = spec
+        self.client.timeout = spec.operation_timeout
+        self._slots.resize(spec.max_in_flight)
 
     @property
     def backoff(self) -> Backoff:
@@ -425,7 +476,7 @@ class EndpointRegistry:
         self.spec_errors.pop(name, None)
         current = self._endpoints.get(name)
         if current is not None and current.spec.connection_key == parsed.connection_key:
-            current.spec = parsed
+            current.reconfigure(parsed)
             endpoint = current
         else:
             await self._drop(name)

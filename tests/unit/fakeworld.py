@@ -356,7 +356,7 @@ class FakeDriver(CSIClient):
     script: dict[str, list[Answer]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     timeouts: list[float] = field(default_factory=list)  # the deadline of each call
-    hold: asyncio.Event | None = None  # while set to an unset Event, calls wait for it
+    hold: asyncio.Event | None = None  # while set to an unset Event, calls (but probes) wait for it
 
     def __post_init__(self) -> None:
         CSIClient.__init__(self, "unix:///fake/csi.sock", driver_name=self.name)
@@ -373,7 +373,7 @@ class FakeDriver(CSIClient):
         self.calls.append(Call(rpc.method, request, loop.time()))
         self.timeouts.append(self.timeout if timeout is None else timeout)
         await asyncio.sleep(0)  # a real call yields to the loop
-        if self.hold is not None:
+        if self.hold is not None and rpc.service != "Identity":
             await self.hold.wait()
         answers = self.script.get(rpc.method)
         answer: Answer | None = None
