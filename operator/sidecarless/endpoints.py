@@ -38,10 +38,11 @@ ENDPOINT_READY = Gauge(
 )
 
 # The switches of spec.controllers; the modifier (VolumeAttributesClass) goes with the
-# resizer, as both are external-resizer's.
+# resizer, as both are external-resizer's, and group snapshots with the snapshotter, as
+# both are csi-snapshotter's.
 SWITCHES = ("provisioner", "attacher", "resizer", "snapshotter")
 CONTROLLERS = ("provisioner", "attacher", "resizer", "modifier", "snapshotter")
-_SWITCH_OF = {"modifier": "resizer"}
+_SWITCH_OF = {"modifier": "resizer", "group-snapshotter": "snapshotter"}
 # The capability each controller needs from the driver to do real work.
 REQUIRED_CAPABILITY = {
     "provisioner": "CREATE_DELETE_VOLUME",
@@ -254,8 +255,13 @@ class Endpoint:
         """Whether controllers may send this endpoint work."""
         return self.problem is None
 
+    def switched_on(self, controller: str) -> bool:
+        """spec.controllers' switch for `controller` (the modifier and group snapshots follow
+        the resizer's and the snapshotter's)."""
+        return self.spec.controllers.get(_SWITCH_OF.get(controller, controller), True)
+
     def controller_state(self, controller: str) -> str:
-        if not self.spec.controllers.get(_SWITCH_OF.get(controller, controller), True):
+        if not self.switched_on(controller):
             return DISABLED
         if self.info is not None and REQUIRED_CAPABILITY[controller] not in self.info.controller:
             if controller == "resizer" and _expands_on_node(self.info):

@@ -335,6 +335,8 @@ class GroupSnapshotter:
             raise Requeue(None, f"the volumes of {name} are not known yet")
         if endpoint is None or endpoint.info is None or gplan.CAPABILITY not in endpoint.info.group_controller:
             return
+        if not endpoint.switched_on("group-snapshotter"):
+            return  # spec.controllers.snapshotter: false; a csi-snapshotter beside it serves the driver
         if not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
         annotations = meta.get("annotations") or {}
