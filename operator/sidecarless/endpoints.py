@@ -492,6 +492,17 @@ class EndpointRegistry:
             await self.on_change(name)
         return endpoint
 
+    async def refresh(self, name: str) -> None:
+        """Probe `name`'s driver. One that serves again tells the controllers (on_change), whose
+        keys would otherwise wait out the backoff they built up while it was away."""
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            return
+        was_serving = endpoint.serving
+        await endpoint.refresh()
+        if endpoint.serving and not was_serving and self.on_change is not None:
+            await self.on_change(name)
+
     async def remove(self, name: str) -> None:
         self.spec_errors.pop(name, None)
         self._applied.pop(name, None)

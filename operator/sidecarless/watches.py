@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from sidecarless import kube as k
 from sidecarless.attacher.controller import Attacher
@@ -36,6 +36,20 @@ Body = dict[str, Any]
 DELETED = "DELETED"
 
 
+@runtime_checkable
+class Controller(Protocol):
+    """What the lifecycle asks of every controller; the one list below holds them all, so
+    none can be forgotten when the controllers start, stop or hear of an endpoint."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def endpoint_changed(self, endpoint: str) -> None:
+        """A DriverEndpoint was (re)configured or serves again: look at its objects now, not
+        after the backoff they built up meanwhile."""
+
+
 @dataclass
 class Controllers:
     context: Context
@@ -48,8 +62,8 @@ class Controllers:
     group_controller: GroupSnapshotController | None
     leaks: LeakReporter
 
-    def all(self) -> list[Any]:
-        every = (
+    def all(self) -> list[Controller]:
+        every: tuple[Controller | None, ...] = (
             self.leaks,
             self.provisioner,
             self.attacher,
@@ -60,6 +74,11 @@ class Controllers:
             self.group_controller,
         )
         return [c for c in every if c is not None]
+
+    async def endpoint_changed(self, endpoint: str) -> None:
+        """The one fan-out (EndpointRegistry.on_change): every controller looks again."""
+        for controller in self.all():
+            controller.endpoint_changed(endpoint)
 
 
 def claim_event(c: Controllers, kind: str | None, claim: Body, quiet: Quiet = LOUD) -> None:

@@ -456,6 +456,7 @@ class World:
             group_controller=GroupSnapshotController(self.context) if self.settings.snapshot_controller else None,
             leaks=LeakReporter(self.context),
         )
+        self.context.endpoints.on_change = self.controllers.endpoint_changed  # as handlers.startup does
         # The informers' own event functions, fed by the fake API instead of a watch.
         for informer in watches.informers(self.controllers):
             self.api.watchers[informer.resource.plural] = informer.on_event

@@ -144,7 +144,7 @@ class Attacher:
         lane = self.detaches if attachment["metadata"].get("deletionTimestamp") else self.attaches
         lane.add(attachment["metadata"]["name"], quiet=quiet)
 
-    def requeue_all(self) -> None:
+    def endpoint_changed(self, endpoint: str) -> None:
         for attachment in self.context.stores.attachments.values():
             self.enqueue(attachment)
 

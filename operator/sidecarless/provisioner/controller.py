@@ -114,7 +114,7 @@ class Provisioner:
             for c in sources.pending_uses_of(snapshot_key, claims, snapshot=True)
         ]
 
-    def requeue_endpoint(self, endpoint_name: str) -> None:
+    def endpoint_changed(self, endpoint_name: str) -> None:
         """Look again at everything an endpoint serves (it was created, changed or recovered)."""
         self.recoveries.add(endpoint_name)
         stores = self.context.stores

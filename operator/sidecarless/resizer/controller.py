@@ -81,7 +81,7 @@ class Resizer:
         if claim is not None:
             self.claim_changed(claim, quiet=quiet)
 
-    def requeue_all(self) -> None:
+    def endpoint_changed(self, endpoint: str) -> None:
         for claim in self.context.stores.claims.values():
             self.claim_changed(claim)
 

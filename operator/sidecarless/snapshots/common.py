@@ -50,6 +50,13 @@ class SnapshotController:
 
     # --- queueing ------------------------------------------------------------------
 
+    def endpoint_changed(self, endpoint: str) -> None:
+        # Any driver's snapshots may wait for a content its driver half could not cut yet.
+        for snapshot in self.context.stores.snapshots.values():
+            self.snapshots.add(plan.key_of(snapshot))
+        for content in self.context.stores.contents.values():
+            self.contents.add(content["metadata"]["name"])
+
     def snapshot_deleted(self, snapshot: Body) -> None:
         """A snapshot gone from the API: its content may now lose its finalizer; its PVC too."""
         name = plan.bound_content_name(snapshot)

@@ -120,6 +120,9 @@ class Snapshotter:
         for content in self.context.stores.contents.values():
             self.contents.add(content["metadata"]["name"], quiet=quiet)
 
+    def endpoint_changed(self, endpoint: str) -> None:
+        self.requeue_all()
+
     # --- sync ----------------------------------------------------------------------
 
     async def sync_content(self, name: str) -> None:

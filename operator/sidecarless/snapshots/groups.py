@@ -68,6 +68,10 @@ class GroupSnapshotController:
     async def stop(self) -> None:
         await self.groups.stop()
 
+    def endpoint_changed(self, endpoint: str) -> None:
+        for group in self.context.stores.group_snapshots.values():
+            self.groups.add(gplan.key_of(group))
+
     def content_changed(self, content: Body, *, quiet: bool = False) -> None:
         ref = (content.get("spec") or {}).get("volumeGroupSnapshotRef") or {}
         if ref.get("name"):
@@ -320,6 +324,10 @@ class GroupSnapshotter:
 
     async def stop(self) -> None:
         await self.contents.stop()
+
+    def endpoint_changed(self, endpoint: str) -> None:
+        for content in self.context.stores.group_contents.values():
+            self.contents.add(content["metadata"]["name"])
 
     async def sync_content(self, name: str) -> None:
         context = self.context
