@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from sidecarless import kube as k
 from sidecarless.attacher.controller import Attacher
 from sidecarless.context import Context
-from sidecarless.informer import Informer
+from sidecarless.informer import RESYNC, Informer
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
@@ -218,9 +218,15 @@ WATCHED: list[tuple[k.Resource, StoreOf, Handler | None]] = [
 
 
 def informers(c: Controllers) -> list[Informer]:
-    """An informer for each watched kind."""
+    """An informer for each watched kind, resyncing every `resync_seconds`."""
     return [
-        Informer(c.context.kube, resource, store_of(c), _on_event(c, store_of(c), handler))
+        Informer(
+            c.context.kube,
+            resource,
+            store_of(c),
+            _on_event(c, store_of(c), handler),
+            resync=c.context.settings.resync_seconds,
+        )
         for resource, store_of, handler in WATCHED
     ]
 
@@ -229,6 +235,9 @@ def _on_event(c: Controllers, store: Store, handler: Handler | None) -> Callable
     def on_event(kind: str | None, body: Body) -> None:
         if handler is None:
             store.apply_event(kind, body)
+            return
+        if kind == RESYNC:
+            handler(c, kind, body, Quiet(own=True, others=True))  # nothing changed at all
             return
         # Before the store takes it: an event that changes nothing but the status (a
         # failure's own error write, above all) must not cut that key's backoff short.

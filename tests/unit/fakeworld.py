@@ -21,7 +21,7 @@ import copy
 import itertools
 import selectors
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
@@ -202,6 +202,15 @@ class FakeKube(k.Kube):
             self.writes.append(Write(method, resource.plural, _key(namespace, name), "", body))
             return self._delete(resource, namespace, name, body)
         raise AssertionError(f"the fake API has no {method}")
+
+    async def watch(
+        self, resource: k.Resource, version: str, *, timeout: int = 300, namespace: str | None = None
+    ) -> AsyncIterator[tuple[str, Body]]:
+        """A watch that brings nothing: this API hands its events to `watchers` directly."""
+        await asyncio.sleep(timeout)
+        nothing: list[tuple[str, Body]] = []
+        for event in nothing:  # an async generator, as Kube.watch is, that yields nothing
+            yield event
 
     # --- the API server's rules ----------------------------------------------------
 
@@ -430,7 +439,7 @@ class FakeDriver(CSIClient):
 class World:
     """The operator's controllers on a :class:`FakeKube` and :class:`FakeDriver` s."""
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, informers: bool = False, **settings: Any) -> None:
         self.settings = Settings(
             **{"namespace": "sidecarless-system", "identity": "fakeworld", "leader_election": False, **settings}
         )
@@ -458,8 +467,10 @@ class World:
         )
         self.context.endpoints.on_change = self.controllers.endpoint_changed  # as handlers.startup does
         # The informers' own event functions, fed by the fake API instead of a watch.
-        for informer in watches.informers(self.controllers):
+        self.informers = watches.informers(self.controllers)
+        for informer in self.informers:
             self.api.watchers[informer.resource.plural] = informer.on_event
+        self._run_informers = informers  # list (and resync) as in a cluster; events come as above
         self._pending_driver: FakeDriver | None = None
 
     def _connect(self, spec: EndpointSpec, tls: TLSConfig | None) -> Endpoint:
@@ -482,12 +493,17 @@ class World:
         return self.drivers[endpoint]
 
     def start(self) -> None:
+        if self._run_informers:
+            for informer in self.informers:
+                informer.start()
         for controller in self.controllers.all():
             controller.start()
 
     async def stop(self) -> None:
         for controller in self.controllers.all():
             await controller.stop()
+        for informer in self.informers:
+            await informer.stop()
         await self.context.events.close()
         await self.context.endpoints.close()
 
