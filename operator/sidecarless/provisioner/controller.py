@@ -441,7 +441,7 @@ class Provisioner:
         if secret is not None:
             data = await self._secret_data(secret)
             if data is None:
-                # external-provisioner (handleSecretsForDeletion, v6.3.0) goes on without it, as
+                # external-provisioner (handleSecretsForDeletion, v6.3.0 and v6.4.0) goes on without it, as
                 # "the secret may have already been deleted": the same call goes out here, and
                 # a driver that needs it answers with an error the PV's event shows.
                 log.error(
