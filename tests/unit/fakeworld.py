@@ -46,6 +46,7 @@ from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
 from sidecarless.store import object_key
+from sidecarless.workqueue import WorkQueue
 
 Body = dict[str, Any]
 T = TypeVar("T")
@@ -515,9 +516,7 @@ class World:
                 await asyncio.sleep(0.005)
                 quiet_rounds = quiet_rounds + 1 if all(q.idle for q in self.queues()) else 0
 
-    def queues(self) -> Iterator[Any]:
-        from sidecarless.workqueue import WorkQueue  # noqa: PLC0415 - only for this walk
-
+    def queues(self) -> Iterator[WorkQueue[Any]]:
         for controller in self.controllers.all():
             for value in vars(controller).values():
                 if isinstance(value, WorkQueue):

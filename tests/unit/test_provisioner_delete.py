@@ -1,7 +1,7 @@
 """The provisioner's deletion on the fake world: DeleteVolume, its secret, its failures.
 
 A deletion Secret that is missing does not stop the deletion: external-provisioner v6.3.0 and
-v6.4.0 (handleSecretsForDeletion) log "failed to get credentials" and calls DeleteVolume without
+v6.4.0 (handleSecretsForDeletion) log "failed to get credentials" and call DeleteVolume without
 secrets, "as the secret may have already been deleted"; Sidecarless sends the same call.
 A driver that needs the secret fails it, and that failure is a VolumeFailedDelete event on
 the PV, retried with backoff.

@@ -68,3 +68,23 @@ def test_resyncs_do_not_cut_a_backoff_short_and_change_nothing() -> None:
     for earlier, later in itertools.pairwise(gaps):
         assert later >= 1.6 * earlier, times
     assert writes <= 2, writes  # at most the one retry's error write
+
+
+async def test_a_resync_of_settled_objects_costs_no_request_and_no_call() -> None:
+    world = World()
+    try:
+        await world.endpoint("ep")
+        scene(world)
+        world.api.put(k.VOLUME_ATTACHMENT, attachment("va-1", "pv-1"))
+        world.start()
+        await world.settle()
+        await asyncio.sleep(0.1)  # the journal's and the events' writes too
+        assert world.stored(k.VOLUME_ATTACHMENT, "va-1")["status"]["attached"] is True
+        requests, calls = world.api.requests, len(world.driver().calls)
+        for informer in world.informers:
+            await informer.resync_once()
+        await world.settle()
+        await asyncio.sleep(0.1)
+        assert (world.api.requests, len(world.driver().calls)) == (requests, calls)
+    finally:
+        await world.stop()
