@@ -55,7 +55,9 @@ class Settings:
     attacher_reconcile_seconds: float = (
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
     )
-    resync_seconds: float = 600.0  # every object is looked at again this often, events or not
+    # Every watched object is handed to its controllers again this often (+-10 %), events or
+    # not, as the sidecars' --resync-period; 0 turns it off.
+    resync_seconds: float = 600.0
     # How often backend volumes and snapshots are compared with the PVs and contents that
     # reference them (drivers with LIST_VOLUMES / LIST_SNAPSHOTS); 0 turns it off.
     leak_check_seconds: float = 300.0

@@ -8,6 +8,7 @@ for the controllers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -37,10 +38,11 @@ ENDPOINT_READY = Gauge(
 )
 
 # The switches of spec.controllers; the modifier (VolumeAttributesClass) goes with the
-# resizer, as both are external-resizer's.
+# resizer, as both are external-resizer's, and group snapshots with the snapshotter, as
+# both are csi-snapshotter's.
 SWITCHES = ("provisioner", "attacher", "resizer", "snapshotter")
 CONTROLLERS = ("provisioner", "attacher", "resizer", "modifier", "snapshotter")
-_SWITCH_OF = {"modifier": "resizer"}
+_SWITCH_OF = {"modifier": "resizer", "group-snapshotter": "snapshotter"}
 # The capability each controller needs from the driver to do real work.
 REQUIRED_CAPABILITY = {
     "provisioner": "CREATE_DELETE_VOLUME",
@@ -167,12 +169,59 @@ class LastError:
 NOT_PROBED_YET = ("Connecting", "not probed yet")
 
 
+class Slots:
+    """At most `size` holders at once, first come first served; the size may change while
+    slots are held (spec.maxInFlight edited live): waiters go as soon as the new size allows."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._wake()
+
+    async def __aenter__(self) -> None:
+        if self.held < self.size and not self._waiters:
+            self.held += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted, then cancelled before it could be used
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self.held -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.held < self.size:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.held += 1
+                waiter.set_result(None)
+
+
 class Endpoint:
     """A live connection to one driver, with what discovery and the last probe learnt."""
 
-    def __init__(self, spec: EndpointSpec, tls: TLSConfig | None = None) -> None:
+    def __init__(self, spec: EndpointSpec, tls: TLSConfig | None = None, *, client: CSIClient | None = None) -> None:
         self.spec = spec
-        self.client = CSIClient(spec.address, timeout=spec.operation_timeout, tls=tls, driver_name=spec.driver_name)
+        # `client`: tests hand in a scripted driver here (tests/unit/fakeworld.py).
+        self.client = client or CSIClient(
+            spec.address, timeout=spec.operation_timeout, tls=tls, driver_name=spec.driver_name
+        )
         self.info: DriverInfo | None = None
         self.connected = False
         self.probe_ready = False
@@ -183,7 +232,13 @@ class Endpoint:
         self.failures = 0
         self.operations: dict[str, int] = {}  # completed operations by kind ("attaches", "detaches")
         self.last_error: LastError | None = None
-        self._slots = asyncio.Semaphore(spec.max_in_flight)
+        self._slots = Slots(spec.max_in_flight)
+
+    def reconfigure(self, spec: EndpointSpec) -> None:
+        """Take a spec whose connection is the same: its timeout and limit apply from the next call."""
+        self.spec = spec
+        self.client.timeout = spec.operation_timeout
+        self._slots.resize(spec.max_in_flight)
 
     @property
     def backoff(self) -> Backoff:
@@ -200,8 +255,13 @@ class Endpoint:
         """Whether controllers may send this endpoint work."""
         return self.problem is None
 
+    def switched_on(self, controller: str) -> bool:
+        """spec.controllers' switch for `controller` (the modifier and group snapshots follow
+        the resizer's and the snapshotter's)."""
+        return self.spec.controllers.get(_SWITCH_OF.get(controller, controller), True)
+
     def controller_state(self, controller: str) -> str:
-        if not self.spec.controllers.get(_SWITCH_OF.get(controller, controller), True):
+        if not self.switched_on(controller):
             return DISABLED
         if self.info is not None and REQUIRED_CAPABILITY[controller] not in self.info.controller:
             if controller == "resizer" and _expands_on_node(self.info):
@@ -385,7 +445,13 @@ def build_status(
 class EndpointRegistry:
     """Endpoints by DriverEndpoint name, for the controllers; reconnects when an address changes."""
 
-    def __init__(self, on_change: Callable[[str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[str], Awaitable[None]] | None = None,
+        *,
+        connect: Callable[[EndpointSpec, TLSConfig | None], Endpoint] = Endpoint,
+    ) -> None:
+        self._connect = connect  # tests connect to a scripted driver instead
         self._endpoints: dict[str, Endpoint] = {}
         self.spec_errors: dict[str, str] = {}
         self._applied: dict[str, Body] = {}  # the spec each endpoint was last configured from
@@ -416,15 +482,26 @@ class EndpointRegistry:
         self.spec_errors.pop(name, None)
         current = self._endpoints.get(name)
         if current is not None and current.spec.connection_key == parsed.connection_key:
-            current.spec = parsed
+            current.reconfigure(parsed)
             endpoint = current
         else:
             await self._drop(name)
-            endpoint = self._endpoints[name] = Endpoint(parsed, tls)
+            endpoint = self._endpoints[name] = self._connect(parsed, tls)
         await endpoint.refresh()
         if self.on_change is not None:
             await self.on_change(name)
         return endpoint
+
+    async def refresh(self, name: str) -> None:
+        """Probe `name`'s driver. One that serves again tells the controllers (on_change), whose
+        keys would otherwise wait out the backoff they built up while it was away."""
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            return
+        was_serving = endpoint.serving
+        await endpoint.refresh()
+        if endpoint.serving and not was_serving and self.on_change is not None:
+            await self.on_change(name)
 
     async def remove(self, name: str) -> None:
         self.spec_errors.pop(name, None)

@@ -22,6 +22,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,8 +46,17 @@ EVENTS_DROPPED = Counter("sidecarless_events_dropped_total", "Events not posted 
 _CLUSTER_EVENT_NAMESPACE = "default"
 
 
+def _system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+# The wall clock of every time stamp the controllers write; tests that simulate time move it
+# with their event loop's clock (tests/unit/fakeworld.py), so stamps change as they would.
+wall_clock: Callable[[], datetime] = _system_clock
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return wall_clock().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

@@ -108,7 +108,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         group_controller=GroupSnapshotController(budget()) if config.snapshot_controller else None,
         leaks=LeakReporter(budget()),
     )
-    context.endpoints.on_change = _requeue_endpoint(controllers)
+    context.endpoints.on_change = controllers.endpoint_changed
     # Every replica watches (a standby's stores are warm when it takes over); only the
     # leader's controllers work.
     memo.informers = watches.informers(controllers)
@@ -153,16 +153,6 @@ def _stop_all(controllers: Controllers) -> Callable[[], Awaitable[None]]:
             await controller.stop()
 
     return stop
-
-
-def _requeue_endpoint(controllers: Controllers) -> Callable[[str], Awaitable[None]]:
-    async def requeue(name: str) -> None:
-        controllers.provisioner.requeue_endpoint(name)
-        controllers.attacher.requeue_all()
-        controllers.resizer.requeue_all()
-        controllers.snapshotter.requeue_all()
-
-    return requeue
 
 
 def _configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -235,10 +225,7 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
         interval = endpoint.spec.probe_interval if endpoint else 10.0
         if endpoint is not None and time.monotonic() - last_probe >= interval:
             last_probe = time.monotonic()
-            was_serving = endpoint.serving
-            await endpoint.refresh()
-            if endpoint.serving and not was_serving:
-                memo.controllers.provisioner.requeue_endpoint(name)
+            await context.endpoints.refresh(name)  # serving again: every controller looks again
         status = build_status(
             endpoint,
             spec_error=context.endpoints.spec_errors.get(name),

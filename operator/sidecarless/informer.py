@@ -14,6 +14,10 @@ daemon, and the operator's lifecycle.
 - A kind the API server does not serve (the snapshot CRDs are optional) is looked for
   again every `absent_retry` seconds, and says so once in the log.
 - Other failures back off from 1 s to 30 s and are logged; the informer never gives up.
+- Every `resync` seconds (+-10 %, so the kinds do not all resync at once) every object the
+  store holds is handed on again as a RESYNC event, as client-go's resync period does: a
+  controller looks again at what it dropped or what changed without an event of its own
+  (a Secret, a driver's mind). Resyncs add keys quietly: they never cut a backoff short.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ from sidecarless.kube import Gone, Kube, NotFound, Resource
 from sidecarless.store import Store, object_key
 
 Body = dict[str, Any]
-# (event type: ADDED, MODIFIED, DELETED; or None for an object of the initial listing, as Kopf did)
+# (event type: ADDED, MODIFIED, DELETED, RESYNC; or None for an object of the initial listing, as Kopf did)
 OnEvent = Callable[[str | None, Body], None]
+RESYNC = "RESYNC"  # an object the store already holds, handed on again (nothing changed)
+RESYNC_JITTER = 0.1
+RESYNC_BATCH = 500  # objects handed on between two yields to the event loop
 
 log = logging.getLogger("sidecarless.informer")
 
@@ -49,27 +56,46 @@ class Informer:
         on_event: OnEvent,
         *,
         absent_retry: float = 30.0,
+        resync: float = 0.0,
     ) -> None:
         self.kube = kube
         self.resource = resource
         self.store = store
         self.on_event = on_event
         self.absent_retry = absent_retry
+        self.resync = resync  # seconds; 0: never
         self.synced = asyncio.Event()  # set after the first listing (or on learning the kind is not served)
         # Where the watch resumes: the last resourceVersion seen (None: list first). A stopped
         # informer started again resumes from here, or lists again if it has expired.
         self.version: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"informer-{self.resource.plural}")
+        if self.resync > 0:
+            self._resync_task = asyncio.create_task(self._resync_periodically(), name=f"resync-{self.resource.plural}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._resync_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._resync_task = None
+
+    async def _resync_periodically(self) -> None:
+        await self.synced.wait()
+        while True:
+            await asyncio.sleep(self.resync * random.uniform(1 - RESYNC_JITTER, 1 + RESYNC_JITTER))
+            await self.resync_once()
+
+    async def resync_once(self) -> None:
+        """Hand every object the store holds on again (RESYNC)."""
+        for count, body in enumerate(self.store.values(), 1):
+            self._deliver(RESYNC, body)
+            if count % RESYNC_BATCH == 0:
+                await asyncio.sleep(0)  # a large store must not hold the loop for long
 
     async def _run(self) -> None:
         failures = 0

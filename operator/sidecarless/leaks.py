@@ -108,6 +108,9 @@ class LeakReporter:
                 await self._task
             self._task = None
 
+    def endpoint_changed(self, endpoint: str) -> None:
+        """Nothing to do at once: the next periodic check lists the endpoint's backend."""
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.context.settings.leak_check_seconds)

@@ -44,6 +44,12 @@ def drivers_only(body: Body) -> Body:
     }
 
 
+def _beyond_status(body: Body) -> Body:
+    """What an object says besides its status and the bookkeeping every write changes."""
+    meta = {k: v for k, v in body.get("metadata", {}).items() if k not in ("resourceVersion", "managedFields")}
+    return {**{k: v for k, v in body.items() if k != "status"}, "metadata": meta}
+
+
 def _version(body: Body) -> int | None:
     raw = body.get("metadata", {}).get("resourceVersion", "")
     return int(raw) if isinstance(raw, str) and raw.isdigit() else None
@@ -66,6 +72,20 @@ class Store:
         elif not self._older_than_stored(key, body):
             self._objects[key] = self._project(dict(body))
         return key
+
+    def unchanged_but_status(self, event_type: str | None, body: Body) -> bool:
+        """Whether an event brings nothing but a new status of an object already held: or
+        nothing at all, as the echo of our own write (already remembered), a listing again
+        or an event older than the copy held. Such an event must not cut a retry short."""
+        if event_type == "DELETED":
+            return False
+        stored = self._objects.get(object_key(body))
+        if stored is None:
+            return False
+        new, old = _version(body), _version(stored)
+        if new is not None and old is not None and new < old:
+            return True
+        return _beyond_status(self._project(dict(body))) == _beyond_status(stored)
 
     def remember(self, body: Body) -> None:
         """Our own write's result: keep it unless the watch already brought something newer.

@@ -1,5 +1,10 @@
 """What each watch event of a user's object does: update its store, queue keys for controllers.
 
+An event that changes nothing but its object's status adds that object's keys quietly
+(:meth:`sidecarless.workqueue.WorkQueue.add`): the echo of a failure's own error write does
+not re-run the failed sync at once. Keys woken through an object (a content's snapshot)
+are added as before: their own object did not tell them.
+
 These objects are watched by :mod:`sidecarless.informer`, not by Kopf, so nothing is ever
 written onto them but what the controllers write. Every function here is synchronous and
 cheap: the work happens in the controllers' queues.
@@ -9,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from sidecarless import kube as k
 from sidecarless.attacher.controller import Attacher
 from sidecarless.context import Context
-from sidecarless.informer import Informer
+from sidecarless.informer import RESYNC, Informer
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner import sources
 from sidecarless.provisioner.controller import Provisioner
@@ -25,9 +30,24 @@ from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
 from sidecarless.store import Store
+from sidecarless.workqueue import LOUD, Quiet
 
 Body = dict[str, Any]
 DELETED = "DELETED"
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """What the lifecycle asks of every controller; the one list below holds them all, so
+    none can be forgotten when the controllers start, stop or hear of an endpoint."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def endpoint_changed(self, endpoint: str) -> None:
+        """A DriverEndpoint was (re)configured or serves again: look at its objects now, not
+        after the backoff they built up meanwhile."""
 
 
 @dataclass
@@ -42,8 +62,8 @@ class Controllers:
     group_controller: GroupSnapshotController | None
     leaks: LeakReporter
 
-    def all(self) -> list[Any]:
-        every = (
+    def all(self) -> list[Controller]:
+        every: tuple[Controller | None, ...] = (
             self.leaks,
             self.provisioner,
             self.attacher,
@@ -55,14 +75,19 @@ class Controllers:
         )
         return [c for c in every if c is not None]
 
+    async def endpoint_changed(self, endpoint: str) -> None:
+        """The one fan-out (EndpointRegistry.on_change): every controller looks again."""
+        for controller in self.all():
+            controller.endpoint_changed(endpoint)
 
-def claim_event(c: Controllers, kind: str | None, claim: Body) -> None:
+
+def claim_event(c: Controllers, kind: str | None, claim: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.claims.apply_event(kind, claim)
     if c.snapshot_controller is not None:
-        c.snapshot_controller.claim_changed(claim)
+        c.snapshot_controller.claim_changed(claim, quiet=quiet.others)
     if kind != DELETED:
-        c.provisioner.claims.add(key)
-        c.resizer.claim_changed(claim)
+        c.provisioner.claims.add(key, quiet=quiet.own)
+        c.resizer.claim_changed(claim, quiet=quiet.own)
         return
     c.resizer.claim_deleted(key)
     namespace = claim["metadata"]["namespace"]
@@ -80,25 +105,25 @@ def claim_event(c: Controllers, kind: str | None, claim: Body) -> None:
         c.provisioner.recoveries.add(endpoint_name)
 
 
-def volume_event(c: Controllers, kind: str | None, volume: Body) -> None:
+def volume_event(c: Controllers, kind: str | None, volume: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.volumes.apply_event(kind, volume)
     if kind != DELETED:
-        c.provisioner.volumes.add(key)
-        c.attacher.volumes.add(key)
-        c.resizer.volume_changed(volume)
+        c.provisioner.volumes.add(key, quiet=quiet.own)
+        c.attacher.volumes.add(key, quiet=quiet.own)
+        c.resizer.volume_changed(volume, quiet=quiet.others)
 
 
-def class_event(c: Controllers, kind: str | None, storage_class: Body) -> None:
+def class_event(c: Controllers, kind: str | None, storage_class: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.classes.apply_event(kind, storage_class)
     if kind != DELETED and endpoint_of_class(storage_class):
         for claim in c.provisioner.claims_of_class(key):
-            c.provisioner.claims.add(claim)
+            c.provisioner.claims.add(claim, quiet=quiet.others)
 
 
-def attachment_event(c: Controllers, kind: str | None, attachment: Body) -> None:
+def attachment_event(c: Controllers, kind: str | None, attachment: Body, quiet: Quiet = LOUD) -> None:
     c.context.stores.attachments.apply_event(kind, attachment)
     if kind != DELETED:
-        c.attacher.enqueue(attachment)
+        c.attacher.enqueue(attachment, quiet=quiet.own)
         return
     # A released volume's deletion, and the attacher's PV finalizer, wait for attachments to go.
     volume = ((attachment.get("spec") or {}).get("source") or {}).get("persistentVolumeName")
@@ -107,66 +132,69 @@ def attachment_event(c: Controllers, kind: str | None, attachment: Body) -> None
         c.attacher.volumes.add(volume)
 
 
-def attributes_class_event(c: Controllers, kind: str | None, attributes_class: Body) -> None:
+def attributes_class_event(c: Controllers, kind: str | None, attributes_class: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.attribute_classes.apply_event(kind, attributes_class)
     if kind == DELETED:
         return
     # Claims waiting (Pending) for this class, or for provisioning with it, go again.
     for claim in c.context.stores.claims.values():
         if (claim.get("spec") or {}).get("volumeAttributesClassName") == key:
-            c.resizer.claim_changed(claim)
-            c.provisioner.claims.add(f"{claim['metadata']['namespace']}/{claim['metadata']['name']}")
+            c.resizer.claim_changed(claim, quiet=quiet.others)
+            c.provisioner.claims.add(
+                f"{claim['metadata']['namespace']}/{claim['metadata']['name']}", quiet=quiet.others
+            )
 
 
-def snapshot_event(c: Controllers, kind: str | None, snapshot: Body) -> None:
+def snapshot_event(c: Controllers, kind: str | None, snapshot: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.snapshots.apply_event(kind, snapshot)
     if (snapshot.get("status") or {}).get("readyToUse"):
         # Claims waiting to be restored from it need not wait for their backoff.
         for claim in c.provisioner.restores_of(key):
-            c.provisioner.claims.add(claim)
+            c.provisioner.claims.add(claim, quiet=quiet.others)
     content = snapshot_plan.bound_content_name(snapshot)
     if snapshot["metadata"].get("deletionTimestamp") and content:
         # The driver half reads this deletion from the snapshot itself (snapshots.plan.content_decision).
-        c.snapshotter.contents.add(content)
+        c.snapshotter.contents.add(content, quiet=quiet.others)
     if c.snapshot_controller is None:
         return
     if kind == DELETED:
         c.snapshot_controller.snapshot_deleted(snapshot)
     else:
-        c.snapshot_controller.snapshots.add(key)
+        c.snapshot_controller.snapshots.add(key, quiet=quiet.own)
 
 
-def content_event(c: Controllers, kind: str | None, content: Body) -> None:
+def content_event(c: Controllers, kind: str | None, content: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.contents.apply_event(kind, content)
     if c.snapshot_controller is not None:
-        c.snapshot_controller.content_changed(content)
+        c.snapshot_controller.content_changed(content, quiet)
     if kind != DELETED:
-        c.snapshotter.contents.add(key)
+        c.snapshotter.contents.add(key, quiet=quiet.own)
 
 
-def snapshot_class_event(c: Controllers, kind: str | None, snapshot_class: Body) -> None:
+def snapshot_class_event(c: Controllers, kind: str | None, snapshot_class: Body, quiet: Quiet = LOUD) -> None:
     c.context.stores.snapshot_classes.apply_event(kind, snapshot_class)
     if kind != DELETED:
-        c.snapshotter.requeue_all()
+        c.snapshotter.requeue_all(quiet=quiet.others)
 
 
-def group_snapshot_event(c: Controllers, kind: str | None, group: Body) -> None:
+def group_snapshot_event(c: Controllers, kind: str | None, group: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.group_snapshots.apply_event(kind, group)
     if kind != DELETED and c.group_controller is not None:
-        c.group_controller.groups.add(key)
+        c.group_controller.groups.add(key, quiet=quiet.own)
     if kind == DELETED and c.snapshot_controller is not None:
         c.snapshot_controller.group_deleted(group)  # its members may go now
 
 
-def group_content_event(c: Controllers, kind: str | None, content: Body) -> None:
+def group_content_event(c: Controllers, kind: str | None, content: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.group_contents.apply_event(kind, content)
     if c.group_controller is not None:
-        c.group_controller.content_changed(content)
+        c.group_controller.content_changed(content, quiet=quiet.others)
     if kind != DELETED:
-        c.group_snapshotter.contents.add(key)
+        c.group_snapshotter.contents.add(key, quiet=quiet.own)
 
 
-Handler = Callable[[Controllers, str | None, Body], None]
+# (controllers, event type, object, how quietly it adds keys)
+Handler = Callable[[Controllers, str | None, Body, Quiet], None]
 StoreOf = Callable[[Controllers], Store]
 
 # Each watched kind, its store, and what else its events do (None: only the store; the
@@ -190,9 +218,15 @@ WATCHED: list[tuple[k.Resource, StoreOf, Handler | None]] = [
 
 
 def informers(c: Controllers) -> list[Informer]:
-    """An informer for each watched kind."""
+    """An informer for each watched kind, resyncing every `resync_seconds`."""
     return [
-        Informer(c.context.kube, resource, store_of(c), _on_event(c, store_of(c), handler))
+        Informer(
+            c.context.kube,
+            resource,
+            store_of(c),
+            _on_event(c, store_of(c), handler),
+            resync=c.context.settings.resync_seconds,
+        )
         for resource, store_of, handler in WATCHED
     ]
 
@@ -201,7 +235,12 @@ def _on_event(c: Controllers, store: Store, handler: Handler | None) -> Callable
     def on_event(kind: str | None, body: Body) -> None:
         if handler is None:
             store.apply_event(kind, body)
-        else:
-            handler(c, kind, body)
+            return
+        if kind == RESYNC:
+            handler(c, kind, body, Quiet(own=True, others=True))  # nothing changed at all
+            return
+        # Before the store takes it: an event that changes nothing but the status (a
+        # failure's own error write, above all) must not cut that key's backoff short.
+        handler(c, kind, body, Quiet(own=store.unchanged_but_status(kind, body)))
 
     return on_event

@@ -11,7 +11,7 @@ import pytest
 from csi_client import CSIClient, csi
 from devcluster import LocalCluster
 from devcluster.operator import OperatorProcess
-from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PV, PVC, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
+from sidecarless.kube import DRIVER_ENDPOINT, EVENT, PV, PVC, SECRET, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
 from tests.e2e.conftest import MOCK, MOCK_NOATTACH, claim, condition, eventually, volume_attachment, wait_ready
 
 pytestmark = pytest.mark.cluster
@@ -243,6 +243,36 @@ async def test_volume_whose_class_was_deleted_is_still_deleted(
 
     await eventually(gone, what="the PV of a deleted class deleted", timeout=30)
     assert handle not in await backend_volume_ids(cluster.driver_addresses[MOCK])
+
+
+async def test_volume_whose_deletion_secret_is_gone_is_still_deleted(
+    kube: Kube,
+    namespace: str,
+    cluster: LocalCluster,
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
+) -> None:
+    """As external-provisioner (handleSecretsForDeletion: "the secret may have already been
+    deleted"): DeleteVolume goes without the secret, and the driver's answer decides."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"key": "v"}}
+    await kube.create(SECRET, secret, namespace)
+    _, class_name = await routed_class(
+        parameters={
+            "csi.storage.k8s.io/provisioner-secret-name": "creds",
+            "csi.storage.k8s.io/provisioner-secret-namespace": namespace,
+        }
+    )
+    await kube.create(PVC, claim("secretive", class_name), namespace)
+    uid = (await bound_claim(kube, namespace, "secretive"))["metadata"]["uid"]
+    volume = await kube.get(PV, f"pvc-{uid}")
+    assert volume["metadata"]["annotations"]["volume.kubernetes.io/provisioner-deletion-secret-name"] == "creds"
+    await kube.delete(SECRET, "creds", namespace)
+    await kube.delete(PVC, "secretive", namespace)
+
+    async def gone() -> bool:
+        return await kube.get_or_none(PV, f"pvc-{uid}") is None
+
+    await eventually(gone, what="the PV deleted without its deletion secret", timeout=30)
+    assert volume["spec"]["csi"]["volumeHandle"] not in await backend_volume_ids(cluster.driver_addresses[MOCK])
 
 
 async def test_block_volume(

@@ -95,10 +95,10 @@ def test_refused_access_modes(modes: list[str], message: str) -> None:
 
 
 def test_volume_error_carries_the_grpc_code() -> None:
-    error = plan.volume_error("boom", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    error = plan.volume_error("boom", grpc.StatusCode.RESOURCE_EXHAUSTED, "2026-01-01T00:00:00Z")
     assert error["errorCode"] == 8
     assert error["message"] == "boom"
-    assert "errorCode" not in plan.volume_error("no code", None)
+    assert "errorCode" not in plan.volume_error("no code", None, "2026-01-01T00:00:00Z")
 
 
 def test_lost_attachments_only_requeue_attached_ones_the_driver_does_not_list() -> None:

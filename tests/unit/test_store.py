@@ -61,3 +61,19 @@ def test_stores_route_a_write_to_the_store_of_its_kind() -> None:
     stores.remember(PV, {"metadata": {"name": "pv", "resourceVersion": "3"}})
     assert stores.claims.get("ns/data")["metadata"]["resourceVersion"] == "2"  # type: ignore[index]
     assert "pv" not in stores.volumes
+
+
+def test_an_event_changing_only_the_status_is_told_apart() -> None:
+    store = Store("PersistentVolumeClaim")
+    assert not store.unchanged_but_status("ADDED", claim("1"))  # nothing held yet
+    store.apply_event("ADDED", claim("1"))
+    with_status = {**claim("2"), "status": {"phase": "Bound"}}
+    assert store.unchanged_but_status("MODIFIED", with_status)
+    assert not store.unchanged_but_status("MODIFIED", claim("2", finalizers=["someone's"]))
+    assert not store.unchanged_but_status("MODIFIED", claim("2", deletionTimestamp="2026-01-01T00:00:00Z"))
+    assert not store.unchanged_but_status("MODIFIED", {**claim("2"), "spec": {"volumeName": "pv"}})
+    assert not store.unchanged_but_status("DELETED", claim("2"))
+    # Our own write, remembered before its watch event: the event brings nothing new.
+    store.remember(claim("3", finalizers=["ours"]))
+    assert store.unchanged_but_status("MODIFIED", claim("3", finalizers=["ours"]))
+    assert store.unchanged_but_status("MODIFIED", claim("2"))  # older than the copy held

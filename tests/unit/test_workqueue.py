@@ -122,3 +122,97 @@ async def test_requeue_can_bring_its_own_backoff() -> None:
     await wait_for(lambda: len(attempts) == 2)
     await queue.stop()
     assert attempts[1] - attempts[0] == pytest.approx(0.2, abs=0.08)
+
+
+def test_a_quiet_add_leaves_a_pending_retry_alone_and_a_loud_one_cuts_it_short() -> None:
+    from tests.unit.fakeworld import simulate  # noqa: PLC0415 - simulated time for this test only
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        runs: list[float] = []
+
+        async def handle(_: str) -> None:
+            runs.append(loop.time())
+            raise RuntimeError("driver down")
+
+        queue: WorkQueue[str] = WorkQueue("t-quiet", handle, workers=1, backoff=Backoff(initial=10, jitter=0))
+        queue.start()
+        queue.add("k")
+        await asyncio.sleep(1)
+        queue.add("k", quiet=True)  # e.g. the watch event of the failure's own status write
+        await asyncio.sleep(1)
+        assert runs == [0.0]
+        await asyncio.sleep(9)  # the retry, 10 s after the failure
+        assert len(runs) == 2
+        queue.add("k")  # a real change (the spec): at once
+        await asyncio.sleep(0.1)
+        await queue.stop()
+        return runs
+
+    runs = simulate(main)
+    assert len(runs) == 3
+    assert runs[1:] == [pytest.approx(10.0), pytest.approx(11.0)]  # the retry, then the loud add at once
+
+
+def test_a_quiet_add_during_a_failing_run_waits_for_the_retry_but_after_success_runs_again() -> None:
+    from tests.unit.fakeworld import simulate  # noqa: PLC0415
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        runs: list[float] = []
+        queue: WorkQueue[str]
+
+        async def handle(key: str) -> None:
+            runs.append(loop.time())
+            if len(runs) <= 2:
+                queue.add(key, quiet=True)  # its own write's echo, while it still runs
+            await asyncio.sleep(0)
+            if len(runs) == 1:
+                raise RuntimeError("driver down")
+
+        queue = WorkQueue("t-quiet-active", handle, workers=1, backoff=Backoff(initial=10, jitter=0))
+        queue.start()
+        queue.add("k")
+        await asyncio.sleep(5)
+        assert runs == [0.0]  # not again at once after the failure
+        await asyncio.sleep(6)
+        await queue.stop()
+        return runs
+
+    runs = simulate(main)
+    # The retry at 10 s succeeds; the echo during it runs the key once more (nothing is lost).
+    assert runs[1] == pytest.approx(10.0)
+    assert len(runs) == 3
+
+
+def test_backoff_never_overflows() -> None:
+    # 2 ** 1024 is past any float: a key failing for days must still get the maximum.
+    for failures in (64, 1_025, 10**6):
+        assert Backoff(initial=0.5, maximum=300.0, jitter=0).delay(failures) == 300
+
+
+class BrokenBackoff(Backoff):
+    def delay(self, failures: int) -> float:
+        raise OverflowError("the queue's own bookkeeping failed")
+
+
+async def test_a_worker_survives_its_handlers_and_its_own_failures() -> None:
+    handled: list[str] = []
+
+    async def handle(key: str) -> None:
+        handled.append(key)
+        if key == "cancelled":
+            raise asyncio.CancelledError  # from something the handler awaited, not the worker's own
+        if key == "broken-retry":
+            raise Requeue(reason="with a backoff that fails", backoff=BrokenBackoff())
+        if key == "error":
+            raise RuntimeError("handler bug")
+
+    queue: WorkQueue[str] = WorkQueue("t-survive", handle, workers=1)
+    queue.start()
+    for key in ("cancelled", "broken-retry", "error", "after"):
+        queue.add(key)
+    await wait_for(lambda: "after" in handled)
+    assert handled == ["cancelled", "broken-retry", "error", "after"]
+    assert all(not task.done() for task in queue._tasks)
+    await queue.stop()

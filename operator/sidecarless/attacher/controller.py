@@ -22,6 +22,7 @@ from sidecarless import faults, finalizers
 from sidecarless.attacher import plan
 from sidecarless.context import Context
 from sidecarless.endpoints import ACTIVE, UNSUPPORTED, Endpoint
+from sidecarless.events import now_rfc3339
 from sidecarless.kube import PV, VOLUME_ATTACHMENT, NotFound
 from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.routing import endpoint_of_volume
@@ -139,11 +140,11 @@ class Attacher:
             self._forced.add(name)
             self.attaches.add(name)
 
-    def enqueue(self, attachment: Body) -> None:
+    def enqueue(self, attachment: Body, *, quiet: bool = False) -> None:
         lane = self.detaches if attachment["metadata"].get("deletionTimestamp") else self.attaches
-        lane.add(attachment["metadata"]["name"])
+        lane.add(attachment["metadata"]["name"], quiet=quiet)
 
-    def requeue_all(self) -> None:
+    def endpoint_changed(self, endpoint: str) -> None:
         for attachment in self.context.stores.attachments.values():
             self.enqueue(attachment)
 
@@ -318,10 +319,10 @@ class Attacher:
             )
 
     async def _attach_error(self, attachment: Body, message: str, code: Any) -> None:
-        await self._set_status(attachment, {"attachError": plan.volume_error(message, code)})
+        await self._set_status(attachment, {"attachError": plan.volume_error(message, code, now_rfc3339())})
 
     async def _detach_error(self, attachment: Body, message: str, code: Any = None) -> None:
-        await self._set_status(attachment, {"detachError": plan.volume_error(message, code)})
+        await self._set_status(attachment, {"detachError": plan.volume_error(message, code, now_rfc3339())})
 
     async def _secrets(self, volume: Body, ref_field: str) -> dict[str, str]:
         ref = ((volume.get("spec") or {}).get("csi") or {}).get(ref_field)

@@ -113,9 +113,9 @@ def publish_request(
     )
 
 
-def volume_error(message: str, code: grpc.StatusCode | None) -> Body:
-    """A VolumeAttachment's attachError / detachError."""
-    error: Body = {"message": message, "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+def volume_error(message: str, code: grpc.StatusCode | None, now: str) -> Body:
+    """A VolumeAttachment's attachError / detachError, stamped `now` (RFC 3339)."""
+    error: Body = {"message": message, "time": now}
     if code is not None and code in GO_CODE_NAMES:
         error["errorCode"] = code.value[0]
     return error

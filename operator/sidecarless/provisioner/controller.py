@@ -114,7 +114,7 @@ class Provisioner:
             for c in sources.pending_uses_of(snapshot_key, claims, snapshot=True)
         ]
 
-    def requeue_endpoint(self, endpoint_name: str) -> None:
+    def endpoint_changed(self, endpoint_name: str) -> None:
         """Look again at everything an endpoint serves (it was created, changed or recovered)."""
         self.recoveries.add(endpoint_name)
         stores = self.context.stores
@@ -439,7 +439,18 @@ class Provisioner:
     ) -> None:
         request = csi.DeleteVolumeRequest(volume_id=volume_id)
         if secret is not None:
-            request.secrets.update(await self._secret_data(secret) or {})
+            data = await self._secret_data(secret)
+            if data is None:
+                # external-provisioner (handleSecretsForDeletion, v6.3.0 and v6.4.0) goes on without it, as
+                # "the secret may have already been deleted": the same call goes out here, and
+                # a driver that needs it answers with an error the PV's event shows.
+                log.error(
+                    "failed to get credentials for volume %s: secret %s/%s not found; deleting without them",
+                    obj,
+                    secret.namespace,
+                    secret.name,
+                )
+            request.secrets.update(data or {})
         await endpoint.call(CSIClient.delete_volume, request, operation="DeleteVolume", obj=obj)
 
     # --- the journal -----------------------------------------------------------------

@@ -59,13 +59,13 @@ class Resizer:
 
     # --- queueing ------------------------------------------------------------------
 
-    def claim_changed(self, claim: Body) -> None:
+    def claim_changed(self, claim: Body, *, quiet: bool = False) -> None:
         if (claim.get("status") or {}).get("phase") != "Bound":
             return
         key = f"{claim['metadata']['namespace']}/{claim['metadata']['name']}"
-        self.expansions.add(key)
+        self.expansions.add(key, quiet=quiet)
         if modify.wants_modification(claim):
-            self.modifications.add(key)
+            self.modifications.add(key, quiet=quiet)
 
     def claim_deleted(self, key: str) -> None:
         self._final_errors.discard(key)
@@ -74,14 +74,14 @@ class Resizer:
         for kind in ("expand", "modify"):
             self._slow.pop((kind, key), None)
 
-    def volume_changed(self, volume: Body) -> None:
+    def volume_changed(self, volume: Body, *, quiet: bool = False) -> None:
         """A PV's change can finish a claim's business (its pre-resize annotation to drop)."""
         ref = (volume.get("spec") or {}).get("claimRef") or {}
         claim = self.context.stores.claims.get(f"{ref.get('namespace')}/{ref.get('name')}")
         if claim is not None:
-            self.claim_changed(claim)
+            self.claim_changed(claim, quiet=quiet)
 
-    def requeue_all(self) -> None:
+    def endpoint_changed(self, endpoint: str) -> None:
         for claim in self.context.stores.claims.values():
             self.claim_changed(claim)
 

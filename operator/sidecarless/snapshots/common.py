@@ -24,7 +24,7 @@ from sidecarless.snapshots import plan
 from sidecarless.snapshots.driver import snapshots_here
 from sidecarless.snapshots.group_plan import MEMBER_FINALIZER, group_of
 from sidecarless.snapshots.plan import SnapshotError
-from sidecarless.workqueue import Requeue, WorkQueue
+from sidecarless.workqueue import LOUD, Quiet, Requeue, WorkQueue
 
 Body = dict[str, Any]
 
@@ -50,6 +50,13 @@ class SnapshotController:
 
     # --- queueing ------------------------------------------------------------------
 
+    def endpoint_changed(self, endpoint: str) -> None:
+        # Any driver's snapshots may wait for a content its driver half could not cut yet.
+        for snapshot in self.context.stores.snapshots.values():
+            self.snapshots.add(plan.key_of(snapshot))
+        for content in self.context.stores.contents.values():
+            self.contents.add(content["metadata"]["name"])
+
     def snapshot_deleted(self, snapshot: Body) -> None:
         """A snapshot gone from the API: its content may now lose its finalizer; its PVC too."""
         name = plan.bound_content_name(snapshot)
@@ -59,20 +66,21 @@ class SnapshotController:
         if claim:
             self._requeue_snapshots_of(snapshot["metadata"]["namespace"], claim)
 
-    def content_changed(self, content: Body) -> None:
-        self.contents.add(content["metadata"]["name"])
+    def content_changed(self, content: Body, quiet: Quiet = LOUD) -> None:
+        self.contents.add(content["metadata"]["name"], quiet=quiet.own)
         ref = (content.get("spec") or {}).get("volumeSnapshotRef") or {}
         if ref.get("name"):
-            self.snapshots.add(f"{ref.get('namespace')}/{ref['name']}")
+            # Its status is what the snapshot copies: any change of it wakes the snapshot.
+            self.snapshots.add(f"{ref.get('namespace')}/{ref['name']}", quiet=quiet.others)
 
-    def claim_changed(self, claim: Body) -> None:
+    def claim_changed(self, claim: Body, *, quiet: bool = False) -> None:
         """A restore finished or a PVC changed: snapshots of (or restored into) it look again."""
         namespace = claim["metadata"]["namespace"]
         source = (claim.get("spec") or {}).get("dataSource") or {}
         if source.get("kind") == "VolumeSnapshot" and source.get("name"):
-            self.snapshots.add(f"{namespace}/{source['name']}")
+            self.snapshots.add(f"{namespace}/{source['name']}", quiet=quiet)
         if plan.PVC_FINALIZER in (claim["metadata"].get("finalizers") or []):
-            self._requeue_snapshots_of(namespace, claim["metadata"]["name"])
+            self._requeue_snapshots_of(namespace, claim["metadata"]["name"], quiet=quiet)
 
     def group_deleted(self, group: Body) -> None:
         """A VolumeGroupSnapshot gone: its members may be deleted now."""
@@ -81,11 +89,11 @@ class SnapshotController:
             if snapshot["metadata"].get("namespace") == namespace and group_of(snapshot) == name:
                 self.snapshots.add(plan.key_of(snapshot))
 
-    def _requeue_snapshots_of(self, namespace: str, claim_name: str) -> None:
+    def _requeue_snapshots_of(self, namespace: str, claim_name: str, *, quiet: bool = False) -> None:
         """The snapshots of one claim: one of them releases the claim's pvc-as-source-protection."""
         for snapshot in self.context.stores.snapshots.values():
             if snapshot["metadata"].get("namespace") == namespace and plan.source_claim(snapshot) == claim_name:
-                self.snapshots.add(plan.key_of(snapshot))
+                self.snapshots.add(plan.key_of(snapshot), quiet=quiet)
 
     # --- VolumeSnapshots -----------------------------------------------------------
 

@@ -116,9 +116,12 @@ class Snapshotter:
     async def stop(self) -> None:
         await self.contents.stop()
 
-    def requeue_all(self) -> None:
+    def requeue_all(self, *, quiet: bool = False) -> None:
         for content in self.context.stores.contents.values():
-            self.contents.add(content["metadata"]["name"])
+            self.contents.add(content["metadata"]["name"], quiet=quiet)
+
+    def endpoint_changed(self, endpoint: str) -> None:
+        self.requeue_all()
 
     # --- sync ----------------------------------------------------------------------
 

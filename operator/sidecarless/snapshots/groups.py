@@ -68,10 +68,14 @@ class GroupSnapshotController:
     async def stop(self) -> None:
         await self.groups.stop()
 
-    def content_changed(self, content: Body) -> None:
+    def endpoint_changed(self, endpoint: str) -> None:
+        for group in self.context.stores.group_snapshots.values():
+            self.groups.add(gplan.key_of(group))
+
+    def content_changed(self, content: Body, *, quiet: bool = False) -> None:
         ref = (content.get("spec") or {}).get("volumeGroupSnapshotRef") or {}
         if ref.get("name"):
-            self.groups.add(f"{ref.get('namespace')}/{ref['name']}")
+            self.groups.add(f"{ref.get('namespace')}/{ref['name']}", quiet=quiet)
 
     async def sync_group(self, key: str) -> None:
         group = self.context.stores.group_snapshots.get(key)
@@ -321,6 +325,10 @@ class GroupSnapshotter:
     async def stop(self) -> None:
         await self.contents.stop()
 
+    def endpoint_changed(self, endpoint: str) -> None:
+        for content in self.context.stores.group_contents.values():
+            self.contents.add(content["metadata"]["name"])
+
     async def sync_content(self, name: str) -> None:
         context = self.context
         content = context.stores.group_contents.get(name)
@@ -335,6 +343,8 @@ class GroupSnapshotter:
             raise Requeue(None, f"the volumes of {name} are not known yet")
         if endpoint is None or endpoint.info is None or gplan.CAPABILITY not in endpoint.info.group_controller:
             return
+        if not endpoint.switched_on("group-snapshotter"):
+            return  # spec.controllers.snapshotter: false; a csi-snapshotter beside it serves the driver
         if not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
         annotations = meta.get("annotations") or {}
