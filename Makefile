@@ -55,7 +55,7 @@ test: lint binaries ## the whole suite: lint, then unit, csi, cluster and e2e te
 test-unit: setup ## only the pure unit tests (no cluster, no drivers)
 	$(UV) run pytest tests/unit
 
-cluster: binaries ## start a local cluster in ~/.cache/sidecarless/clusters/default and leave it running (NODES=1: a real kubelet node)
+cluster: binaries ## start a local cluster in ~/.cache/sidecarless/clusters/default and leave it running (NODES=2: real kubelet nodes)
 	$(UV) run python -m devcluster up $(if $(NODES),--real-nodes $(NODES))
 
 cluster-down: setup ## stop the cluster `make cluster` started (by PID)
@@ -64,8 +64,8 @@ cluster-down: setup ## stop the cluster `make cluster` started (by PID)
 cluster-status: setup ## show the local cluster's processes
 	$(UV) run python -m devcluster status
 
-gen: setup ## regenerate csi_client/generated from the pinned csi.proto
+gen: setup ## regenerate the generated protobuf code from the pinned protos (CSI, kubelet plugin registration)
 	$(UV) run python tools/gen_csi_proto.py
 
-gen-check: setup ## fail if csi_client/generated is stale
+gen-check: setup ## fail if the generated protobuf code is stale
 	$(UV) run python tools/gen_csi_proto.py --check

@@ -24,6 +24,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.config import load_kube_config
 
 from devcluster import LocalCluster
+from devcluster.cluster import ClusterOptions
 
 
 def short_tmpdir(prefix: str) -> Path:
@@ -31,22 +32,30 @@ def short_tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[LocalCluster]:
-    kubeconfig = os.environ.get("KUBECONFIG", "")
+def session_cluster(
+    kubeconfig_variable: str, prefix: str, options: ClusterOptions | None = None
+) -> Iterator[LocalCluster]:
+    """The cluster whose kubeconfig `kubeconfig_variable` names, if it runs (left running),
+    or one started for the session in a fresh folder and stopped after it."""
+    kubeconfig = os.environ.get(kubeconfig_variable, "")
     if kubeconfig:
         existing = LocalCluster.attach(Path(kubeconfig).parent)
         if existing is not None:
             yield existing
             existing.stop()  # stops only the drivers the tests added
             return
-    workdir = short_tmpdir("slc-")
-    running = LocalCluster.start(workdir)
+    workdir = short_tmpdir(prefix)
+    running = LocalCluster.start(workdir, options)
     try:
         yield running
     finally:
         running.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    yield from session_cluster("KUBECONFIG", "slc-")
 
 
 @pytest.fixture

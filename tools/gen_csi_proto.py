@@ -1,10 +1,10 @@
-"""Regenerate csi_client/generated from the CSI spec's csi.proto.
+"""Regenerate the generated protobuf code: csi_client/generated from the CSI spec's csi.proto,
+and sidecarless/node/generated from kubelet's plugin registration API (the node agent's).
 
-The proto comes from the Go module github.com/container-storage-interface/spec at
-a pinned version: `go mod download` verifies the module against the Go checksum
-database, and the file's own SHA-256 is pinned below as a second check.
+Each proto comes from a Go module at a pinned version: `go mod download` verifies the module
+against the Go checksum database, and the file's own SHA-256 is pinned below as a second check.
 
-    python tools/gen_csi_proto.py          # rewrite csi_client/generated
+    python tools/gen_csi_proto.py          # rewrite the generated folders
     python tools/gen_csi_proto.py --check  # exit 1 if the committed files are stale
 """
 
@@ -18,48 +18,83 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-SPEC_MODULE = "github.com/container-storage-interface/spec"
-SPEC_VERSION = "v1.12.0"
-CSI_PROTO_SHA256 = "5b81236a3809f3ff0b877ff9b82215d0b74a8e291d7f3ec6ee1a44f537c0f86a"
-
 REPO = Path(__file__).resolve().parent.parent
-GENERATED = REPO / "csi_client" / "generated"
-# The proto is staged at this path so the generated imports read `csi_client.generated`.
-PROTO_REL = Path("csi_client/generated/csi.proto")
-GENERATED_FILES = ("csi.proto", "csi_pb2.py", "csi_pb2.pyi")
 
-INIT_TEXT = f'''"""Generated from {SPEC_MODULE}@{SPEC_VERSION} csi.proto by tools/gen_csi_proto.py.
+
+@dataclass(frozen=True)
+class Proto:
+    module: str
+    version: str
+    path: str  # inside the module
+    sha256: str
+    staged: Path  # where it is compiled from, so the generated imports read as the package
+    package_root: Path  # the source root `staged` is relative to
+
+    @property
+    def generated(self) -> Path:
+        return REPO / self.package_root / self.staged.parent
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        stem = self.staged.stem
+        return (self.staged.name, f"{stem}_pb2.py", f"{stem}_pb2.pyi")
+
+    def init_text(self) -> str:
+        return f'''"""Generated from {self.module}@{self.version} {self.path} by tools/gen_csi_proto.py.
 
 Do not edit: run `make gen` (or `python tools/gen_csi_proto.py`) instead.
 """
 '''
 
 
-def download_proto() -> Path:
+CSI = Proto(
+    "github.com/container-storage-interface/spec",
+    "v1.12.0",
+    "csi.proto",
+    "5b81236a3809f3ff0b877ff9b82215d0b74a8e291d7f3ec6ee1a44f537c0f86a",
+    Path("csi_client/generated/csi.proto"),
+    Path(),
+)
+REGISTRATION = Proto(
+    "k8s.io/kubelet",
+    "v0.36.3",  # the kubelet release the local cluster runs
+    "pkg/apis/pluginregistration/v1/api.proto",
+    "7a67a0000a1a167c155286834bc9ccb489f8bcdb394e006daba270189c272afa",
+    Path("sidecarless/node/generated/pluginregistration.proto"),
+    Path("operator"),
+)
+PROTOS = (CSI, REGISTRATION)
+# Kept for the tests and the Makefile's wording: the CSI package.
+GENERATED = CSI.generated
+SPEC_MODULE, SPEC_VERSION = CSI.module, CSI.version
+
+
+def download_proto(proto: Proto) -> Path:
     out = subprocess.run(
-        ["go", "mod", "download", "-json", f"{SPEC_MODULE}@{SPEC_VERSION}"],
+        ["go", "mod", "download", "-json", f"{proto.module}@{proto.version}"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    proto = Path(json.loads(out)["Dir"]) / "csi.proto"
-    digest = hashlib.sha256(proto.read_bytes()).hexdigest()
-    if digest != CSI_PROTO_SHA256:
-        raise SystemExit(f"csi.proto at {SPEC_VERSION} has sha256 {digest}, expected {CSI_PROTO_SHA256}")
-    return proto
+    source = Path(json.loads(out)["Dir"]) / proto.path
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    if digest != proto.sha256:
+        raise SystemExit(f"{proto.path} at {proto.version} has sha256 {digest}, expected {proto.sha256}")
+    return source
 
 
-def generate(into: Path) -> None:
+def generate(into: Path, proto: Proto = CSI) -> None:
     """Write the generated package (proto copy, _pb2 module, stubs) into `into`."""
     import grpc_tools  # noqa: PLC0415 - a dev dependency, needed only here
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "src" / PROTO_REL
+        staged = Path(tmp) / "src" / proto.staged
         staged.parent.mkdir(parents=True)
-        shutil.copyfile(download_proto(), staged)
+        shutil.copyfile(download_proto(proto), staged)
         out = Path(tmp) / "out"
         out.mkdir()
         subprocess.run(
@@ -71,25 +106,25 @@ def generate(into: Path) -> None:
                 f"-I{well_known}",
                 f"--python_out={out}",
                 f"--mypy_out={out}",
-                str(PROTO_REL),
+                str(proto.staged),
             ],
             check=True,
         )
         into.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(staged, into / "csi.proto")
-        for name in ("csi_pb2.py", "csi_pb2.pyi"):
-            shutil.copyfile(out / PROTO_REL.parent / name, into / name)
-        (into / "__init__.py").write_text(INIT_TEXT)
+        shutil.copyfile(staged, into / proto.staged.name)
+        for name in proto.files[1:]:
+            shutil.copyfile(out / proto.staged.parent / name, into / name)
+        (into / "__init__.py").write_text(proto.init_text())
 
 
-def stale_files(committed: Path) -> list[str]:
+def stale_files(committed: Path, proto: Proto = CSI) -> list[str]:
     """Names of generated files that differ from a fresh generation."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "generated"
-        generate(fresh)
+        generate(fresh, proto)
         return [
             name
-            for name in (*GENERATED_FILES, "__init__.py")
+            for name in (*proto.files, "__init__.py")
             if not (committed / name).exists() or not filecmp.cmp(fresh / name, committed / name, shallow=False)
         ]
 
@@ -98,15 +133,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only report whether the committed files are stale")
     args = parser.parse_args()
-    if args.check:
-        stale = stale_files(GENERATED)
-        if stale:
-            print(f"stale generated files: {', '.join(stale)}; run `make gen`", file=sys.stderr)
-            return 1
-        print("csi_client/generated is up to date")
-        return 0
-    generate(GENERATED)
-    print(f"regenerated {GENERATED.relative_to(REPO)} from {SPEC_MODULE}@{SPEC_VERSION}")
+    for proto in PROTOS:
+        where = proto.generated.relative_to(REPO)
+        if args.check:
+            stale = stale_files(proto.generated, proto)
+            if stale:
+                print(f"stale generated files in {where}: {', '.join(stale)}; run `make gen`", file=sys.stderr)
+                return 1
+            print(f"{where} is up to date")
+            continue
+        generate(proto.generated, proto)
+        print(f"regenerated {where} from {proto.module}@{proto.version}")
     return 0
 
 

@@ -1,11 +1,14 @@
-"""The `sidecarless` command: `run` the operator, or show the DriverEndpoints' `status`."""
+"""The `sidecarless` command: `run` the operator, show the DriverEndpoints' `status`, or run the
+`node` agent (kubelet registration for every CSI driver on the node)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from sidecarless import __version__
@@ -36,10 +39,64 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     status = sub.add_parser("status", help="a table of DriverEndpoints with their conditions and counts")
     status.add_argument("--kubeconfig", default=None)
+    _node_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "node":
+        return _node(args)
     return asyncio.run(_status(args.kubeconfig))
+
+
+def _node_parser(sub: Any) -> None:
+    node = sub.add_parser(
+        "node",
+        help="register every CSI driver on this node with kubelet",
+        description="Register every CSI driver socket on this node with kubelet (node-driver-registrar's job).",
+    )
+    node.add_argument(
+        "--plugins-dir",
+        type=Path,
+        default=Path("/var/lib/kubelet/plugins"),
+        help="scanned for <driver>/csi.sock (default %(default)s)",
+    )
+    node.add_argument(
+        "--kubelet-plugins-dir",
+        type=Path,
+        default=None,
+        help="the plugins folder as kubelet sees it, if mounted elsewhere here (default: --plugins-dir)",
+    )
+    node.add_argument(
+        "--registry-dir",
+        type=Path,
+        default=Path("/var/lib/kubelet/plugins_registry"),
+        help="kubelet's plugin registry, where <driver>-reg.sock goes (default %(default)s)",
+    )
+    node.add_argument(
+        "--driver-socket",
+        type=Path,
+        action="append",
+        default=[],
+        help="also register this CSI socket (repeatable; kubelet must see it at the same path)",
+    )
+    node.add_argument("--scan-seconds", type=float, default=1.0, help="how often sockets are looked for")
+    node.add_argument("--log-level", default="INFO")
+
+
+def _node(args: argparse.Namespace) -> int:
+    from sidecarless import logs  # noqa: PLC0415
+    from sidecarless.node.registration import DriverSocket, Registrar, run, scan_plugins  # noqa: PLC0415
+
+    logs.configure(args.log_level, "text")
+    kubelet_plugins = args.kubelet_plugins_dir or args.plugins_dir
+    explicit = [DriverSocket(path, path) for path in args.driver_socket]
+
+    def sockets() -> list[DriverSocket]:
+        return [*scan_plugins(args.plugins_dir, kubelet_plugins).values(), *(s for s in explicit if s.path.is_socket())]
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(Registrar(args.registry_dir, sockets), args.scan_seconds))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

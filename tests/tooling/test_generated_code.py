@@ -1,12 +1,17 @@
-"""csi_client/generated must be exactly what tools/gen_csi_proto.py makes from the pinned csi.proto."""
+"""The generated packages must be exactly what tools/gen_csi_proto.py makes from the pinned
+protos: csi_client/generated (csi.proto) and sidecarless/node/generated (kubelet's plugin
+registration API)."""
 
 from pathlib import Path
+
+import pytest
 
 import gen_csi_proto
 
 
-def test_generated_code_is_up_to_date() -> None:
-    assert gen_csi_proto.stale_files(gen_csi_proto.GENERATED) == []
+@pytest.mark.parametrize("proto", gen_csi_proto.PROTOS, ids=lambda p: p.staged.stem)
+def test_generated_code_is_up_to_date(proto: gen_csi_proto.Proto) -> None:
+    assert gen_csi_proto.stale_files(proto.generated, proto) == []
 
 
 def test_a_changed_file_is_reported_stale(tmp_path: Path) -> None:

@@ -592,3 +592,12 @@ def csinode(node: str, driver: str = "fake.csi.example.com") -> Body:
 
 def key_of(body: Body) -> str:
     return object_key(body)
+
+
+def bound_volume_on_a_node(world: World) -> None:
+    """A class, a Bound claim with its PV, and node-1's CSINode: what an attachment needs."""
+    world.api.put(k.STORAGE_CLASS, storage_class("fast"))
+    pvc, pv = bound_pair("data", "pv-1")
+    world.api.put(k.PVC, pvc)
+    world.api.put(k.PV, pv)
+    world.api.put(k.CSI_NODE, csinode("node-1"))

@@ -10,17 +10,9 @@ import grpc
 
 from sidecarless import kube as k
 from sidecarless.informer import RESYNC_JITTER
-from tests.unit.fakeworld import World, attachment, bound_pair, csinode, simulate, storage_class
+from tests.unit.fakeworld import World, attachment, bound_volume_on_a_node, simulate
 
 PERIOD = 60.0
-
-
-def scene(world: World) -> None:
-    world.api.put(k.STORAGE_CLASS, storage_class("fast"))
-    pvc, pv = bound_pair("data", "pv-1")
-    world.api.put(k.PVC, pvc)
-    world.api.put(k.PV, pv)
-    world.api.put(k.CSI_NODE, csinode("node-1"))
 
 
 def test_an_object_no_controller_was_told_of_is_handled_within_a_resync_period() -> None:
@@ -28,7 +20,7 @@ def test_an_object_no_controller_was_told_of_is_handled_within_a_resync_period()
         world = World(informers=True, resync_seconds=PERIOD)
         try:
             await world.endpoint("ep")
-            scene(world)
+            bound_volume_on_a_node(world)
             world.start()
             await world.settle()
             # In the cache, but no controller heard of it (a change without an event of its own).
@@ -51,7 +43,7 @@ def test_resyncs_do_not_cut_a_backoff_short_and_change_nothing() -> None:
         try:
             await world.endpoint("ep")
             world.driver().answer("ControllerPublishVolume", grpc.StatusCode.INTERNAL)
-            scene(world)
+            bound_volume_on_a_node(world)
             world.api.put(k.VOLUME_ATTACHMENT, attachment("va-1", "pv-1"))
             world.start()
             await asyncio.sleep(120)
@@ -74,7 +66,7 @@ async def test_a_resync_of_settled_objects_costs_no_request_and_no_call() -> Non
     world = World()
     try:
         await world.endpoint("ep")
-        scene(world)
+        bound_volume_on_a_node(world)
         world.api.put(k.VOLUME_ATTACHMENT, attachment("va-1", "pv-1"))
         world.start()
         await world.settle()

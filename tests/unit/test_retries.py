@@ -15,7 +15,7 @@ import itertools
 import grpc
 
 from sidecarless import kube as k
-from tests.unit.fakeworld import World, attachment, bound_pair, csinode, simulate, storage_class
+from tests.unit.fakeworld import World, attachment, bound_volume_on_a_node, simulate
 
 # Failures at 0, 1, 3, 7, 15, 31, 63 s (and, with -10 % jitter, at about 114 s).
 MOST_CALLS_IN_TWO_MINUTES = 8
@@ -30,21 +30,13 @@ def assert_backed_off(times: list[float]) -> None:
         assert later >= 1.6 * earlier, times  # doubling, give or take the jitter
 
 
-def scene(world: World) -> None:
-    world.api.put(k.STORAGE_CLASS, storage_class("fast"))
-    pvc, pv = bound_pair("data", "pv-1")
-    world.api.put(k.PVC, pvc)
-    world.api.put(k.PV, pv)
-    world.api.put(k.CSI_NODE, csinode("node-1"))
-
-
 def test_a_failing_publish_is_retried_on_the_backoff_schedule() -> None:
     async def main() -> list[float]:
         world = World()
         try:
             await world.endpoint("ep")
             world.driver().answer("ControllerPublishVolume", grpc.StatusCode.INTERNAL)
-            scene(world)
+            bound_volume_on_a_node(world)
             world.api.put(k.VOLUME_ATTACHMENT, attachment("va-1", "pv-1"))
             world.start()
             await asyncio.sleep(120)
@@ -64,7 +56,7 @@ def test_a_failing_expansion_is_retried_on_the_backoff_schedule() -> None:
         try:
             await world.endpoint("ep")
             world.driver().answer("ControllerExpandVolume", grpc.StatusCode.INTERNAL)
-            scene(world)
+            bound_volume_on_a_node(world)
             world.start()
             await world.settle()
             world.api.edit(k.PVC, "default/data", {"spec": {"resources": {"requests": {"storage": "2Gi"}}}})

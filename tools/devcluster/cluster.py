@@ -29,7 +29,7 @@ from devcluster import build
 from devcluster.drivers import DriverSpec, RunningDriver, driver_calls, socket_name, start_driver
 from devcluster.images import busybox_image, mock_driver_image, pause_image, write_archive
 from devcluster.kube import KubeError, KubeREST
-from devcluster.node import NodeFabric, RealNode
+from devcluster.node import NodeFabric, RealNode, make_mount_points, remove_mount_points
 from devcluster.pki import ClusterPKI, KeyPair, load_authority, load_cluster_pki, make_cluster_pki
 from devcluster.procs import ManagedProcess, free_port, stop_pid, wait_until
 
@@ -86,6 +86,7 @@ class LocalCluster:
     nodes: tuple[str, ...] = ()
     real_nodes: list[RealNode] = field(default_factory=list)
     fabric: str = ""  # the network namespace joining the real nodes
+    mount_points: list[Path] = field(default_factory=list)  # folders made for the nodes' mounts
 
     @classmethod
     def attach(cls, workdir: Path) -> LocalCluster | None:
@@ -209,6 +210,7 @@ class LocalCluster:
             write_archive(busybox_image(Path("/bin/busybox")), self.workdir / "images" / "busybox.tar"),
             write_archive(mock_driver_image(build.ensure_mock_driver()), self.workdir / "images" / "mock-driver.tar"),
         ]
+        self.mount_points = make_mount_points()
         scheduler_port = free_port()
         self._spawn("kube-scheduler", [str(binaries.kube_scheduler), *self._scheduler_args(scheduler_port)])
         for index, name in enumerate(self.options.kubelet_nodes, start=1):
@@ -261,6 +263,8 @@ class LocalCluster:
             node.stop()
         if self.fabric and self.owned:
             NodeFabric(self.fabric).remove()
+        if self.owned:
+            remove_mount_points(self.mount_points)
         for process in reversed(self.processes):
             process.stop()
         if self.owned:
@@ -372,6 +376,7 @@ class LocalCluster:
             "nodes": list(self.nodes),
             "real_nodes": [node.to_json() for node in self.real_nodes],
             "fabric": self.fabric,
+            "mount_points": [str(p) for p in self.mount_points],
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -549,6 +554,7 @@ class ClusterState:
     processes: list[dict[str, Any]]
     real_nodes: list[dict[str, Any]] = field(default_factory=list)
     fabric: str = ""
+    mount_points: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, workdir: Path) -> ClusterState | None:
@@ -565,6 +571,7 @@ class ClusterState:
             raw["processes"],
             raw.get("real_nodes", []),
             raw.get("fabric", ""),
+            raw.get("mount_points", []),
         )
 
     def alive(self) -> bool:
@@ -580,6 +587,7 @@ class ClusterState:
             RealNode.from_json(node).stop()
         if self.fabric:
             NodeFabric(self.fabric).remove()
+        remove_mount_points([Path(p) for p in self.mount_points])
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
         return stopped
 

@@ -1,23 +1,24 @@
 """A real node: containerd, runc and kubelet on this machine, kept inside what the cluster owns.
 
-    node = RealNode.create(workdir / "nodes" / "kubelet-1", "kubelet-1", index=1)
-    node.start(server, pki, kubernetes, runtime, images=[...], tied_to_parent=True)
+    node = RealNode.create(workdir / "nodes" / "worker-1", "worker-1", cluster_id="c1", index=1)
+    node.start(server=..., pki=..., kubernetes=..., runtime=..., images=[...], ...)
     ...
     node.stop()   # kills its containers, unmounts what kubelet and containerd mounted,
-                  # removes its bridge and its cgroups
+                  # removes its network namespace and its cgroups
 
 What it owns, and nothing else:
 - **cgroups**: one folder per hierarchy, under the cgroup this process is in
   (`/proc/self/cgroup`). kubelet takes a single cgroup root for every hierarchy, so the
   node's root is the deepest of this process's own paths (each other hierarchy's own path
   must lie on the way to it) plus a leaf of its own. containerd, its shims and kubelet run
-  in `<root>/runtime`, pods in `<root>/pods` (kubelet's `cgroupRoot`, with
-  `cgroupsPerQOS: false`), so teardown finds every process of the node in that tree.
-- **addresses**: a bridge `slcbr<N>` holding the node IP `10.217.<N>.1/24`, which is
-  also the pod network's gateway: pods get `10.217.<N>.x` and a route to that subnet only,
-  no default route, so nothing a pod sends can leave the machine. kubelet refuses a
-  loopback node IP, and this machine has no dummy interfaces, hence the bridge.
-- **listeners**: kubelet's and containerd's servers on 127.0.0.1 or unix sockets under the
+  in `<root>/runtime`, pods in kubelet's QoS tree under `<root>/pods` (its `cgroupRoot`),
+  so teardown finds every process of the node in that tree.
+- **a network namespace**: loopback and a bridge holding the node IP `10.217.<N>.1/24`,
+  also the pods' gateway; kubelet, containerd and host-network pods live in it. Routes lead
+  only to 10.216.0.0/15 (the nodes' pod subnets, and the fabric that joins the nodes), so
+  nothing a pod or the node sends can leave the machine. kubelet reaches the API server on
+  the namespace's own loopback, through netns_relay.py.
+- **listeners**: kubelet on the namespace's 127.0.0.1, containerd on unix sockets under the
   node's folder.
 """
 
@@ -50,7 +51,6 @@ POD_NETWORK = ipaddress.IPv4Network("10.217.0.0/16")  # a /24 per node
 FABRIC_NETWORK = ipaddress.IPv4Network("10.216.0.0/24")  # the wire between the nodes
 # Every address a node or a pod can reach lies in here: all of it is the cluster's own.
 OWNED_NETWORK = ipaddress.IPv4Network("10.216.0.0/15")
-CGROUP_MOUNTS = Path("/sys/fs/cgroup")
 
 
 class NodeStartError(RuntimeError):
@@ -314,6 +314,83 @@ def pod_routes(pid: int) -> list[dict[str, Any]]:
     return routes
 
 
+# --- mounts ----------------------------------------------------------------------------
+
+# Where kubelet, CNI and the runtime keep a node's state whatever their flags say (kubelet's
+# device manager always uses /var/lib/kubelet/device-plugins, libcni caches in /var/lib/cni):
+# in the node's own mount namespace each of these is a folder of the node's. So two nodes on
+# one machine do not share them, node plugins' DaemonSets use the usual /var/lib/kubelet
+# paths on every node, and everything kubelet and the runtime mount stays in that namespace.
+NODE_PATHS = {
+    "/var/lib/kubelet": "kubelet",
+    "/var/lib/cni": "cni-cache",
+    "/var/log/pods": "pod-logs",
+    "/run/containerd": "run-containerd",
+}
+
+
+def make_mount_points() -> list[Path]:
+    """The folders NODE_PATHS mount over, made where missing (for every node of a cluster at
+    once: one node's teardown must not remove them under another); returns those it made."""
+    made = []
+    for target in map(Path, NODE_PATHS):
+        if not target.exists():
+            target.mkdir(parents=True)
+            made.append(target)
+    return made
+
+
+def remove_mount_points(made: list[Path]) -> None:
+    for target in reversed(made):
+        with contextlib.suppress(OSError):
+            target.rmdir()  # only while empty: never anything anyone else put there
+
+
+@dataclass(frozen=True)
+class NodeMounts:
+    """The node's mount namespace, kept by a bind mount of its file in the node's folder."""
+
+    folder: Path
+
+    @property
+    def file(self) -> Path:
+        return self.folder / "mnt"
+
+    @classmethod
+    def create(cls, workdir: Path) -> NodeMounts:
+        folder = workdir / "ns"
+        folder.mkdir(parents=True, exist_ok=True)
+        # A namespace can be bound only onto a file of a private mount: make one of our own folder.
+        _run("mount", "--bind", str(folder), str(folder))
+        _run("mount", "--make-private", str(folder))
+        mounts = cls(folder)
+        mounts.file.touch()
+        # Slave: the machine's mounts show inside, the node's never show outside.
+        _run("unshare", f"--mount={mounts.file}", "--propagation", "slave", "true")
+        for target, name in NODE_PATHS.items():
+            source = workdir / name
+            source.mkdir(exist_ok=True)
+            _run("nsenter", f"--mount={mounts.file}", "mount", "--bind", str(source), target)
+        return mounts
+
+    def remove(self) -> None:
+        """Drop the namespace (its processes must be gone: then every mount in it goes too)."""
+        for point in (self.file, self.folder):
+            if _is_mount_point(point):
+                _run("umount", "-l", str(point))
+
+
+def _is_mount_point(path: Path) -> bool:
+    resolved = str(path.resolve())
+    return any(line.split()[4] == resolved for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NodeStartError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
 # --- the node --------------------------------------------------------------------------
 
 
@@ -323,6 +400,7 @@ class RealNode:
     workdir: Path
     network: NodeNetwork
     cgroups: CgroupTree | None = None
+    mounts: NodeMounts | None = None
     processes: list[ManagedProcess] = field(default_factory=list)
     kubelet_config: dict[str, Any] = field(default_factory=dict)  # merged into the KubeletConfiguration
     ctr_binary: Path | None = None
@@ -383,6 +461,7 @@ class RealNode:
                 raise NodeStartError(f"{binary} is missing: run `make binaries`")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cgroups = CgroupTree.make(f"sidecarless-{cluster_id}-{self.name}")
+        self.mounts = NodeMounts.create(self.workdir)
         self.network.create()
         self._write_cni(runtime)
         api_port = int(server.rsplit(":", 1)[1])
@@ -413,7 +492,7 @@ class RealNode:
                 str(kubernetes.kubelet),
                 f"--config={config}",
                 f"--kubeconfig={kubeconfig}",
-                f"--root-dir={self.kubelet_dir}",
+                "--root-dir=/var/lib/kubelet",  # the node's own (NODE_PATHS)
                 f"--cert-dir={self.workdir / 'pki'}",
                 f"--hostname-override={self.name}",
                 f"--node-ip={self.network.node_ip}",
@@ -466,6 +545,8 @@ class RealNode:
             process.stop()
         if self.cgroups is not None:
             _kill_all(self.cgroups, "")
+        if self.mounts is not None:
+            self.mounts.remove()
         unmount_under(self.workdir)
         self.network.remove()
         if self.cgroups is not None:
@@ -478,6 +559,7 @@ class RealNode:
             "netns": self.network.netns,
             "subnet": str(self.network.subnet),
             "cgroups": self.cgroups.to_json() if self.cgroups else None,
+            "mounts": str(self.mounts.folder) if self.mounts else None,
             "ctr": str(self.ctr_binary) if self.ctr_binary else None,
         }
 
@@ -486,7 +568,8 @@ class RealNode:
         network = NodeNetwork(raw["netns"], ipaddress.IPv4Network(raw["subnet"]))
         cgroups = CgroupTree.from_json(raw["cgroups"]) if raw["cgroups"] else None
         ctr = Path(raw["ctr"]) if raw.get("ctr") else None
-        return cls(raw["name"], Path(raw["workdir"]), network, cgroups, ctr_binary=ctr)
+        mounts = NodeMounts(Path(raw["mounts"])) if raw.get("mounts") else None
+        return cls(raw["name"], Path(raw["workdir"]), network, cgroups, mounts, ctr_binary=ctr)
 
     # --- configuration ---------------------------------------------------------------
 
@@ -500,6 +583,7 @@ class RealNode:
         in_netns: bool = True,
     ) -> ManagedProcess:
         assert self.cgroups is not None
+        assert self.mounts is not None
         process = ManagedProcess(
             f"{name}-{self.name}",
             argv,
@@ -507,6 +591,7 @@ class RealNode:
             env=env or {},
             cgroup_procs=self.cgroups.procs_files("runtime"),
             netns=self.network.netns_path if in_netns else None,
+            mntns=self.mounts.file if in_netns else None,
         )
         process.start(tied_to_parent=tied_to_parent)
         self.processes.append(process)
@@ -629,7 +714,6 @@ disabled_plugins = {json.dumps(disabled)}
             "cgroupRoot": f"{self.cgroups.path}/pods",
             "enforceNodeAllocatable": ["pods"],
             "failSwapOn": False,
-            "podLogsDir": str(self.pod_logs_dir),
             "volumePluginDir": str(self.workdir / "volume-plugins"),
             "staticPodPath": "",
             "registerNode": True,

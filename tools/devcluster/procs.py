@@ -15,6 +15,7 @@ from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWNET = 0x40000000
+_CLONE_NEWNS = 0x00020000
 
 
 class ProcessDiedError(RuntimeError):
@@ -35,13 +36,13 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _enter_netns(netns: Path) -> None:
-    # Between fork and exec: the child (and all it starts) uses this network namespace.
+def _enter_namespace(path: Path, kind: int) -> None:
+    # Between fork and exec: the child (and all it starts) lives in this namespace.
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(netns, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {netns}")
+        if libc.setns(fd, kind) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
     finally:
         os.close(fd)
 
@@ -69,19 +70,22 @@ class ManagedProcess:
     env: dict[str, str] = field(default_factory=dict)
     cgroup_procs: list[Path] = field(default_factory=list)  # `cgroup.procs` files to start in
     netns: Path | None = None  # a network namespace (its /run/netns file) to start in
+    mntns: Path | None = None  # a mount namespace (a file it is bound to) to start in
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self, *, tied_to_parent: bool) -> None:
         """Start detached from the terminal; `tied_to_parent` kills it when its parent dies (tests)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cgroups, netns = self.cgroup_procs, self.netns
+        cgroups, netns, mntns = self.cgroup_procs, self.netns, self.mntns
 
         def before_exec() -> None:
             if tied_to_parent:
                 _die_with_parent()
             _enter_cgroups(cgroups)
             if netns is not None:
-                _enter_netns(netns)
+                _enter_namespace(netns, _CLONE_NEWNET)
+            if mntns is not None:
+                _enter_namespace(mntns, _CLONE_NEWNS)
 
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
@@ -91,7 +95,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 env={**_base_env(), **self.env},
                 start_new_session=True,
-                preexec_fn=before_exec if tied_to_parent or cgroups or netns else None,  # noqa: PLW1509
+                preexec_fn=before_exec if tied_to_parent or cgroups or netns or mntns else None,  # noqa: PLW1509
             )
 
     @property
