@@ -27,6 +27,7 @@ pytestmark = pytest.mark.timeout(1800)
 CHART = Path(__file__).resolve().parents[2] / "charts" / "sidecarless"
 LEASE = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
 DEPLOYMENT = Resource("apps", "v1", "deployments", "Deployment", True)
+DAEMON_SET_RESOURCE = Resource("apps", "v1", "daemonsets", "DaemonSet", True)
 MOCK = "mock.csi.sidecarless.dev"
 MOCK_PORT = 10000
 RELEASE = "sl"

@@ -12,13 +12,13 @@ import pytest
 from devcluster import LocalCluster
 from devcluster.images import MOCK_DRIVER_IMAGE
 from devcluster.operator_image import OPERATOR_IMAGE, ensure_operator_image
-from sidecarless.kube import CSI_NODE, Kube, Resource
+from sidecarless.kube import CSI_NODE, Kube
 from tests.e2e.conftest import eventually
 from tests.node.conftest import WORKERS
+from tests.node.test_helm import DAEMON_SET_RESOURCE
 
 pytestmark = pytest.mark.timeout(1800)
 
-DAEMON_SET = Resource("apps", "v1", "daemonsets", "DaemonSet", True)
 DRIVER = "mock.csi.sidecarless.dev"
 PLUGINS = "/var/lib/kubelet/plugins"
 
@@ -85,7 +85,7 @@ def node_plugin() -> dict[str, Any]:
 async def test_kubelet_registers_the_driver_on_every_node(cluster: LocalCluster, kube: Kube, namespace: str) -> None:
     cluster.import_image(ensure_operator_image())
     started = time.monotonic()
-    await kube.create(DAEMON_SET, node_plugin(), namespace)
+    await kube.create(DAEMON_SET_RESOURCE, node_plugin(), namespace)
 
     async def registered() -> dict[str, dict[str, Any]] | None:
         found = {}
@@ -103,7 +103,7 @@ async def test_kubelet_registers_the_driver_on_every_node(cluster: LocalCluster,
     print(f"\nDaemonSet created to the driver in both CSINodes: {time.monotonic() - started:.1f}s")
     for entry in entries.values():
         assert entry["nodeID"], entry
-    await kube.delete(DAEMON_SET, "mock-node", namespace)
+    await kube.delete(DAEMON_SET_RESOURCE, "mock-node", namespace)
 
     async def unregistered() -> bool:
         for node in WORKERS:

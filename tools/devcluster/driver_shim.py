@@ -13,6 +13,9 @@ flag names and error texts:
   ControllerGetVolume answers NOT_FOUND otherwise);
 - CreateVolume: mutable parameters are checked the same way, then the call is forwarded;
 - ControllerExpandVolume: above `--max-volume-size`, OUT_OF_RANGE;
+- with `--create-target-paths` (on a node plugin's socket), NodePublishVolume makes the
+  target folder kubelet names and NodeUnpublishVolume removes it, as hostpath does: kubelet
+  makes only its parent, the mock makes none, and the runtime mounts the target into the pod;
 - with `--enable-volume-group-snapshots`, the GroupController service (and the plugin
   capability GROUP_CONTROLLER_SERVICE): CreateVolumeGroupSnapshot cuts one mock snapshot
   per volume (named `<group name>-<volume id>`), Get and Delete act on the group; groups
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -46,6 +51,7 @@ log = logging.getLogger("driver-shim")
 CONTROLLER = "/csi.v1.Controller/"
 GROUP = "/csi.v1.GroupController/"
 IDENTITY = "/csi.v1.Identity/"
+NODE = "/csi.v1.Node/"
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
@@ -58,7 +64,13 @@ class Group:
 
 class Shim:
     def __init__(
-        self, backend: grpc.aio.Channel, accepted: frozenset[str] | None, max_volume_size: int, groups: bool
+        self,
+        backend: grpc.aio.Channel,
+        accepted: frozenset[str] | None,
+        max_volume_size: int,
+        groups: bool,
+        *,
+        target_paths: bool = False,
     ) -> None:
         self.backend = backend
         self.accepted = accepted  # None: no MODIFY_VOLUME at all
@@ -70,6 +82,8 @@ class Shim:
             CONTROLLER + "CreateVolume": self.create,
             CONTROLLER + "ControllerExpandVolume": self.expand,
         }
+        if target_paths:
+            self.own |= {NODE + "NodePublishVolume": self.publish, NODE + "NodeUnpublishVolume": self.unpublish}
         if groups:
             self.own |= {
                 IDENTITY + "GetPluginCapabilities": self.plugin_capabilities,
@@ -121,6 +135,22 @@ class Shim:
         response = csi.ControllerModifyVolumeResponse()
         _log(request, response)
         return response.SerializeToString()
+
+    async def publish(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = csi.NodePublishVolumeRequest.FromString(raw)
+        response = await self.forward(NODE + "NodePublishVolume", raw, context)
+        if request.target_path:
+            await asyncio.to_thread(os.makedirs, request.target_path, 0o750, True)
+            _log(request, csi.NodePublishVolumeResponse())
+        return response
+
+    async def unpublish(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = csi.NodeUnpublishVolumeRequest.FromString(raw)
+        response = await self.forward(NODE + "NodeUnpublishVolume", raw, context)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            await asyncio.to_thread(os.rmdir, request.target_path)  # only while empty
+        _log(request, csi.NodeUnpublishVolumeResponse())
+        return response
 
     async def create(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = csi.CreateVolumeRequest.FromString(raw)
@@ -250,10 +280,20 @@ def _bind_target(address: str) -> str:
     return f"unix:{endpoint.path}" if endpoint.transport is Transport.UNIX else f"{endpoint.host}:{endpoint.port}"
 
 
-async def serve(listen: str, backend: str, accepted: frozenset[str] | None, max_volume_size: int, groups: bool) -> None:
+async def serve(
+    listen: str,
+    backend: str,
+    accepted: frozenset[str] | None,
+    max_volume_size: int,
+    groups: bool,
+    *,
+    target_paths: bool = False,
+) -> None:
     channel = grpc.aio.insecure_channel(parse_address(backend).target)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([_Handlers(Shim(channel, accepted, max_volume_size, groups))])
+    server.add_generic_rpc_handlers(
+        [_Handlers(Shim(channel, accepted, max_volume_size, groups, target_paths=target_paths))]
+    )
     server.add_insecure_port(_bind_target(listen))
     await server.start()
     stop = asyncio.Event()
@@ -273,12 +313,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accepted-mutable-parameter-names", default=None, help="comma-separated; enables modify")
     parser.add_argument("--max-volume-size", type=int, default=0, help="bytes; 0: no limit")
     parser.add_argument("--enable-volume-group-snapshots", action="store_true", help="serve the GroupController")
+    parser.add_argument("--create-target-paths", action="store_true", help="NodePublishVolume makes the target")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     accepted = None
     if args.accepted_mutable_parameter_names is not None:
         accepted = frozenset(filter(None, args.accepted_mutable_parameter_names.split(",")))
-    asyncio.run(serve(args.listen, args.backend, accepted, args.max_volume_size, args.enable_volume_group_snapshots))
+    asyncio.run(
+        serve(
+            args.listen,
+            args.backend,
+            accepted,
+            args.max_volume_size,
+            args.enable_volume_group_snapshots,
+            target_paths=args.create_target_paths,
+        )
+    )
 
 
 if __name__ == "__main__":
