@@ -32,6 +32,27 @@ def host_path(name: str, path: str, kind: str = "Directory") -> dict[str, Any]:
     return {"name": name, "hostPath": {"path": path, "type": kind}}
 
 
+# `sidecarless node` as a driver's node DaemonSet runs it, in place of node-driver-registrar,
+# and the host folders it and the driver share (kubelet's, at their usual paths).
+NODE_AGENT: dict[str, Any] = {
+    "name": "node-agent",
+    "image": OPERATOR_IMAGE,
+    "imagePullPolicy": "IfNotPresent",
+    "args": ["node", "--plugins-dir=/plugins", f"--kubelet-plugins-dir={PLUGINS}", "--registry-dir=/registration"],
+    # kubelet's folders are root's, as node-driver-registrar runs.
+    "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": True},
+    "volumeMounts": [
+        {"name": "plugins", "mountPath": "/plugins"},
+        {"name": "registration", "mountPath": "/registration"},
+    ],
+}
+NODE_PLUGIN_VOLUMES = [
+    host_path("plugin-dir", f"{PLUGINS}/{DRIVER}", "DirectoryOrCreate"),
+    host_path("plugins", PLUGINS, "DirectoryOrCreate"),
+    host_path("registration", "/var/lib/kubelet/plugins_registry", "DirectoryOrCreate"),
+]
+
+
 def node_plugin() -> dict[str, Any]:
     """The mock driver's node plugin with the agent beside it, as a driver's DaemonSet would be."""
     return {
@@ -53,28 +74,10 @@ def node_plugin() -> dict[str, Any]:
                             "env": [{"name": "CSI_ENDPOINT", "value": "unix:///csi/csi.sock"}],
                             "volumeMounts": [{"name": "plugin-dir", "mountPath": "/csi"}],
                         },
-                        {
-                            "name": "node-agent",
-                            "image": OPERATOR_IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "args": [
-                                "node",
-                                "--plugins-dir=/plugins",
-                                f"--kubelet-plugins-dir={PLUGINS}",
-                                "--registry-dir=/registration",
-                            ],
-                            # kubelet's folders are root's, as node-driver-registrar runs.
-                            "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": True},
-                            "volumeMounts": [
-                                {"name": "plugins", "mountPath": "/plugins"},
-                                {"name": "registration", "mountPath": "/registration"},
-                            ],
-                        },
+                        NODE_AGENT,
                     ],
                     "volumes": [
-                        host_path("plugin-dir", f"{PLUGINS}/{DRIVER}", "DirectoryOrCreate"),
-                        host_path("plugins", PLUGINS, "DirectoryOrCreate"),
-                        host_path("registration", "/var/lib/kubelet/plugins_registry", "DirectoryOrCreate"),
+                        *NODE_PLUGIN_VOLUMES,
                     ],
                 },
             },

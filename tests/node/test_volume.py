@@ -20,7 +20,7 @@ from devcluster.operator_image import OPERATOR_IMAGE
 from sidecarless.kube import CSI_DRIVER, DRIVER_ENDPOINT, POD, PVC, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
 from tests.e2e.conftest import claim, eventually, storage_class, wait_ready
 from tests.node.test_helm import DAEMON_SET_RESOURCE, image, installed  # noqa: F401 - fixtures
-from tests.node.test_registration import DRIVER, PLUGINS, host_path
+from tests.node.test_registration import DRIVER, NODE_AGENT, NODE_PLUGIN_VOLUMES, host_path
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -80,27 +80,10 @@ def driver_daemon_set() -> dict[str, Any]:
                                 {"name": "kubelet", "mountPath": KUBELET},
                             ],
                         },
-                        {
-                            "name": "node-agent",
-                            "image": OPERATOR_IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "args": [
-                                "node",
-                                "--plugins-dir=/plugins",
-                                f"--kubelet-plugins-dir={PLUGINS}",
-                                "--registry-dir=/registration",
-                            ],
-                            "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": True},
-                            "volumeMounts": [
-                                {"name": "plugins", "mountPath": "/plugins"},
-                                {"name": "registration", "mountPath": "/registration"},
-                            ],
-                        },
+                        NODE_AGENT,
                     ],
                     "volumes": [
-                        host_path("plugin-dir", f"{PLUGINS}/{DRIVER}", "DirectoryOrCreate"),
-                        host_path("plugins", PLUGINS, "DirectoryOrCreate"),
-                        host_path("registration", "/var/lib/kubelet/plugins_registry", "DirectoryOrCreate"),
+                        *NODE_PLUGIN_VOLUMES,
                         host_path("kubelet", KUBELET),
                         host_path("shim", str(SHIM), "File"),
                     ],
