@@ -15,7 +15,7 @@ setup: ## install uv if missing and the locked Python environment
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 
-demo: binaries ## provision a volume with Sidecarless on a local cluster, show it, tear down (KEEP=1 keeps it)
+demo: setup ## Sidecarless as pods on a local cluster with kubelet nodes: a pod mounts a volume, expand, snapshot, restore, delete (KEEP=1 keeps it); builds only what it runs
 	$(UV) run python tools/demo.py $(if $(KEEP),--keep)
 
 bench: binaries ## the sidecars and Sidecarless side by side: N (100) claims, DRIVERS (1), ROUNDS (3), SETTINGS, SCENARIO (all)

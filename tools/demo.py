@@ -1,10 +1,14 @@
-"""`make demo`: Sidecarless provisioning a volume on a local cluster, end to end.
+"""`make demo`: Sidecarless as pods on a local cluster with real kubelet nodes, end to end.
 
-Builds what it needs, starts the local control plane with the csi-test mock driver,
-installs the CRD, runs the operator, declares a DriverEndpoint, routes a StorageClass to
-it, creates a PVC, waits for it to be Bound, attaches it to a Pod, expands it, takes a
-VolumeSnapshot and restores it into a new PVC, shows the objects, then tears everything
-down. `--keep` (or SIDECARLESS_DEMO_KEEP=1) leaves it running and says how to reach it.
+Builds what it needs (Kubernetes, containerd, runc, the CNI plugins, pause, the mock driver,
+helm, and the operator's image from the project's Dockerfile; not the real sidecars), starts
+the control plane and two kubelet nodes, and `helm install`s the chart: two replicas, one
+leading. csi-test's mock driver runs as a DaemonSet (its controller on TCP, its node service
+behind driver_shim, `sidecarless node` registering it with kubelet). Then a DriverEndpoint, a
+StorageClass routed to it, a claim and a pod that mounts it (kubelet stages and publishes),
+an expansion that kubelet finishes on the node, a VolumeSnapshot restored into a second
+pod, `helm test`, and everything deleted again, with the objects shown along the way.
+`--keep` (or SIDECARLESS_DEMO_KEEP=1) leaves the cluster running and says how to reach it.
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes_asyncio.client.api_client import ApiClient
 
-from devcluster import ClusterOptions, ClusterState, LocalCluster
-from devcluster.build import cache_root
-from devcluster.operator import REPO, OperatorProcess
+from devcluster import ClusterOptions, ClusterState, LocalCluster, build, workloads
+from devcluster.operator_image import ensure_operator_image
+from devcluster.workloads import CHART, CONTROLLER_PORT, MOCK_DRIVER, chart_values, pod_with_claim
 from sidecarless.cli import format_status
 from sidecarless.kube import (
+    CSI_DRIVER,
+    CSI_NODE,
     DRIVER_ENDPOINT,
+    POD,
+    PV,
     PVC,
     STORAGE_CLASS,
     VOLUME_ATTACHMENT,
@@ -38,17 +47,20 @@ from sidecarless.kube import (
     load_configuration,
 )
 
-DRIVER = "mock.csi.sidecarless.dev"
-ENDPOINT, CLASS, CLAIM, POD = "mock", "sidecarless-demo", "demo-data", "demo-app"
-SNAPSHOT_CLASS, SNAPSHOT, RESTORED = "sidecarless-demo", "demo-snapshot", "demo-restored"
-POD_RESOURCE = Resource("", "v1", "pods", "Pod", True)
-SERVICE_ACCOUNT = Resource("", "v1", "serviceaccounts", "ServiceAccount", True)
+NODES = ("worker-1", "worker-2")
+RELEASE, OPERATOR_NAMESPACE, DRIVER_NAMESPACE = "sidecarless", "sidecarless-system", "csi-mock"
+ENDPOINT, CLASS, CLAIM, APP = "mock", "sidecarless-demo", "demo-data", "demo-app"
+SNAPSHOT_CLASS, SNAPSHOT, RESTORED, RESTORED_APP = "sidecarless-demo", "demo-snapshot", "demo-restored", "demo-reader"
+DAEMON_SET = Resource("apps", "v1", "daemonsets", "DaemonSet", True)
+LEASE = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
+NAMESPACE = Resource("", "v1", "namespaces", "Namespace", False)
+RESIZE_PENDING = "FileSystemResizePending"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", default=os.environ.get("SIDECARLESS_DEMO_KEEP") == "1")
-    parser.add_argument("--dir", type=Path, default=cache_root() / "clusters" / "demo")
+    parser.add_argument("--dir", type=Path, default=build.cache_root() / "clusters" / "demo")
     args = parser.parse_args()
     previous = ClusterState.load(args.dir)
     if previous is not None:
@@ -56,35 +68,24 @@ def main() -> int:
     shutil.rmtree(args.dir, ignore_errors=True)
 
     started = time.monotonic()
-    step("starting the local cluster (etcd, kube-apiserver, kube-controller-manager, mock CSI driver)")
-    cluster = LocalCluster.start(args.dir, ClusterOptions(tied_to_parent=not args.keep))
-    operator = OperatorProcess(cluster.kubeconfig, args.dir / "logs")
+    step("building what the demo runs (cached after the first run)")
+    image = ensure_operator_image()
+    step(f"starting the local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, {NODES}")
+    options = ClusterOptions(nodes=(), drivers=(), kubelet_nodes=NODES, tied_to_parent=not args.keep)
+    cluster = LocalCluster.start(args.dir, options)
     try:
-        step("installing the DriverEndpoint CRD")
-        crds = [yaml.safe_load(path.read_text()) for path in sorted((REPO / "crds").glob("*.yaml"))]
-        for crd in crds:
-            cluster.rest.create(crd)
-        cluster.wait_crds_served(crds)
-        step("starting the operator: python -m sidecarless run")
-        operator.start(tied_to_parent=not args.keep)
-        cluster.processes.append(operator.process)  # type: ignore[arg-type]
-        cluster.save_state()
-        bound_after = asyncio.run(provision(cluster.kubeconfig, cluster.driver_addresses[DRIVER]))
-        step(f"claim {CLAIM} Bound {bound_after:.1f}s after it was created")
-        show(cluster.kubeconfig)
+        cluster.import_image(image)
+        asyncio.run(demo(cluster))
     except BaseException:
-        print(f"\nthe demo failed; logs are in {args.dir / 'logs'}", file=sys.stderr)
-        operator.stop()
+        print(f"\nthe demo failed; logs are in {args.dir / 'logs'} and {args.dir / 'nodes'}/*/logs", file=sys.stderr)
         cluster.stop()
         raise
     step(f"demo finished in {time.monotonic() - started:.1f}s")
     if args.keep:
         print(f"\nLeft running. kubeconfig: {cluster.kubeconfig}")
-        print(f"  kubectl --kubeconfig {cluster.kubeconfig} get driverendpoints,pvc,pv -A")
-        print(f"  operator log: {args.dir / 'logs' / 'operator-1.log'}")
+        print(f"  kubectl --kubeconfig {cluster.kubeconfig} get pods,driverendpoints,pvc,pv -A")
         print("  stop it: make demo-down")
     else:
-        operator.stop()
         cluster.stop()
     return 0
 
@@ -93,108 +94,130 @@ def step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-async def provision(kubeconfig: Path, address: str) -> float:
-    kube = Kube(ApiClient(await load_configuration(str(kubeconfig))), qps=0, burst=1)
+async def demo(cluster: LocalCluster) -> None:
+    kube = Kube(ApiClient(await load_configuration(str(cluster.kubeconfig))), qps=0, burst=1)
     try:
-        step(f"DriverEndpoint {ENDPOINT}: driver {DRIVER} at {address}")
+        installed = await install(cluster, kube)
+        await driver(cluster, kube)
         await kube.create(
             DRIVER_ENDPOINT,
             {
                 "apiVersion": "sidecarless.io/v1alpha1",
                 "kind": "DriverEndpoint",
                 "metadata": {"name": ENDPOINT},
-                "spec": {"driverName": DRIVER, "address": address},
+                "spec": {
+                    "driverName": MOCK_DRIVER,
+                    "address": f"dns:///{worker(cluster).network.node_ip}:{CONTROLLER_PORT}",
+                },
             },
         )
         await wait_until(lambda: endpoint_ready(kube), "DriverEndpoint Ready")
-        step(f"DriverEndpoint {ENDPOINT} is Ready")
-        step(f"StorageClass {CLASS}, annotated sidecarless.io/endpoint: {ENDPOINT}")
-        await kube.create(
-            STORAGE_CLASS,
-            {
-                "apiVersion": "storage.k8s.io/v1",
-                "kind": "StorageClass",
-                "metadata": {"name": CLASS, "annotations": {"sidecarless.io/endpoint": ENDPOINT}},
-                "provisioner": DRIVER,
-                "reclaimPolicy": "Delete",
-                "allowVolumeExpansion": True,
-            },
-        )
-        step(f"PersistentVolumeClaim default/{CLAIM} (1Gi)")
-        created = time.monotonic()
-        await kube.create(
-            PVC,
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": CLAIM},
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "storageClassName": CLASS,
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-            "default",
-        )
-        await wait_until(lambda: claim_bound(kube), f"claim {CLAIM} Bound")
-        bound_after = time.monotonic() - created
-        await wait_until(lambda: volumes_counted(kube), "DriverEndpoint status counting the volume")
-        step(f"Pod default/{POD} on node-1 uses the claim: kube-controller-manager asks for an attachment")
-        await wait_until(lambda: service_account_ready(kube), "default ServiceAccount")
-        await kube.create(
-            POD_RESOURCE,
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": POD},
-                "spec": {
-                    "nodeName": "node-1",
-                    "containers": [{"name": "app", "image": "registry.invalid/demo:1"}],
-                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": CLAIM}}],
-                },
-            },
-            "default",
-        )
-        await wait_until(lambda: attached(kube), "VolumeAttachment attached")
-        step("ControllerPublishVolume done: the VolumeAttachment is attached")
-        step(f"PersistentVolumeClaim default/{CLAIM} asks for 2Gi")
-        await kube.patch(PVC, CLAIM, {"spec": {"resources": {"requests": {"storage": "2Gi"}}}}, "default")
-        await wait_until(lambda: claim_expanded(kube), f"claim {CLAIM} expanded to 2Gi")
-        step("ControllerExpandVolume done: the PV and the claim say 2Gi")
-        await snapshot_and_restore(kube)
-        print("\n$ sidecarless status")
-        print(format_status(await kube.list(DRIVER_ENDPOINT)))
-        return bound_after
+        step(f"DriverEndpoint {ENDPOINT} Ready {time.monotonic() - installed:.1f}s after helm install")
+        await volume_life(cluster, kube)
+        step("helm test")
+        print(await asyncio.to_thread(workloads.helm, cluster.kubeconfig, "test", RELEASE, "-n", OPERATOR_NAMESPACE))
+        await clean_up(kube)
     finally:
         await kube.close()
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
-        await asyncio.sleep(0.1)
+def worker(cluster: LocalCluster) -> Any:
+    """The node whose mock instance is the backend: the mock keeps volumes in its own memory."""
+    return cluster.real_nodes[0]
 
 
-async def endpoint_ready(kube: Kube) -> bool:
-    conditions = (await kube.get(DRIVER_ENDPOINT, ENDPOINT)).get("status", {}).get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+async def install(cluster: LocalCluster, kube: Kube) -> float:
+    step(f"helm install {RELEASE} charts/sidecarless (two replicas, the image built from the Dockerfile)")
+    installed = time.monotonic()
+    await asyncio.to_thread(
+        workloads.helm,
+        cluster.kubeconfig,
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        *chart_values(cluster.server),
+    )
+
+    async def both_ready() -> bool:
+        pods = await kube.list(POD, OPERATOR_NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+        return len([p for p in pods if is_ready(p)]) == 2
+
+    await wait_until(both_ready, "both replicas Ready", timeout=180)
+    lease = await kube.get(LEASE, "sidecarless-leader", OPERATOR_NAMESPACE)
+    step(
+        f"both replicas Ready {time.monotonic() - installed:.1f}s after helm install; "
+        f"{lease['spec']['holderIdentity']} leads"
+    )
+    return installed
 
 
-async def service_account_ready(kube: Kube) -> bool:
-    return await kube.get_or_none(SERVICE_ACCOUNT, "default", "default") is not None
+async def driver(cluster: LocalCluster, kube: Kube) -> None:
+    step(f"the mock CSI driver as a DaemonSet in {DRIVER_NAMESPACE}, with `sidecarless node` registering it")
+    await kube.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DRIVER_NAMESPACE}})
+    await kube.create(CSI_DRIVER, workloads.csi_driver())
+    created = time.monotonic()
+    await kube.create(DAEMON_SET, workloads.mock_driver_daemon_set(), DRIVER_NAMESPACE)
+
+    async def registered() -> bool:
+        for node in NODES:
+            csinode = await kube.get_or_none(CSI_NODE, node)
+            if not any(d["name"] == MOCK_DRIVER for d in ((csinode or {}).get("spec") or {}).get("drivers") or []):
+                return False
+        return True
+
+    await wait_until(registered, "the driver in every node's CSINode", timeout=180)
+    took = time.monotonic() - created
+    step(f"kubelet registered {MOCK_DRIVER} on {', '.join(NODES)} {took:.1f}s after the DaemonSet")
 
 
-async def attached(kube: Kube) -> bool:
-    return any((a.get("status") or {}).get("attached") for a in await kube.list(VOLUME_ATTACHMENT))
+async def volume_life(cluster: LocalCluster, kube: Kube) -> None:
+    node = worker(cluster).name
+    step(f"StorageClass {CLASS}, annotated sidecarless.io/endpoint: {ENDPOINT}")
+    await kube.create(
+        STORAGE_CLASS,
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": CLASS, "annotations": {"sidecarless.io/endpoint": ENDPOINT}},
+            "provisioner": MOCK_DRIVER,
+            "reclaimPolicy": "Delete",
+            "allowVolumeExpansion": True,
+        },
+    )
+    step(f"PersistentVolumeClaim default/{CLAIM} (1Gi) and Pod default/{APP} on {node} writing to it")
+    created = time.monotonic()
+    await kube.create(PVC, claim_manifest(CLAIM, "1Gi"), "default")
+    await kube.create(POD, pod_with_claim(APP, CLAIM, node, "echo hello > /data/greeting && sleep 3600"), "default")
+    await wait_until(lambda: pod_running(kube, APP), f"pod {APP} Running", timeout=180)
+    step(
+        f"pod {APP} Running {time.monotonic() - created:.1f}s after the claim: provisioned, attached "
+        "(ControllerPublish), staged and published by kubelet"
+    )
+    step(f"claim {CLAIM} asks for 2Gi")
+    asked = time.monotonic()
+    await kube.patch(PVC, CLAIM, {"spec": {"resources": {"requests": {"storage": "2Gi"}}}}, "default")
+    await wait_until(lambda: expanded_on_node(kube), "the expansion finished by kubelet", timeout=180)
+    step(
+        f"claim {CLAIM} is 2Gi {time.monotonic() - asked:.1f}s later: ControllerExpandVolume, "
+        f"then NodeExpandVolume by kubelet (no {RESIZE_PENDING} left)"
+    )
+    await snapshot(kube)
+    step(f"PersistentVolumeClaim default/{RESTORED} from {SNAPSHOT}, and Pod default/{RESTORED_APP} reading it")
+    restored = claim_manifest(RESTORED, "2Gi")
+    restored["spec"]["dataSource"] = {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": SNAPSHOT}
+    await kube.create(PVC, restored, "default")
+    await kube.create(POD, pod_with_claim(RESTORED_APP, RESTORED, node, "ls /data && sleep 3600"), "default")
+    await wait_until(lambda: pod_running(kube, RESTORED_APP), f"pod {RESTORED_APP} Running", timeout=180)
+    step(f"pod {RESTORED_APP} Running on the restored volume")
+    show(cluster.kubeconfig)
+    print("$ sidecarless status")
+    print(format_status(await kube.list(DRIVER_ENDPOINT)))
 
 
-async def claim_bound(kube: Kube, name: str = CLAIM) -> bool:
-    return bool((await kube.get(PVC, name, "default")).get("status", {}).get("phase") == "Bound")
-
-
-async def snapshot_and_restore(kube: Kube) -> None:
+async def snapshot(kube: Kube) -> None:
     step(f"VolumeSnapshotClass {SNAPSHOT_CLASS} and VolumeSnapshot default/{SNAPSHOT} of {CLAIM}")
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
@@ -202,7 +225,7 @@ async def snapshot_and_restore(kube: Kube) -> None:
             "apiVersion": "snapshot.storage.k8s.io/v1",
             "kind": "VolumeSnapshotClass",
             "metadata": {"name": SNAPSHOT_CLASS},
-            "driver": DRIVER,
+            "driver": MOCK_DRIVER,
             "deletionPolicy": "Delete",
         },
     )
@@ -216,39 +239,84 @@ async def snapshot_and_restore(kube: Kube) -> None:
         },
         "default",
     )
-    await wait_until(lambda: snapshot_ready(kube), f"VolumeSnapshot {SNAPSHOT} readyToUse")
+
+    async def ready() -> bool:
+        found = await kube.get(VOLUME_SNAPSHOT, SNAPSHOT, "default")
+        return bool((found.get("status") or {}).get("readyToUse"))
+
+    await wait_until(ready, f"VolumeSnapshot {SNAPSHOT} readyToUse")
     step("CreateSnapshot done: the VolumeSnapshot is bound to its content and readyToUse")
-    step(f"PersistentVolumeClaim default/{RESTORED} restored from {SNAPSHOT}")
-    await kube.create(
-        PVC,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": RESTORED},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": CLASS,
-                "resources": {"requests": {"storage": "2Gi"}},
-                "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": SNAPSHOT},
-            },
+
+
+async def clean_up(kube: Kube) -> None:
+    step("deleting the pods, the claims and the snapshot")
+    volumes = {(await kube.get(PVC, name, "default"))["spec"]["volumeName"] for name in (CLAIM, RESTORED)}
+    for pod in (APP, RESTORED_APP):
+        await kube.delete(POD, pod, "default")
+    await kube.delete(VOLUME_SNAPSHOT, SNAPSHOT, "default")
+    for claim in (CLAIM, RESTORED):
+        await kube.delete(PVC, claim, "default")
+
+    async def gone() -> bool:
+        attachments = await kube.list(VOLUME_ATTACHMENT)
+        pvs = [await kube.get_or_none(PV, volume) for volume in volumes]
+        return not attachments and not any(pvs) and not await kube.list(VOLUME_SNAPSHOT, "default")
+
+    deleted = time.monotonic()
+    await wait_until(gone, "the volumes detached and deleted", timeout=180)
+    took = time.monotonic() - deleted
+    step(f"detached (ControllerUnpublish) and deleted (DeleteVolume, DeleteSnapshot) in {took:.1f}s")
+
+    async def uncounted() -> bool:  # counts are written at most every 5 s
+        counts = (await kube.get(DRIVER_ENDPOINT, ENDPOINT)).get("status", {}).get("counts") or {}
+        return counts.get("volumes") == 0 and counts.get("attachments") == 0
+
+    await wait_until(uncounted, "the DriverEndpoint counting no volumes", timeout=30)
+    counts = (await kube.get(DRIVER_ENDPOINT, ENDPOINT))["status"]["counts"]
+    print(f"DriverEndpoint {ENDPOINT} counts: {counts}")
+
+
+def claim_manifest(name: str, size: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": CLASS,
+            "resources": {"requests": {"storage": size}},
         },
-        "default",
+    }
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])
+    return not pod["metadata"].get("deletionTimestamp") and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in conditions
     )
-    await wait_until(lambda: claim_bound(kube, RESTORED), f"claim {RESTORED} Bound")
-    step("CreateVolume from the snapshot done: the restored claim is Bound")
 
 
-async def snapshot_ready(kube: Kube) -> bool:
-    return bool(((await kube.get(VOLUME_SNAPSHOT, SNAPSHOT, "default")).get("status") or {}).get("readyToUse"))
+async def endpoint_ready(kube: Kube) -> bool:
+    conditions = (await kube.get(DRIVER_ENDPOINT, ENDPOINT)).get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
-async def claim_expanded(kube: Kube) -> bool:
-    capacity = ((await kube.get(PVC, CLAIM, "default")).get("status") or {}).get("capacity") or {}
-    return bool(capacity.get("storage") == "2Gi")
+async def pod_running(kube: Kube, name: str) -> bool:
+    return bool((await kube.get(POD, name, "default")).get("status", {}).get("phase") == "Running")
 
 
-async def volumes_counted(kube: Kube) -> bool:
-    return bool((await kube.get(DRIVER_ENDPOINT, ENDPOINT)).get("status", {}).get("counts", {}).get("volumes") == 1)
+async def expanded_on_node(kube: Kube) -> bool:
+    status = (await kube.get(PVC, CLAIM, "default")).get("status") or {}
+    pending = [c for c in status.get("conditions") or [] if c["type"] == RESIZE_PENDING]
+    return status.get("capacity", {}).get("storage") == "2Gi" and not pending
 
 
 def show(kubeconfig: Path) -> None:
@@ -257,7 +325,8 @@ def show(kubeconfig: Path) -> None:
         print("(kubectl is not installed; skipping its views)")
         return
     for args in (
-        ["get", "driverendpoints,pvc,pv,volumeattachments,volumesnapshots,volumesnapshotcontents", "-A", "-o", "wide"],
+        ["get", "pods,pvc,pv,volumeattachments,driverendpoints", "-A", "-o", "wide"],
+        ["get", "volumesnapshots,volumesnapshotcontents", "-A"],
         ["get", "driverendpoint", ENDPOINT, "-o", "jsonpath={.status}"],
     ):
         print(f"\n$ kubectl {' '.join(args)}")

@@ -104,5 +104,10 @@ def _convert(kind: Any, raw: str, name: str) -> Any:
         if kind_name == "float":
             return float(raw)
     except ValueError as error:
-        raise ValueError(f"SIDECARLESS_{name.upper()}={raw!r} is not a number") from error
+        hint = ""
+        if raw.startswith(("tcp://", "udp://")) and name.endswith("_port"):
+            # kubelet's service links: <SERVICE>_PORT for a Service sidecarless-<name> in the namespace.
+            service = "sidecarless-" + name.removesuffix("_port").replace("_", "-")
+            hint = f" (kubelet sets it for a Service named {service}: give the pod enableServiceLinks: false)"
+        raise ValueError(f"SIDECARLESS_{name.upper()}={raw!r} is not a number{hint}") from error
     return raw

@@ -50,3 +50,5 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # Kopf's per-object loggers are chatty at INFO about things the operator logs itself.
     logging.getLogger("kopf").setLevel(max(logging.WARNING, root.level))
+    # One line per kubelet probe of /healthz (Kopf's liveness server), every 10 s for ever.
+    logging.getLogger("aiohttp.access").setLevel(max(logging.WARNING, root.level))

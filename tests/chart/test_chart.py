@@ -91,6 +91,20 @@ def test_host_network_with_an_explicit_api_server(helm: Path) -> None:
     assert not [e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"] if "KUBERNETES" in e["name"]]
 
 
+def test_no_service_links_reach_the_operators_settings(helm: Path) -> None:
+    """Release `sidecarless` names its Service `sidecarless-metrics`; with service links kubelet
+    would give every pod in the namespace SIDECARLESS_METRICS_PORT=tcp://..., which the
+    operator reads as its metrics port and refuses (seen under the real kubelet: helm test failed)."""
+    argv = [str(helm), "template", "sidecarless", str(CHART), "--namespace", "sidecarless-system"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120)
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert [s["metadata"]["name"] for s in of_kind(documents, "Service")] == ["sidecarless-metrics"]
+    pods = [d["spec"]["template"]["spec"] for d in of_kind(documents, "Deployment")]
+    pods += [d["spec"] for d in of_kind(documents, "Pod")]
+    assert len(pods) == 2
+    assert all(pod["enableServiceLinks"] is False for pod in pods)
+
+
 def test_the_crd_is_the_one_in_crds(helm: Path) -> None:
     assert (CHART / "files" / "crds" / CRD_FILE).read_bytes() == (REPO / "crds" / CRD_FILE).read_bytes()
     [crd] = of_kind(render(helm), "CustomResourceDefinition")

@@ -26,8 +26,20 @@ PLURALS = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "VolumeSnapshot": "volumesnapshots",
     "VolumeSnapshotClass": "volumesnapshotclasses",
+    "ServiceAccount": "serviceaccounts",
+    "ClusterRoleBinding": "clusterrolebindings",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
 }
-NAMESPACED = {"NetworkPolicy", "Deployment", "PersistentVolumeClaim", "VolumeSnapshot"}
+NAMESPACED = {
+    "NetworkPolicy",
+    "Deployment",
+    "PersistentVolumeClaim",
+    "VolumeSnapshot",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+}
 
 
 def examples() -> list[tuple[str, dict[str, Any]]]:

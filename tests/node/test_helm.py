@@ -1,6 +1,8 @@
 """`helm install` for real: the chart's two replicas run as pods from the image built from
-the Dockerfile, one on each node, one leading by the Lease; `helm test` runs its pod; the
-leader's pod deleted, the standby takes over; `helm upgrade` and `helm uninstall` work.
+the Dockerfile, on the pod network with the chart's defaults (in-cluster config through the
+`kubernetes` Service), one leading by the Lease; `helm test` runs its pod; the leader's pod
+deleted, the standby takes over; `helm upgrade` into the nodes' network (`hostNetwork`, one
+replica per node) and `helm uninstall` work.
 
 Figures (time to Ready, failover, RSS) are printed for docs/performance.md; nothing here
 asserts a speed."""
@@ -8,7 +10,7 @@ asserts a speed."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
+import ipaddress
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,15 +18,16 @@ from typing import Any
 
 import pytest
 
-from devcluster import LocalCluster, build
+from devcluster import LocalCluster, workloads
+from devcluster.addresses import POD_NETWORK
 from devcluster.images import MOCK_DRIVER_IMAGE
 from devcluster.operator_image import OPERATOR_IMAGE, ensure_operator_image
+from devcluster.workloads import CHART, chart_values
 from sidecarless.kube import CSI_DRIVER, DRIVER_ENDPOINT, POD, PV, PVC, STORAGE_CLASS, Kube, Resource
 from tests.e2e.conftest import claim, eventually, storage_class, wait_ready
 
 pytestmark = pytest.mark.timeout(1800)
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "sidecarless"
 LEASE = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
 DEPLOYMENT = Resource("apps", "v1", "deployments", "Deployment", True)
 DAEMON_SET_RESOURCE = Resource("apps", "v1", "daemonsets", "DaemonSet", True)
@@ -38,24 +41,7 @@ SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
 
 
 async def helm(cluster: LocalCluster, *args: str, timeout: float = 300) -> str:
-    argv = [str(build.ensure_helm()), "--kubeconfig", str(cluster.kubeconfig), *args]
-    result = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, check=False, timeout=timeout)
-    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def release_values(cluster: LocalCluster) -> list[str]:
-    repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
-    port = cluster.server.rsplit(":", 1)[1]
-    values = {
-        "image.repository": repository,
-        "image.tag": tag,
-        "hostNetwork": "true",
-        "apiServer.host": "127.0.0.1",  # the node's loopback, where its API relay listens
-        "apiServer.port": port,
-        "operator.logFormat": "text",
-    }
-    return [item for key, value in values.items() for item in ("--set", f"{key}={value}")]
+    return await asyncio.to_thread(workloads.helm, cluster.kubeconfig, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +62,7 @@ async def installed(cluster: LocalCluster, kube: Kube, image: str) -> AsyncItera
         "--namespace",
         namespace,
         "--create-namespace",
-        *release_values(cluster),
+        *chart_values(cluster.server),
     )
     try:
         pods = await ready_pods(kube, namespace, 2)
@@ -127,11 +113,11 @@ async def test_two_replicas_as_pods_one_leads_and_helm_test_passes(
 ) -> None:
     namespace, _ = installed
     pods = await ready_pods(kube, namespace, 2)
-    assert {p["spec"]["nodeName"] for p in pods} == {"worker-1", "worker-2"}, "host ports keep one replica per node"
     for pod in pods:
         [container] = pod["spec"]["containers"]
         assert container["image"] == OPERATOR_IMAGE
-        assert pod["spec"]["hostNetwork"] is True
+        assert not pod["spec"].get("hostNetwork"), "the chart's default: the pod network"
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in POD_NETWORK
     name = await leader(kube, namespace)
     assert name in {p["metadata"]["name"] for p in pods}
     for pod in pods:
@@ -154,7 +140,9 @@ async def test_the_standby_takes_over_when_the_leaders_pod_is_deleted(kube: Kube
     await ready_pods(kube, namespace, 2)  # the Deployment replaced the deleted pod
 
 
-async def test_helm_upgrade_rolls_the_pods(cluster: LocalCluster, kube: Kube, installed: tuple[str, float]) -> None:
+async def test_helm_upgrade_into_the_nodes_network_rolls_the_pods(
+    cluster: LocalCluster, kube: Kube, installed: tuple[str, float]
+) -> None:
     namespace, _ = installed
     before = {p["metadata"]["name"] for p in await ready_pods(kube, namespace, 2)}
     await helm(
@@ -164,16 +152,18 @@ async def test_helm_upgrade_rolls_the_pods(cluster: LocalCluster, kube: Kube, in
         str(CHART),
         "--namespace",
         namespace,
-        *release_values(cluster),
+        *chart_values(cluster.server, host_network=True),
         "--set",
         "operator.logLevel=DEBUG",
     )
 
-    async def rolled() -> bool:
+    async def rolled() -> list[dict[str, Any]] | None:
         pods = await ready_pods(kube, namespace, 2)
-        return not before & {p["metadata"]["name"] for p in pods}
+        return None if before & {p["metadata"]["name"] for p in pods} else pods
 
-    await eventually(rolled, timeout=240, what="both replicas replaced")
+    pods = await eventually(rolled, timeout=240, what="both replicas replaced")
+    assert all(p["spec"]["hostNetwork"] for p in pods)
+    assert {p["spec"]["nodeName"] for p in pods} == {"worker-1", "worker-2"}, "host ports keep one replica per node"
     await leader(kube, namespace)
 
 
@@ -253,7 +243,7 @@ async def test_the_operator_in_pods_serves_a_driver_in_a_pod(
         assert (await kube.get(PVC, "data", namespace))["status"]["phase"] == "Bound"
         assert await kube.get_or_none(PV, volume) is not None, "helm uninstall must keep every volume"
         # Installed again, the operator takes the volume up where it was: deleting the claim deletes it.
-        await helm(cluster, "install", RELEASE, str(CHART), "--namespace", namespace, *release_values(cluster))
+        await helm(cluster, "install", RELEASE, str(CHART), "--namespace", namespace, *chart_values(cluster.server))
         await kube.delete(PVC, "data", namespace)
 
         async def deleted() -> bool:

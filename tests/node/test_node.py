@@ -11,11 +11,15 @@ from typing import Any
 import pytest
 
 from devcluster import LocalCluster, versions
+from devcluster.addresses import OWNED_NETWORK, SERVICE_NETWORK
 from devcluster.images import BUSYBOX_IMAGE, PAUSE_IMAGE
-from devcluster.node import OWNED_NETWORK, CgroupTree, RealNode, pod_routes
-from sidecarless.kube import EVENT, NODE, POD, Kube
+from devcluster.node import CgroupTree, RealNode, pod_routes
+from devcluster.operator_image import OPERATOR_IMAGE, ensure_operator_image
+from sidecarless.kube import EVENT, NODE, POD, Kube, Resource
 from tests.e2e.conftest import eventually
 from tests.node.conftest import WORKER, WORKERS
+
+SERVICE = Resource("", "v1", "services", "Service", True)
 
 
 def pod(name: str, *, host_network: bool = False, command: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -166,6 +170,42 @@ async def test_pods_reach_each_other_across_nodes(kube: Kube, namespace: str) ->
         return bool(done["status"].get("phase") == "Succeeded")
 
     await eventually(answered, timeout=60, what="the listener served the other node's pod")
+
+
+# In-cluster config as client libraries do it: the Service's address from kubelet's environment,
+# the ServiceAccount's token and CA from their projected volume.
+IN_CLUSTER_REQUEST = """
+import json, os, ssl, urllib.request
+base = "/var/run/secrets/kubernetes.io/serviceaccount"
+url = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}/version"
+request = urllib.request.Request(url, headers={"Authorization": "Bearer " + open(base + "/token").read()})
+context = ssl.create_default_context(cafile=base + "/ca.crt")
+print("reached", json.load(urllib.request.urlopen(request, context=context, timeout=10))["gitVersion"], flush=True)
+"""
+
+
+async def test_a_pod_on_the_pod_network_reaches_the_api_through_the_kubernetes_service(
+    kube: Kube, cluster: LocalCluster, namespace: str
+) -> None:
+    """What the chart's defaults need: no hostNetwork, in-cluster config. The `kubernetes`
+    Service's ClusterIP is the cluster's own address, held by each node (devcluster.addresses)."""
+    manifest = pod("in-cluster", command=("python3", "-c", IN_CLUSTER_REQUEST))
+    manifest["spec"]["containers"][0]["image"] = OPERATOR_IMAGE
+    manifest["spec"]["restartPolicy"] = "Never"
+    del manifest["spec"]["automountServiceAccountToken"]
+    cluster.import_image(ensure_operator_image())
+    await kube.create(POD, manifest, namespace)
+
+    async def finished() -> dict[str, Any] | None:
+        found = await kube.get(POD, "in-cluster", namespace)
+        return found if found.get("status", {}).get("phase") in {"Succeeded", "Failed"} else None
+
+    found = await eventually(finished, timeout=120, what="the in-cluster request done")
+    log = real_node(cluster, found).container_log(namespace, "in-cluster", found["metadata"]["uid"], "main")
+    assert f"reached {versions.KUBERNETES}" in log, log
+    assert found["status"]["phase"] == "Succeeded"
+    service = await kube.get(SERVICE, "kubernetes", "default")
+    assert ipaddress.ip_address(service["spec"]["clusterIP"]) in SERVICE_NETWORK
 
 
 async def test_a_pod_writes_to_an_empty_dir(kube: Kube, cluster: LocalCluster, namespace: str) -> None:

@@ -11,7 +11,9 @@ import pytest
 
 from devcluster import LocalCluster
 from devcluster.images import MOCK_DRIVER_IMAGE
-from devcluster.operator_image import OPERATOR_IMAGE, ensure_operator_image
+from devcluster.operator_image import ensure_operator_image
+from devcluster.workloads import MOCK_DRIVER as DRIVER
+from devcluster.workloads import NODE_AGENT, node_plugin_volumes
 from sidecarless.kube import CSI_NODE, Kube
 from tests.e2e.conftest import eventually
 from tests.node.conftest import WORKERS
@@ -19,38 +21,10 @@ from tests.node.test_helm import DAEMON_SET_RESOURCE
 
 pytestmark = pytest.mark.timeout(1800)
 
-DRIVER = "mock.csi.sidecarless.dev"
-PLUGINS = "/var/lib/kubelet/plugins"
-
 
 def drivers_of(csinode: dict[str, Any] | None) -> list[dict[str, Any]]:
     drivers: list[dict[str, Any]] = ((csinode or {}).get("spec") or {}).get("drivers") or []
     return drivers
-
-
-def host_path(name: str, path: str, kind: str = "Directory") -> dict[str, Any]:
-    return {"name": name, "hostPath": {"path": path, "type": kind}}
-
-
-# `sidecarless node` as a driver's node DaemonSet runs it, in place of node-driver-registrar,
-# and the host folders it and the driver share (kubelet's, at their usual paths).
-NODE_AGENT: dict[str, Any] = {
-    "name": "node-agent",
-    "image": OPERATOR_IMAGE,
-    "imagePullPolicy": "IfNotPresent",
-    "args": ["node", "--plugins-dir=/plugins", f"--kubelet-plugins-dir={PLUGINS}", "--registry-dir=/registration"],
-    # kubelet's folders are root's, as node-driver-registrar runs.
-    "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": True},
-    "volumeMounts": [
-        {"name": "plugins", "mountPath": "/plugins"},
-        {"name": "registration", "mountPath": "/registration"},
-    ],
-}
-NODE_PLUGIN_VOLUMES = [
-    host_path("plugin-dir", f"{PLUGINS}/{DRIVER}", "DirectoryOrCreate"),
-    host_path("plugins", PLUGINS, "DirectoryOrCreate"),
-    host_path("registration", "/var/lib/kubelet/plugins_registry", "DirectoryOrCreate"),
-]
 
 
 def node_plugin() -> dict[str, Any]:
@@ -76,9 +50,7 @@ def node_plugin() -> dict[str, Any]:
                         },
                         NODE_AGENT,
                     ],
-                    "volumes": [
-                        *NODE_PLUGIN_VOLUMES,
-                    ],
+                    "volumes": node_plugin_volumes(),
                 },
             },
         },

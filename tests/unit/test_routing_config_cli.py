@@ -42,6 +42,10 @@ def test_settings_from_environment_and_overrides() -> None:
     ("environ", "message"),
     [
         ({"SIDECARLESS_API_QPS": "fast"}, "not a number"),
+        (
+            {"SIDECARLESS_METRICS_PORT": "tcp://10.216.128.123:8080"},
+            "Service named sidecarless-metrics: give the pod enableServiceLinks: false",
+        ),
         ({"SIDECARLESS_LOG_FORMAT": "xml"}, "text or json"),
         ({"SIDECARLESS_API_QPS_SCOPE": "driver"}, "process or controller, not 'driver'"),
     ],

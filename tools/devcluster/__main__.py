@@ -42,7 +42,10 @@ def up(workdir: Path, real_nodes: int = 0) -> int:
             tied_to_parent=False, kubelet_nodes=tuple(f"worker-{n + 1}" for n in range(real_nodes))
         )
         if real_nodes:
-            options.nodes = ()  # hand-made Nodes would need the node lifecycle controller off
+            # What the `node` tests expect: no hand-made Nodes (they would need the node
+            # lifecycle controller off) and no drivers on the host (drivers run as pods).
+            options.nodes = ()
+            options.drivers = ()
         LocalCluster.start(workdir, options)
     except (BuildError, ProcessDiedError, TimeoutError, NodeStartError) as error:
         print(f"the local cluster did not start: {error}", file=sys.stderr)

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from devcluster import build
+from devcluster.addresses import SERVICE_NETWORK
 from devcluster.drivers import DriverSpec, RunningDriver, driver_calls, socket_name, start_driver
 from devcluster.images import busybox_image, mock_driver_image, pause_image, write_archive
 from devcluster.kube import KubeError, KubeREST
@@ -420,7 +421,7 @@ class LocalCluster:
             f"--service-account-issuer={issuer}",
             f"--service-account-key-file={pki.service_account_pub}",
             f"--service-account-signing-key-file={pki.service_account_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={SERVICE_NETWORK}",
             # The only endpoint would be 127.0.0.1, which Endpoints refuse; nothing in
             # this cluster reaches the API through the `kubernetes` Service anyway.
             "--endpoint-reconciler-type=none",

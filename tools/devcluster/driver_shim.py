@@ -16,6 +16,9 @@ flag names and error texts:
 - with `--create-target-paths` (on a node plugin's socket), NodePublishVolume makes the
   target folder kubelet names and NodeUnpublishVolume removes it, as hostpath does: kubelet
   makes only its parent, the mock makes none, and the runtime mounts the target into the pod;
+- with `--hold-create-volume-answers SECONDS`, CreateVolume is forwarded at once and its
+  answer held back that long (logged as `holding CreateVolume answer`): a driver whose pod
+  dies after the backend made the volume and before the caller heard of it;
 - with `--enable-volume-group-snapshots`, the GroupController service (and the plugin
   capability GROUP_CONTROLLER_SERVICE): CreateVolumeGroupSnapshot cuts one mock snapshot
   per volume (named `<group name>-<volume id>`), Get and Delete act on the group; groups
@@ -71,8 +74,10 @@ class Shim:
         groups: bool,
         *,
         target_paths: bool = False,
+        hold_create_answers: float = 0.0,
     ) -> None:
         self.backend = backend
+        self.hold_create_answers = hold_create_answers
         self.accepted = accepted  # None: no MODIFY_VOLUME at all
         self.max_volume_size = max_volume_size
         self.groups: dict[str, Group] | None = {} if groups else None  # by group snapshot ID
@@ -157,7 +162,12 @@ class Shim:
         if request.mutable_parameters:
             await self._check_mutable(request, context)
             _log(request, None)
-        return await self.forward(CONTROLLER + "CreateVolume", raw, context)
+        answer = await self.forward(CONTROLLER + "CreateVolume", raw, context)
+        if self.hold_create_answers:
+            volume_id = csi.CreateVolumeResponse.FromString(answer).volume.volume_id
+            log.info("holding CreateVolume answer for %s (volume %s)", request.name, volume_id)
+            await asyncio.sleep(self.hold_create_answers)
+        return answer
 
     async def expand(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = csi.ControllerExpandVolumeRequest.FromString(raw)
@@ -288,12 +298,14 @@ async def serve(
     groups: bool,
     *,
     target_paths: bool = False,
+    hold_create_answers: float = 0.0,
 ) -> None:
     channel = grpc.aio.insecure_channel(parse_address(backend).target)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        [_Handlers(Shim(channel, accepted, max_volume_size, groups, target_paths=target_paths))]
+    shim = Shim(
+        channel, accepted, max_volume_size, groups, target_paths=target_paths, hold_create_answers=hold_create_answers
     )
+    server.add_generic_rpc_handlers([_Handlers(shim)])
     server.add_insecure_port(_bind_target(listen))
     await server.start()
     stop = asyncio.Event()
@@ -314,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-volume-size", type=int, default=0, help="bytes; 0: no limit")
     parser.add_argument("--enable-volume-group-snapshots", action="store_true", help="serve the GroupController")
     parser.add_argument("--create-target-paths", action="store_true", help="NodePublishVolume makes the target")
+    parser.add_argument("--hold-create-volume-answers", type=float, default=0.0, help="seconds; 0: answer at once")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     accepted = None
@@ -327,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             args.max_volume_size,
             args.enable_volume_group_snapshots,
             target_paths=args.create_target_paths,
+            hold_create_answers=args.hold_create_volume_answers,
         )
     )
 

@@ -17,7 +17,9 @@ What it owns, and nothing else:
   also the pods' gateway; kubelet, containerd and host-network pods live in it. Routes lead
   only to 10.216.0.0/15 (the nodes' pod subnets, and the fabric that joins the nodes), so
   nothing a pod or the node sends can leave the machine. kubelet reaches the API server on
-  the namespace's own loopback, through netns_relay.py.
+  the namespace's own loopback, through netns_relay.py; pods on the pod network reach it at
+  the `kubernetes` Service's ClusterIP (10.216.128.1:443), which the node holds on its
+  loopback and where the same relay listens.
 - **listeners**: kubelet on the namespace's 127.0.0.1, containerd on unix sockets under the
   node's folder.
 """
@@ -40,17 +42,19 @@ from typing import Any
 
 import yaml
 
+from devcluster.addresses import (
+    FABRIC_NETWORK,
+    KUBERNETES_SERVICE_IP,
+    KUBERNETES_SERVICE_PORT,
+    OWNED_NETWORK,
+    POD_NETWORK,
+)
 from devcluster.build import KubernetesBinaries, NodeRuntime
 from devcluster.kube import KubeREST
 from devcluster.pki import ClusterPKI, load_authority
 from devcluster.procs import ManagedProcess, tail, wait_until
 
 log = logging.getLogger("devcluster.node")
-
-POD_NETWORK = ipaddress.IPv4Network("10.217.0.0/16")  # a /24 per node
-FABRIC_NETWORK = ipaddress.IPv4Network("10.216.0.0/24")  # the wire between the nodes
-# Every address a node or a pod can reach lies in here: all of it is the cluster's own.
-OWNED_NETWORK = ipaddress.IPv4Network("10.216.0.0/15")
 
 
 class NodeStartError(RuntimeError):
@@ -221,6 +225,7 @@ class NodeNetwork:
             raise NodeStartError(f"network namespace {self.netns} exists already: is another cluster using it?")
         _ip("netns", "add", self.netns)
         _ip("-n", self.netns, "link", "set", "lo", "up")
+        _ip("-n", self.netns, "addr", "add", f"{KUBERNETES_SERVICE_IP}/32", "dev", "lo")
         _ip("-n", self.netns, "link", "add", self.bridge, "type", "bridge")
         _ip("-n", self.netns, "addr", "add", f"{self.node_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("-n", self.netns, "link", "set", self.bridge, "up")
@@ -468,7 +473,14 @@ class RealNode:
         relay_process = self._spawn(
             "api-relay",
             # -I: the script's folder (which has an operator.py) must not shadow the standard library.
-            [sys.executable, "-I", str(relay), f"--netns={self.network.netns_path}", f"--port={api_port}"],
+            [
+                sys.executable,
+                "-I",
+                str(relay),
+                f"--netns={self.network.netns_path}",
+                f"--port={api_port}",
+                f"--also-listen={KUBERNETES_SERVICE_IP}:{KUBERNETES_SERVICE_PORT}",
+            ],
             tied_to_parent,
             in_netns=False,
         )
@@ -630,8 +642,10 @@ disabled_plugins = {json.dumps(disabled)}
 [metrics]
   address = ""
 
+# containerd refuses a shim socket folder longer than 42 characters, and the node's folder
+# may be deeper than that: /run/containerd is the node's own in its mount namespace.
 [plugins.'io.containerd.shim.v1.manager']
-  socket_dir = "{self.workdir / "s"}"
+  socket_dir = "/run/containerd/s"
 
 [plugins.'io.containerd.grpc.v1.cri']
   disable_tcp_service = true
@@ -732,6 +746,9 @@ disabled_plugins = {json.dumps(disabled)}
             "makeIPTablesUtilChains": False,  # no iptables on this machine, and no kube-proxy
             "localStorageCapacityIsolation": True,
             "shutdownGracePeriod": "0s",
+            # kubelet looks at a mounted volume's size again only when it syncs the pod, every
+            # syncFrequency (1m by default, plus jitter): node expansion then took 89 s here.
+            "syncFrequency": "10s",
             **self.kubelet_config,
         }
         path = self.workdir / "kubelet.yaml"

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from devcluster.addresses import KUBERNETES_SERVICE_IP
+
 VALIDITY = datetime.timedelta(days=30)
 
 
@@ -186,7 +188,7 @@ def make_cluster_pki(directory: Path) -> ClusterPKI:
             "apiserver",
             "kube-apiserver",
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ip_addresses=("127.0.0.1", "10.0.0.1"),
+            ip_addresses=("127.0.0.1", KUBERNETES_SERVICE_IP),
             server=True,
         ),
         admin=ca.issue(directory, "admin", "sidecarless-admin", organizations=("system:masters",), client=True),

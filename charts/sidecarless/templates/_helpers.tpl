@@ -30,8 +30,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* Pod-level networking: the node's namespace when asked for. */}}
+{{/* Pod-level networking: the node's namespace when asked for. No service links: kubelet
+would set <SERVICE>_PORT variables for every Service in the namespace, and the chart's own
+`<release>-metrics` Service (release "sidecarless") becomes SIDECARLESS_METRICS_PORT, a
+setting of the operator's. */}}
 {{- define "sidecarless.podNetwork" -}}
+enableServiceLinks: false
 {{- if .Values.hostNetwork }}
 hostNetwork: true
 dnsPolicy: ClusterFirstWithHostNet

