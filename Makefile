@@ -15,8 +15,8 @@ setup: ## install uv if missing and the locked Python environment
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 
-demo: setup ## Sidecarless as pods on a local cluster with kubelet nodes: a pod mounts a volume, expand, snapshot, restore, delete (KEEP=1 keeps it); builds only what it runs
-	$(UV) run python tools/demo.py $(if $(KEEP),--keep)
+demo: setup ## Sidecarless as pods on a local cluster with kubelet nodes (MODE=embedded|central): a pod mounts a volume, expand, snapshot, restore, delete (KEEP=1 keeps it)
+	$(UV) run python tools/demo.py $(if $(KEEP),--keep) $(if $(MODE),--mode $(MODE))
 
 bench: binaries ## the sidecars and Sidecarless side by side: N (100) claims, DRIVERS (1), ROUNDS (3), SETTINGS, SCENARIO (all)
 	$(UV) run python -m bench.side_by_side --n $(or $(N),100) --drivers $(or $(DRIVERS),1) --rounds $(or $(ROUNDS),3) \

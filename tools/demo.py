@@ -3,12 +3,17 @@
 Builds what it needs (Kubernetes, containerd, runc, the CNI plugins, pause, the mock driver,
 helm, and the operator's image from the project's Dockerfile; not the real sidecars), starts
 the control plane and two kubelet nodes, and `helm install`s the chart: two replicas, one
-leading. csi-test's mock driver runs as a DaemonSet (its controller on TCP, its node service
-behind driver_shim, `sidecarless node` registering it with kubelet). Then a DriverEndpoint, a
-StorageClass routed to it, a claim and a pod that mounts it (kubelet stages and publishes),
-an expansion that kubelet finishes on the node, a VolumeSnapshot restored into a second
-pod, `helm test`, and everything deleted again, with the objects shown along the way.
-`--keep` (or SIDECARLESS_DEMO_KEEP=1) leaves the cluster running and says how to reach it.
+leading. csi-test's mock driver runs as a DaemonSet (its node service behind driver_shim,
+`sidecarless node` registering it with kubelet; its controller service is the backend).
+
+`--mode embedded` (the default): the driver's controller Deployment of docs/deployment.md,
+with the `sidecarless` container on the driver's unix socket, serves the driver; the chart's
+replicas do snapshot-controller's half. `--mode central`: the chart's replicas serve the
+driver over TCP. Then a StorageClass routed to the DriverEndpoint, a claim and a pod that
+mounts it (kubelet stages and publishes), an expansion that kubelet finishes on the node, a
+VolumeSnapshot restored into a second pod, `helm test`, and everything deleted again, with
+the objects shown along the way. `--keep` (or SIDECARLESS_DEMO_KEEP=1) leaves the cluster
+running and says how to reach it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,21 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from devcluster import ClusterOptions, ClusterState, LocalCluster, build, workloads
 from devcluster.operator_image import ensure_operator_image
-from devcluster.workloads import CHART, CONTROLLER_PORT, MOCK_DRIVER, chart_values, pod_with_claim
+from devcluster.workloads import (
+    CHART,
+    CONTROLLER_PORT,
+    EMBEDDED_CONTROLLER,
+    EMBEDDED_DRIVER,
+    EMBEDDED_ENDPOINT,
+    EMBEDDED_LEASE,
+    EMBEDDED_NAMESPACE,
+    MOCK_DRIVER,
+    chart_values,
+    embedded_controller,
+    embedded_examples,
+    embedded_rbac,
+    pod_with_claim,
+)
 from sidecarless.cli import format_status
 from sidecarless.kube import (
     CSI_DRIVER,
@@ -48,10 +68,34 @@ from sidecarless.kube import (
 )
 
 NODES = ("worker-1", "worker-2")
-RELEASE, OPERATOR_NAMESPACE, DRIVER_NAMESPACE = "sidecarless", "sidecarless-system", "csi-mock"
-ENDPOINT, CLASS, CLAIM, APP = "mock", "sidecarless-demo", "demo-data", "demo-app"
+RELEASE, OPERATOR_NAMESPACE = "sidecarless", "sidecarless-system"
+CLASS, CLAIM, APP = "sidecarless-demo", "demo-data", "demo-app"
 SNAPSHOT_CLASS, SNAPSHOT, RESTORED, RESTORED_APP = "sidecarless-demo", "demo-snapshot", "demo-restored", "demo-reader"
 DAEMON_SET = Resource("apps", "v1", "daemonsets", "DaemonSet", True)
+DEPLOYMENT = Resource("apps", "v1", "deployments", "Deployment", True)
+RBAC = "rbac.authorization.k8s.io"
+RBAC_RESOURCES = {
+    "ServiceAccount": Resource("", "v1", "serviceaccounts", "ServiceAccount", True),
+    "ClusterRoleBinding": Resource(RBAC, "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+    "Role": Resource(RBAC, "v1", "roles", "Role", True),
+    "RoleBinding": Resource(RBAC, "v1", "rolebindings", "RoleBinding", True),
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Where the driver is served from, and the names that go with it."""
+
+    name: str
+    driver: str
+    endpoint: str
+    namespace: str  # the driver's
+
+
+MODES = {
+    "embedded": Mode("embedded", EMBEDDED_DRIVER, EMBEDDED_ENDPOINT, EMBEDDED_NAMESPACE),  # docs/deployment.md's
+    "central": Mode("central", MOCK_DRIVER, "mock", "csi-mock"),
+}
 LEASE = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
 NAMESPACE = Resource("", "v1", "namespaces", "Namespace", False)
 RESIZE_PENDING = "FileSystemResizePending"
@@ -61,7 +105,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", default=os.environ.get("SIDECARLESS_DEMO_KEEP") == "1")
     parser.add_argument("--dir", type=Path, default=build.cache_root() / "clusters" / "demo")
+    parser.add_argument("--mode", choices=sorted(MODES), default=os.environ.get("SIDECARLESS_DEMO_MODE") or "embedded")
     args = parser.parse_args()
+    mode = MODES[args.mode]
     previous = ClusterState.load(args.dir)
     if previous is not None:
         previous.stop()  # a demo kept from an earlier run
@@ -75,7 +121,7 @@ def main() -> int:
     cluster = LocalCluster.start(args.dir, options)
     try:
         cluster.import_image(image)
-        asyncio.run(demo(cluster))
+        asyncio.run(demo(cluster, mode))
     except BaseException:
         print(f"\nthe demo failed; logs are in {args.dir / 'logs'} and {args.dir / 'nodes'}/*/logs", file=sys.stderr)
         cluster.stop()
@@ -83,7 +129,7 @@ def main() -> int:
     step(f"demo finished in {time.monotonic() - started:.1f}s")
     if args.keep:
         print(f"\nLeft running. kubeconfig: {cluster.kubeconfig}")
-        print(f"  kubectl --kubeconfig {cluster.kubeconfig} get pods,driverendpoints,pvc,pv -A")
+        print(f"  {build.ensure_kubectl()} --kubeconfig {cluster.kubeconfig} get pods,driverendpoints,pvc,pv -A")
         print("  stop it: make demo-down")
     else:
         cluster.stop()
@@ -94,31 +140,52 @@ def step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-async def demo(cluster: LocalCluster) -> None:
+async def demo(cluster: LocalCluster, mode: Mode) -> None:
     kube = Kube(ApiClient(await load_configuration(str(cluster.kubeconfig))), qps=0, burst=1)
     try:
-        installed = await install(cluster, kube)
-        await driver(cluster, kube)
-        await kube.create(
-            DRIVER_ENDPOINT,
-            {
-                "apiVersion": "sidecarless.io/v1alpha1",
-                "kind": "DriverEndpoint",
-                "metadata": {"name": ENDPOINT},
-                "spec": {
-                    "driverName": MOCK_DRIVER,
-                    "address": f"dns:///{worker(cluster).network.node_ip}:{CONTROLLER_PORT}",
+        installed = await install(cluster, kube, mode)
+        await node_plugin(kube, mode)
+        backend = f"dns:///{worker(cluster).network.node_ip}:{CONTROLLER_PORT}"
+        if mode.name == "embedded":
+            await embedded(kube, backend)
+        else:
+            step(f"DriverEndpoint {mode.endpoint}: the chart's replicas reach the driver at {backend}")
+            await kube.create(
+                DRIVER_ENDPOINT,
+                {
+                    "apiVersion": "sidecarless.io/v1alpha1",
+                    "kind": "DriverEndpoint",
+                    "metadata": {"name": mode.endpoint},
+                    "spec": {"driverName": mode.driver, "address": backend},
                 },
-            },
-        )
-        await wait_until(lambda: endpoint_ready(kube), "DriverEndpoint Ready")
-        step(f"DriverEndpoint {ENDPOINT} Ready {time.monotonic() - installed:.1f}s after helm install")
-        await volume_life(cluster, kube)
+            )
+        await wait_until(lambda: endpoint_ready(kube, mode.endpoint), "DriverEndpoint Ready", timeout=180)
+        step(f"DriverEndpoint {mode.endpoint} Ready {time.monotonic() - installed:.1f}s after helm install")
+        await volume_life(cluster, kube, mode)
         step("helm test")
         print(await asyncio.to_thread(workloads.helm, cluster.kubeconfig, "test", RELEASE, "-n", OPERATOR_NAMESPACE))
-        await clean_up(kube)
+        await clean_up(kube, mode)
     finally:
         await kube.close()
+
+
+async def embedded(kube: Kube, backend: str) -> None:
+    step(
+        f"docs/deployment.md's embedded mode: Deployment {EMBEDDED_NAMESPACE}/{EMBEDDED_CONTROLLER} (the driver and "
+        "the sidecarless container on its unix socket), its RBAC and its DriverEndpoint"
+    )
+    for document in embedded_rbac(RELEASE):  # the chart's ClusterRole is named after the release
+        await kube.create(RBAC_RESOURCES[document["kind"]], document, document["metadata"].get("namespace"))
+    await kube.create(DEPLOYMENT, embedded_controller(backend), EMBEDDED_NAMESPACE)
+    await kube.create(DRIVER_ENDPOINT, embedded_examples()[("DriverEndpoint", EMBEDDED_ENDPOINT)])
+
+    async def leading() -> bool:
+        lease = await kube.get_or_none(LEASE, EMBEDDED_LEASE, EMBEDDED_NAMESPACE)
+        return bool(((lease or {}).get("spec") or {}).get("holderIdentity"))
+
+    await wait_until(leading, "an embedded replica leading", timeout=180)
+    lease = await kube.get(LEASE, EMBEDDED_LEASE, EMBEDDED_NAMESPACE)
+    step(f"{lease['spec']['holderIdentity']} leads by the Lease {EMBEDDED_NAMESPACE}/{EMBEDDED_LEASE}")
 
 
 def worker(cluster: LocalCluster) -> Any:
@@ -126,8 +193,14 @@ def worker(cluster: LocalCluster) -> Any:
     return cluster.real_nodes[0]
 
 
-async def install(cluster: LocalCluster, kube: Kube) -> float:
-    step(f"helm install {RELEASE} charts/sidecarless (two replicas, the image built from the Dockerfile)")
+async def install(cluster: LocalCluster, kube: Kube, mode: Mode) -> float:
+    # Embedded, the chart's replicas serve no endpoint of their own (the driver's pod serves
+    # its own) and do snapshot-controller's half for the cluster.
+    extra = {"operator.endpoints": "{none}"} if mode.name == "embedded" else {}
+    serving = "snapshot-controller's half" if extra else "every DriverEndpoint"
+    step(
+        f"helm install {RELEASE} charts/sidecarless: two replicas from the image built from the Dockerfile ({serving})"
+    )
     installed = time.monotonic()
     await asyncio.to_thread(
         workloads.helm,
@@ -138,7 +211,7 @@ async def install(cluster: LocalCluster, kube: Kube) -> float:
         "--namespace",
         OPERATOR_NAMESPACE,
         "--create-namespace",
-        *chart_values(cluster.server),
+        *chart_values(cluster.server, extra=extra),
     )
 
     async def both_ready() -> bool:
@@ -154,35 +227,38 @@ async def install(cluster: LocalCluster, kube: Kube) -> float:
     return installed
 
 
-async def driver(cluster: LocalCluster, kube: Kube) -> None:
-    step(f"the mock CSI driver as a DaemonSet in {DRIVER_NAMESPACE}, with `sidecarless node` registering it")
-    await kube.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DRIVER_NAMESPACE}})
-    await kube.create(CSI_DRIVER, workloads.csi_driver())
+async def node_plugin(kube: Kube, mode: Mode) -> None:
+    step(
+        f"csi-test's mock driver as {mode.driver}: a DaemonSet in {mode.namespace}, `sidecarless node` registering "
+        "it with kubelet (the instance on worker-1 is the backend)"
+    )
+    await kube.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": mode.namespace}})
+    await kube.create(CSI_DRIVER, workloads.csi_driver(mode.driver))
     created = time.monotonic()
-    await kube.create(DAEMON_SET, workloads.mock_driver_daemon_set(), DRIVER_NAMESPACE)
+    await kube.create(DAEMON_SET, workloads.mock_driver_daemon_set(driver=mode.driver), mode.namespace)
 
     async def registered() -> bool:
         for node in NODES:
             csinode = await kube.get_or_none(CSI_NODE, node)
-            if not any(d["name"] == MOCK_DRIVER for d in ((csinode or {}).get("spec") or {}).get("drivers") or []):
+            if not any(d["name"] == mode.driver for d in ((csinode or {}).get("spec") or {}).get("drivers") or []):
                 return False
         return True
 
     await wait_until(registered, "the driver in every node's CSINode", timeout=180)
     took = time.monotonic() - created
-    step(f"kubelet registered {MOCK_DRIVER} on {', '.join(NODES)} {took:.1f}s after the DaemonSet")
+    step(f"kubelet registered {mode.driver} on {', '.join(NODES)} {took:.1f}s after the DaemonSet")
 
 
-async def volume_life(cluster: LocalCluster, kube: Kube) -> None:
+async def volume_life(cluster: LocalCluster, kube: Kube, mode: Mode) -> None:
     node = worker(cluster).name
-    step(f"StorageClass {CLASS}, annotated sidecarless.io/endpoint: {ENDPOINT}")
+    step(f"StorageClass {CLASS}, annotated sidecarless.io/endpoint: {mode.endpoint}")
     await kube.create(
         STORAGE_CLASS,
         {
             "apiVersion": "storage.k8s.io/v1",
             "kind": "StorageClass",
-            "metadata": {"name": CLASS, "annotations": {"sidecarless.io/endpoint": ENDPOINT}},
-            "provisioner": MOCK_DRIVER,
+            "metadata": {"name": CLASS, "annotations": {"sidecarless.io/endpoint": mode.endpoint}},
+            "provisioner": mode.driver,
             "reclaimPolicy": "Delete",
             "allowVolumeExpansion": True,
         },
@@ -204,7 +280,7 @@ async def volume_life(cluster: LocalCluster, kube: Kube) -> None:
         f"claim {CLAIM} is 2Gi {time.monotonic() - asked:.1f}s later: ControllerExpandVolume, "
         f"then NodeExpandVolume by kubelet (no {RESIZE_PENDING} left)"
     )
-    await snapshot(kube)
+    await snapshot(kube, mode)
     step(f"PersistentVolumeClaim default/{RESTORED} from {SNAPSHOT}, and Pod default/{RESTORED_APP} reading it")
     restored = claim_manifest(RESTORED, "2Gi")
     restored["spec"]["dataSource"] = {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": SNAPSHOT}
@@ -212,20 +288,20 @@ async def volume_life(cluster: LocalCluster, kube: Kube) -> None:
     await kube.create(POD, pod_with_claim(RESTORED_APP, RESTORED, node, "ls /data && sleep 3600"), "default")
     await wait_until(lambda: pod_running(kube, RESTORED_APP), f"pod {RESTORED_APP} Running", timeout=180)
     step(f"pod {RESTORED_APP} Running on the restored volume")
-    show(cluster.kubeconfig)
+    show(cluster.kubeconfig, mode)
     print("$ sidecarless status")
     print(format_status(await kube.list(DRIVER_ENDPOINT)))
 
 
-async def snapshot(kube: Kube) -> None:
+async def snapshot(kube: Kube, mode: Mode) -> None:
     step(f"VolumeSnapshotClass {SNAPSHOT_CLASS} and VolumeSnapshot default/{SNAPSHOT} of {CLAIM}")
     await kube.create(
         VOLUME_SNAPSHOT_CLASS,
         {
             "apiVersion": "snapshot.storage.k8s.io/v1",
             "kind": "VolumeSnapshotClass",
-            "metadata": {"name": SNAPSHOT_CLASS},
-            "driver": MOCK_DRIVER,
+            "metadata": {"name": SNAPSHOT_CLASS, "annotations": {"sidecarless.io/endpoint": mode.endpoint}},
+            "driver": mode.driver,
             "deletionPolicy": "Delete",
         },
     )
@@ -248,7 +324,7 @@ async def snapshot(kube: Kube) -> None:
     step("CreateSnapshot done: the VolumeSnapshot is bound to its content and readyToUse")
 
 
-async def clean_up(kube: Kube) -> None:
+async def clean_up(kube: Kube, mode: Mode) -> None:
     step("deleting the pods, the claims and the snapshot")
     volumes = {(await kube.get(PVC, name, "default"))["spec"]["volumeName"] for name in (CLAIM, RESTORED)}
     for pod in (APP, RESTORED_APP):
@@ -268,12 +344,12 @@ async def clean_up(kube: Kube) -> None:
     step(f"detached (ControllerUnpublish) and deleted (DeleteVolume, DeleteSnapshot) in {took:.1f}s")
 
     async def uncounted() -> bool:  # counts are written at most every 5 s
-        counts = (await kube.get(DRIVER_ENDPOINT, ENDPOINT)).get("status", {}).get("counts") or {}
+        counts = (await kube.get(DRIVER_ENDPOINT, mode.endpoint)).get("status", {}).get("counts") or {}
         return counts.get("volumes") == 0 and counts.get("attachments") == 0
 
     await wait_until(uncounted, "the DriverEndpoint counting no volumes", timeout=30)
-    counts = (await kube.get(DRIVER_ENDPOINT, ENDPOINT))["status"]["counts"]
-    print(f"DriverEndpoint {ENDPOINT} counts: {counts}")
+    counts = (await kube.get(DRIVER_ENDPOINT, mode.endpoint))["status"]["counts"]
+    print(f"DriverEndpoint {mode.endpoint} counts: {counts}")
 
 
 def claim_manifest(name: str, size: str) -> dict[str, Any]:
@@ -304,8 +380,8 @@ def is_ready(pod: dict[str, Any]) -> bool:
     )
 
 
-async def endpoint_ready(kube: Kube) -> bool:
-    conditions = (await kube.get(DRIVER_ENDPOINT, ENDPOINT)).get("status", {}).get("conditions", [])
+async def endpoint_ready(kube: Kube, name: str) -> bool:
+    conditions = (await kube.get(DRIVER_ENDPOINT, name)).get("status", {}).get("conditions", [])
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
@@ -319,15 +395,12 @@ async def expanded_on_node(kube: Kube) -> bool:
     return status.get("capacity", {}).get("storage") == "2Gi" and not pending
 
 
-def show(kubeconfig: Path) -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        print("(kubectl is not installed; skipping its views)")
-        return
+def show(kubeconfig: Path, mode: Mode) -> None:
+    kubectl = str(build.ensure_kubectl())
     for args in (
         ["get", "pods,pvc,pv,volumeattachments,driverendpoints", "-A", "-o", "wide"],
         ["get", "volumesnapshots,volumesnapshotcontents", "-A"],
-        ["get", "driverendpoint", ENDPOINT, "-o", "jsonpath={.status}"],
+        ["get", "driverendpoint", mode.endpoint, "-o", "jsonpath={.status}"],
     ):
         print(f"\n$ kubectl {' '.join(args)}")
         output = subprocess.run(

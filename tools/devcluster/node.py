@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,18 +127,17 @@ class CgroupTree:
         """Every process in the node's folder `sub` (default: all of it), in any hierarchy."""
         found: set[int] = set()
         for top in self.folders(sub):
-            for procs in top.rglob("cgroup.procs") if top.exists() else []:
-                with contextlib.suppress(OSError):
-                    found.update(int(p) for p in procs.read_text().split())
+            for folder in _folders_under(top):
+                with contextlib.suppress(OSError):  # gone meanwhile: kubelet and runc remove theirs
+                    found.update(int(p) for p in (folder / "cgroup.procs").read_text().split())
         return found
 
     def remove(self) -> None:
         """Remove the node's folders, deepest first; the processes in them must be gone."""
         for top in self.folders():
             if top.exists():
-                for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                for folder in sorted(_folders_under(top), key=lambda p: -len(p.parts)):
                     _rmdir_cgroup(folder)
-                _rmdir_cgroup(top)
         for folder in reversed(self.created):
             _rmdir_cgroup(folder)
 
@@ -147,6 +147,13 @@ class CgroupTree:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> CgroupTree:
         return cls(raw["path"], tuple(Path(m) for m in raw["mounts"]), tuple(Path(c) for c in raw["created"]))
+
+
+def _folders_under(top: Path) -> list[Path]:
+    """`top` and every folder below it. os.walk skips what vanishes while it walks (a
+    container's cgroup that runc removes at that moment); Path.rglob raised, and a demo's
+    teardown died halfway."""
+    return [Path(root) for root, _, _ in os.walk(top)]
 
 
 def common_cgroup_path(own: dict[Path, str]) -> str:
@@ -547,22 +554,37 @@ class RealNode:
             raise NodeStartError(f"{error}\nnode conditions: {said or 'none (not registered)'}") from error
 
     def stop(self) -> None:
-        """Stop kubelet, every container, containerd and the shims; unmount; remove the bridge and cgroups."""
+        """Stop kubelet, every container, containerd and the shims; unmount; remove the bridge
+        and cgroups. Every step is tried even when one before it failed (then the first
+        failure is raised): a teardown that stops halfway leaves processes and namespaces."""
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("stop kubelet", lambda: self._stop_processes(only="kubelet")),
+            ("kill the containers", lambda: self._kill("pods")),
+            ("stop the node's processes", self._stop_processes),
+            ("kill what is left", lambda: self._kill("")),
+            ("leave the mount namespace", lambda: self.mounts.remove() if self.mounts else None),
+            ("unmount", lambda: unmount_under(self.workdir)),
+            ("remove the network namespace", self.network.remove),
+            ("remove the cgroups", lambda: self.cgroups.remove() if self.cgroups else None),
+        ]
+        failures: list[BaseException] = []
+        for what, step in steps:
+            try:
+                step()
+            except Exception as error:  # every step must run; the first failure is raised after
+                log.exception("%s on %s failed", what, self.name)
+                failures.append(error)
+        if failures:
+            raise failures[0]
+
+    def _stop_processes(self, only: str = "") -> None:
         for process in reversed(self.processes):
-            if process.name == "kubelet":
+            if not only or process.name == only:
                 process.stop()
+
+    def _kill(self, sub: str) -> None:
         if self.cgroups is not None:
-            _kill_all(self.cgroups, "pods")
-        for process in reversed(self.processes):
-            process.stop()
-        if self.cgroups is not None:
-            _kill_all(self.cgroups, "")
-        if self.mounts is not None:
-            self.mounts.remove()
-        unmount_under(self.workdir)
-        self.network.remove()
-        if self.cgroups is not None:
-            self.cgroups.remove()
+            _kill_all(self.cgroups, sub)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -9,9 +9,13 @@ pods that mount its volumes go to that node.
 
 from __future__ import annotations
 
+import copy
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from devcluster import build
 from devcluster.images import BUSYBOX_IMAGE, MOCK_DRIVER_IMAGE
@@ -23,6 +27,14 @@ SHIM = REPO / "tools" / "devcluster" / "driver_shim.py"
 MOCK_DRIVER = "mock.csi.sidecarless.dev"
 CONTROLLER_PORT = 10000
 KUBELET = "/var/lib/kubelet"
+# The embedded mode exactly as docs/deployment.md writes it (its driver, namespace and names).
+DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
+EMBEDDED_DRIVER = "hostpath.csi.k8s.io"  # the mock answers to any name
+EMBEDDED_NAMESPACE = "storage"
+EMBEDDED_CONTROLLER = "csi-hostpath-controller"
+EMBEDDED_ENDPOINT = "hostpath-embedded"
+EMBEDDED_LEASE = "sidecarless-hostpath"
+EMBEDDED_RBAC_KINDS = ("ServiceAccount", "ClusterRoleBinding", "Role", "RoleBinding")
 PLUGINS = f"{KUBELET}/plugins"
 
 
@@ -169,3 +181,53 @@ def pod_with_claim(name: str, claim: str, node: str, command: str) -> dict[str, 
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
         },
     }
+
+
+def embedded_examples() -> dict[tuple[str, str], dict[str, Any]]:
+    """The YAML blocks of docs/deployment.md's "Embedded" section, by kind and name."""
+    section = DEPLOYMENT_DOC.read_text().split("## Embedded", 1)[1]
+    found = {}
+    for block in re.findall(r"```yaml\n(.*?)```", section, re.S):
+        for document in yaml.safe_load_all(block):
+            found[(document["kind"], document["metadata"]["name"])] = document
+    return found
+
+
+def embedded_rbac(cluster_role: str) -> list[dict[str, Any]]:
+    """The docs' ServiceAccount, bindings and Role, bound to the chart's ClusterRole as named
+    by the release at hand (the docs' release is `sidecarless`)."""
+    documents = []
+    for (kind, _name), example in embedded_examples().items():
+        if kind in EMBEDDED_RBAC_KINDS:
+            document = copy.deepcopy(example)
+            if kind == "ClusterRoleBinding":
+                document["roleRef"]["name"] = cluster_role
+            documents.append(document)
+    return documents
+
+
+def embedded_controller(backend: str, *, embedded: bool = True) -> dict[str, Any]:
+    """The docs' controller Deployment with this cluster's images; the driver container is
+    driver_shim on the driver's socket, in front of `backend` (a mock's controller service,
+    which outlives the pod, as a real driver's storage does). Without `embedded`: the
+    sidecarless container removed, as when the driver moves to a central release."""
+    deployment = copy.deepcopy(embedded_examples()[("Deployment", EMBEDDED_CONTROLLER)])
+    spec = deployment["spec"]["template"]["spec"]
+    for container in spec["containers"]:
+        container["imagePullPolicy"] = "IfNotPresent"
+        if container["name"] == "sidecarless":
+            container["image"] = OPERATOR_IMAGE
+        else:
+            container |= {
+                "image": OPERATOR_IMAGE,
+                "command": ["python3", "-I", "/shim/driver_shim.py"],
+                "args": ["--listen=unix:///csi/csi.sock", f"--backend={backend}"],
+                # The driver runs as root and makes the socket, as drivers do.
+                "securityContext": {"runAsUser": 0},
+            }
+            container["volumeMounts"].append({"name": "shim", "mountPath": "/shim/driver_shim.py", "readOnly": True})
+    spec["volumes"].append(host_path("shim", str(SHIM), "File"))
+    spec["terminationGracePeriodSeconds"] = 1
+    if not embedded:
+        spec["containers"] = [c for c in spec["containers"] if c["name"] != "sidecarless"]
+    return deployment
