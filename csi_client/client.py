@@ -92,6 +92,7 @@ class CSIClient:
         tls: TLSConfig | None = None,
         driver_name: str = "",
         connect_attempts: int = CONNECT_ATTEMPTS,
+        own_connection: bool = False,
     ) -> None:
         self.endpoint = address if isinstance(address, Endpoint) else parse_address(address)
         if tls is not None and self.endpoint.transport is Transport.UNIX:
@@ -101,6 +102,10 @@ class CSIClient:
         # Known after GetPluginInfo; labels the call metrics (the sidecars do the same).
         self.driver_name = driver_name
         self._connect_attempts = connect_attempts
+        # gRPC shares one connection among every channel of a process to the same target; a
+        # health check must dial its own, or a driver that has stopped accepting new
+        # connections would still look alive through an old one (livenessprobe dials per probe).
+        self._own_connection = own_connection
         self._channel: grpc.aio.Channel | None = None
         self._callables: dict[str, Any] = {}
 
@@ -290,6 +295,8 @@ class CSIClient:
                 # would wait up to two more minutes unseen. Probes come every few seconds anyway.
                 ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
             ]
+            if self._own_connection:
+                options.append(("grpc.use_local_subchannel_pool", 1))
             if self.endpoint.transport is Transport.UNIX:
                 # gRPC would use the socket path as :authority; drivers expect a host name.
                 options.append(("grpc.default_authority", "localhost"))

@@ -3,8 +3,10 @@
 Builds what it needs (Kubernetes, containerd, runc, the CNI plugins, pause, the mock driver,
 helm, and the operator's image from the project's Dockerfile; not the real sidecars), starts
 the control plane and two kubelet nodes, and `helm install`s the chart: two replicas, one
-leading. csi-test's mock driver runs as a DaemonSet (its node service behind driver_shim,
-`sidecarless node` registering it with kubelet; its controller service is the backend).
+leading, and the node agent (`sidecarless node`) on every node. csi-test's mock driver runs
+as a node plugin DaemonSet without sidecars (its node service behind driver_shim, registered
+with kubelet by the agent, its livenessProbe on the agent; its controller service is the
+backend).
 
 `--mode embedded` (the default): the driver's controller Deployment of docs/deployment.md,
 with the `sidecarless` container on the driver's unix socket, serves the driver; the chart's
@@ -199,7 +201,8 @@ async def install(cluster: LocalCluster, kube: Kube, mode: Mode) -> float:
     extra = {"operator.endpoints": "{none}"} if mode.name == "embedded" else {}
     serving = "snapshot-controller's half" if extra else "every DriverEndpoint"
     step(
-        f"helm install {RELEASE} charts/sidecarless: two replicas from the image built from the Dockerfile ({serving})"
+        f"helm install {RELEASE} charts/sidecarless: two replicas from the image built from the Dockerfile "
+        f"({serving}), and `sidecarless node` on every node"
     )
     installed = time.monotonic()
     await asyncio.to_thread(
@@ -215,7 +218,7 @@ async def install(cluster: LocalCluster, kube: Kube, mode: Mode) -> float:
     )
 
     async def both_ready() -> bool:
-        pods = await kube.list(POD, OPERATOR_NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+        pods = await kube.list(POD, OPERATOR_NAMESPACE, label_selector=workloads.operator_pods(RELEASE))
         return len([p for p in pods if is_ready(p)]) == 2
 
     await wait_until(both_ready, "both replicas Ready", timeout=180)
@@ -229,8 +232,8 @@ async def install(cluster: LocalCluster, kube: Kube, mode: Mode) -> float:
 
 async def node_plugin(kube: Kube, mode: Mode) -> None:
     step(
-        f"csi-test's mock driver as {mode.driver}: a DaemonSet in {mode.namespace}, `sidecarless node` registering "
-        "it with kubelet (the instance on worker-1 is the backend)"
+        f"csi-test's mock driver as {mode.driver}: a DaemonSet in {mode.namespace} without sidecars, the chart's "
+        "`sidecarless node` registering it with kubelet and serving its livenessProbe (worker-1's is the backend)"
     )
     await kube.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": mode.namespace}})
     await kube.create(CSI_DRIVER, workloads.csi_driver(mode.driver))

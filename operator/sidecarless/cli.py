@@ -1,11 +1,10 @@
 """The `sidecarless` command: `run` the operator, show the DriverEndpoints' `status`, or run the
-`node` agent (kubelet registration for every CSI driver on the node)."""
+`node` agent (kubelet registration and health for every CSI driver on the node)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -51,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 def _node_parser(sub: Any) -> None:
     node = sub.add_parser(
         "node",
-        help="register every CSI driver on this node with kubelet",
-        description="Register every CSI driver socket on this node with kubelet (node-driver-registrar's job).",
+        help="register every CSI driver on this node with kubelet and serve their health",
+        description="Register every CSI driver socket on this node with kubelet (node-driver-registrar's job) "
+        "and serve /healthz/<driver> from each driver's Probe (livenessprobe's job).",
     )
     node.add_argument(
         "--plugins-dir",
@@ -80,12 +80,20 @@ def _node_parser(sub: Any) -> None:
         help="also register this CSI socket (repeatable; kubelet must see it at the same path)",
     )
     node.add_argument("--scan-seconds", type=float, default=1.0, help="how often sockets are looked for")
+    node.add_argument(
+        "--health-address",
+        default="127.0.0.1",
+        help="where /healthz/<driver> and /metrics listen (default %(default)s: kubelet probes from the node)",
+    )
+    node.add_argument("--health-port", type=int, default=9880, help="(default %(default)s)")
+    node.add_argument("--probe-timeout", type=float, default=3.0, help="seconds per Probe (default %(default)s)")
     node.add_argument("--log-level", default="INFO")
 
 
 def _node(args: argparse.Namespace) -> int:
     from sidecarless import logs  # noqa: PLC0415
-    from sidecarless.node.registration import DriverSocket, Registrar, run, scan_plugins  # noqa: PLC0415
+    from sidecarless.node.agent import HealthSettings, run_until_terminated  # noqa: PLC0415
+    from sidecarless.node.registration import DriverSocket, Registrar, scan_plugins  # noqa: PLC0415
 
     logs.configure(args.log_level, "text")
     kubelet_plugins = args.kubelet_plugins_dir or args.plugins_dir
@@ -94,8 +102,8 @@ def _node(args: argparse.Namespace) -> int:
     def sockets() -> list[DriverSocket]:
         return [*scan_plugins(args.plugins_dir, kubelet_plugins).values(), *(s for s in explicit if s.path.is_socket())]
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(Registrar(args.registry_dir, sockets), args.scan_seconds))
+    health = HealthSettings(args.health_address, args.health_port, args.probe_timeout)
+    asyncio.run(run_until_terminated(Registrar(args.registry_dir, sockets), args.scan_seconds, health))
     return 0
 
 

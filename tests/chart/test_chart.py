@@ -146,6 +146,39 @@ def test_the_deployment_is_locked_down(helm: Path) -> None:
     assert env["SIDECARLESS_SNAPSHOT_CONTROLLER"]["value"] == "true"
 
 
+def test_the_node_agent_is_optional_and_needs_no_api(helm: Path) -> None:
+    assert of_kind(render(helm), "DaemonSet") == [], "node.enabled is off by default"
+    [daemon_set] = of_kind(render(helm, "node.enabled=true", "node.kubeletDir=/srv/kubelet/"), "DaemonSet")
+    pod = daemon_set["spec"]["template"]["spec"]
+    operator_selector = of_kind(render(helm, "node.enabled=true"), "Deployment")[0]["spec"]["selector"]["matchLabels"]
+    labels = daemon_set["spec"]["template"]["metadata"]["labels"]
+    assert not operator_selector.items() <= labels.items(), "the operator's selectors never count the agent's pods"
+    assert pod["automountServiceAccountToken"] is False, "the agent talks to no Kubernetes API"
+    assert "serviceAccountName" not in pod
+    assert pod["hostNetwork"] is True, "kubelet probes /healthz/<driver> on the node's loopback"
+    [container] = pod["containers"]
+    assert container["args"][:3] == [
+        "node",
+        "--plugins-dir=/srv/kubelet/plugins",
+        "--registry-dir=/srv/kubelet/plugins_registry",
+    ]
+    assert "--health-address=127.0.0.1" in container["args"]
+    assert "--health-port=9880" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/healthz", "port": 9880}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert daemon_set["spec"]["updateStrategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert {m["mountPropagation"] for m in container["volumeMounts"]} == {"HostToContainer"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    hosts = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    assert mounts == hosts == {"plugins": "/srv/kubelet/plugins", "registration": "/srv/kubelet/plugins_registry"}
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    [scraped] = of_kind(render(helm, "node.enabled=true", "node.healthAddress=0.0.0.0"), "DaemonSet")
+    probe = scraped["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]
+    assert probe["host"] == "127.0.0.1", "listening everywhere, still probed on the loopback"
+
+
 def test_secrets_are_only_read_and_can_be_limited(helm: Path) -> None:
     def secret_rules(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         [role] = of_kind(documents, "ClusterRole")

@@ -37,7 +37,7 @@ RELEASE = "sl"
 # One namespace for every install: the kept CRD records the release's namespace, and a release
 # elsewhere could not adopt it.
 NAMESPACE = "sidecarless-system"
-SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
+SELECTOR = workloads.operator_pods(RELEASE)
 
 
 async def helm(cluster: LocalCluster, *args: str, timeout: float = 300) -> str:

@@ -19,6 +19,8 @@ flag names and error texts:
 - with `--hold-create-volume-answers SECONDS`, CreateVolume is forwarded at once and its
   answer held back that long (logged as `holding CreateVolume answer`): a driver whose pod
   dies after the backend made the volume and before the caller heard of it;
+- with `--probe-unready-after SECONDS`, Probe answers `ready: false` once this process has run
+  that long (a driver gone sick, for the liveness checks; a restarted container is well again);
 - with `--enable-volume-group-snapshots`, the GroupController service (and the plugin
   capability GROUP_CONTROLLER_SERVICE): CreateVolumeGroupSnapshot cuts one mock snapshot
   per volume (named `<group name>-<volume id>`), Get and Delete act on the group; groups
@@ -38,6 +40,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +78,10 @@ class Shim:
         *,
         target_paths: bool = False,
         hold_create_answers: float = 0.0,
+        probe_unready_after: float = 0.0,
     ) -> None:
         self.backend = backend
+        self.unready_at = time.monotonic() + probe_unready_after if probe_unready_after else None
         self.hold_create_answers = hold_create_answers
         self.accepted = accepted  # None: no MODIFY_VOLUME at all
         self.max_volume_size = max_volume_size
@@ -87,6 +92,8 @@ class Shim:
             CONTROLLER + "CreateVolume": self.create,
             CONTROLLER + "ControllerExpandVolume": self.expand,
         }
+        if self.unready_at is not None:
+            self.own[IDENTITY + "Probe"] = self.probe
         if target_paths:
             self.own |= {NODE + "NodePublishVolume": self.publish, NODE + "NodeUnpublishVolume": self.unpublish}
         if groups:
@@ -181,6 +188,13 @@ class Shim:
             )
         return await self.forward(CONTROLLER + "ControllerExpandVolume", raw, context)
 
+    async def probe(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        response = csi.ProbeResponse.FromString(await self.forward(IDENTITY + "Probe", raw, context))
+        if self.unready_at is not None and time.monotonic() >= self.unready_at:
+            response.ready.value = False
+            _log(csi.ProbeRequest.FromString(raw), response)
+        return response.SerializeToString()
+
     async def plugin_capabilities(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raw = await self.forward(IDENTITY + "GetPluginCapabilities", request, context)
         response = csi.GetPluginCapabilitiesResponse.FromString(raw)
@@ -267,7 +281,7 @@ async def _fail(context: grpc.aio.ServicerContext, request: Message, code: grpc.
 
 def _log(request: Message, response: Message | None, error: str = "") -> None:
     method = type(request).__name__.removesuffix("Request")
-    service = GROUP if "VolumeGroupSnapshot" in method else CONTROLLER
+    service = GROUP if "VolumeGroupSnapshot" in method else IDENTITY if method == "Probe" else CONTROLLER
     record = {
         "Method": service + method,
         "Request": MessageToDict(request, preserving_proto_field_name=True),
@@ -299,11 +313,18 @@ async def serve(
     *,
     target_paths: bool = False,
     hold_create_answers: float = 0.0,
+    probe_unready_after: float = 0.0,
 ) -> None:
     channel = grpc.aio.insecure_channel(parse_address(backend).target)
     server = grpc.aio.server()
     shim = Shim(
-        channel, accepted, max_volume_size, groups, target_paths=target_paths, hold_create_answers=hold_create_answers
+        channel,
+        accepted,
+        max_volume_size,
+        groups,
+        target_paths=target_paths,
+        hold_create_answers=hold_create_answers,
+        probe_unready_after=probe_unready_after,
     )
     server.add_generic_rpc_handlers([_Handlers(shim)])
     server.add_insecure_port(_bind_target(listen))
@@ -327,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--enable-volume-group-snapshots", action="store_true", help="serve the GroupController")
     parser.add_argument("--create-target-paths", action="store_true", help="NodePublishVolume makes the target")
     parser.add_argument("--hold-create-volume-answers", type=float, default=0.0, help="seconds; 0: answer at once")
+    parser.add_argument("--probe-unready-after", type=float, default=0.0, help="seconds; 0: Probe as the mock")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     accepted = None
@@ -341,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             args.enable_volume_group_snapshots,
             target_paths=args.create_target_paths,
             hold_create_answers=args.hold_create_volume_answers,
+            probe_unready_after=args.probe_unready_after,
         )
     )
 

@@ -53,7 +53,7 @@ from devcluster.addresses import (
 from devcluster.build import KubernetesBinaries, NodeRuntime
 from devcluster.kube import KubeREST
 from devcluster.pki import ClusterPKI, load_authority
-from devcluster.procs import ManagedProcess, tail, wait_until
+from devcluster.procs import ManagedProcess, stop_pid, tail, wait_until
 
 log = logging.getLogger("devcluster.node")
 
@@ -579,8 +579,28 @@ class RealNode:
 
     def _stop_processes(self, only: str = "") -> None:
         for process in reversed(self.processes):
-            if not only or process.name == only:
+            if not only or process.name == f"{only}-{self.name}":
                 process.stop()
+
+    def restart_kubelet(self) -> None:
+        """Stop kubelet and start it again with the same command line; the containers and
+        containerd run on, as when kubelet is restarted on a real node. Works on a node this
+        process started and on one read back from a running cluster's state (found by its
+        program among the node's own processes)."""
+        assert self.cgroups is not None, f"{self.name} was not started"
+        owned = next((p for p in self.processes if p.name == f"kubelet-{self.name}"), None)
+        if owned is not None:
+            argv = owned.argv
+            owned.stop()
+            self.processes.remove(owned)
+        else:
+            pid = next((p for p in self.cgroups.pids("runtime") if _program(p) == "kubelet"), None)
+            if pid is None:
+                raise NodeStartError(f"no kubelet runs on {self.name}")
+            argv = [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
+            if not stop_pid(pid, "kubelet"):
+                raise NodeStartError(f"kubelet (pid {pid}) on {self.name} did not stop")
+        self._spawn("kubelet", argv, tied_to_parent=owned is not None).check_alive()
 
     def _kill(self, sub: str) -> None:
         if self.cgroups is not None:
@@ -785,6 +805,13 @@ def _check_machine() -> None:
     missing = [tool for tool in ("ip", "mount", "umount", "nsenter") if shutil.which(tool) is None]
     if missing:
         raise NodeStartError(f"a real node needs {', '.join(missing)} on PATH (apt-get install iproute2 util-linux)")
+
+
+def _program(pid: int) -> str:
+    try:
+        return Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()).name
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 def _kill_all(tree: CgroupTree, sub: str) -> None:

@@ -1,6 +1,6 @@
 """What runs as pods on the real nodes, shared by `make demo` and the `node` tests: the chart's
-values for this cluster, csi-test's mock driver as a node plugin DaemonSet with the node agent
-beside it, and a pod that mounts a claim.
+values for this cluster (with its node agent), csi-test's mock driver as a node plugin
+DaemonSet without sidecars, and a pod that mounts a claim.
 
 The mock keeps its volumes in its own memory, so each node's instance is its own backend:
 a DriverEndpoint names one node's instance (its controller on TCP at the node's address), and
@@ -36,6 +36,7 @@ EMBEDDED_ENDPOINT = "hostpath-embedded"
 EMBEDDED_LEASE = "sidecarless-hostpath"
 EMBEDDED_RBAC_KINDS = ("ServiceAccount", "ClusterRoleBinding", "Role", "RoleBinding")
 PLUGINS = f"{KUBELET}/plugins"
+AGENT_HEALTH_PORT = 9880  # the chart's node.healthPort
 
 
 def helm(kubeconfig: Path, *args: str, timeout: float = 300) -> str:
@@ -48,11 +49,12 @@ def helm(kubeconfig: Path, *args: str, timeout: float = 300) -> str:
 
 
 def chart_values(server: str, *, host_network: bool = False, extra: dict[str, str] | None = None) -> list[str]:
-    """`--set` arguments for the chart on this cluster: the image built here, and, in the node's
-    network, the API server at the node's loopback (where its relay listens). On the pod network
-    the chart needs nothing more: the `kubernetes` Service answers there (devcluster.addresses)."""
+    """`--set` arguments for the chart on this cluster: the image built here, the node agent on
+    every node, and, in the node's network, the API server at the node's loopback (where its
+    relay listens). On the pod network the chart needs nothing more: the `kubernetes` Service
+    answers there (devcluster.addresses)."""
     repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
-    values = {"image.repository": repository, "image.tag": tag, "operator.logFormat": "text"}
+    values = {"image.repository": repository, "image.tag": tag, "operator.logFormat": "text", "node.enabled": "true"}
     if host_network:
         values |= {"hostNetwork": "true", "apiServer.host": "127.0.0.1", "apiServer.port": server.rsplit(":", 1)[1]}
     values |= extra or {}
@@ -63,35 +65,37 @@ def host_path(name: str, path: str, kind: str = "Directory") -> dict[str, Any]:
     return {"name": name, "hostPath": {"path": path, "type": kind}}
 
 
-# `sidecarless node` as a driver's node DaemonSet runs it, in place of node-driver-registrar,
-# and the host folders it and the driver share (kubelet's, at their usual paths).
-NODE_AGENT: dict[str, Any] = {
-    "name": "node-agent",
-    "image": OPERATOR_IMAGE,
-    "imagePullPolicy": "IfNotPresent",
-    "args": ["node", "--plugins-dir=/plugins", f"--kubelet-plugins-dir={PLUGINS}", "--registry-dir=/registration"],
-    # kubelet's folders are root's, as node-driver-registrar runs.
-    "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": True},
-    "volumeMounts": [
-        {"name": "plugins", "mountPath": "/plugins"},
-        {"name": "registration", "mountPath": "/registration"},
-    ],
-}
+def operator_pods(release: str) -> str:
+    """The label selector of a release's operator pods (not its node agent's)."""
+    return f"app.kubernetes.io/name=sidecarless,app.kubernetes.io/instance={release}"
 
 
-def node_plugin_volumes(driver: str = MOCK_DRIVER) -> list[dict[str, Any]]:
-    return [
-        host_path("plugin-dir", f"{PLUGINS}/{driver}", "DirectoryOrCreate"),
-        host_path("plugins", PLUGINS, "DirectoryOrCreate"),
-        host_path("registration", f"{KUBELET}/plugins_registry", "DirectoryOrCreate"),
-    ]
+def agent_pods(release: str) -> str:
+    """The label selector of a release's node agent pods (`node.enabled`)."""
+    return f"app.kubernetes.io/name=sidecarless-node,app.kubernetes.io/instance={release}"
 
 
-def mock_driver_daemon_set(name: str = "mock-driver", *, driver: str = MOCK_DRIVER) -> dict[str, Any]:
-    """The mock driver on every node: its controller on TCP at the node's address, its node
-    service behind driver_shim (which makes the target folders kubelet and the runtime need, as
-    csi-driver-host-path does), and `sidecarless node` registering it with kubelet. Node
-    expansion is on (`--node-expand-required`), so kubelet finishes every expansion."""
+def agent_liveness(driver: str) -> dict[str, Any]:
+    """A driver container's livenessProbe on the chart's node agent, with the timings
+    csi-driver-host-path gives livenessprobe's."""
+    return {
+        "httpGet": {"host": "127.0.0.1", "port": AGENT_HEALTH_PORT, "path": f"/healthz/{driver}"},
+        "initialDelaySeconds": 10,
+        "timeoutSeconds": 3,
+        "periodSeconds": 2,
+        "failureThreshold": 5,
+    }
+
+
+def mock_driver_daemon_set(
+    name: str = "mock-driver", *, driver: str = MOCK_DRIVER, probe_unready_after: float = 0.0
+) -> dict[str, Any]:
+    """The mock driver on every node as a node plugin without sidecars: its controller on TCP at
+    the node's address, its node service behind driver_shim (which makes the target folders
+    kubelet and the runtime need, as csi-driver-host-path does) at the conventional
+    `plugins/<driver>/csi.sock`, where the chart's node agent finds and registers it and serves
+    its livenessProbe. Node expansion is on (`--node-expand-required`), so kubelet finishes
+    every expansion; `probe_unready_after` makes the driver sick that long after each start."""
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -130,7 +134,10 @@ def mock_driver_daemon_set(name: str = "mock-driver", *, driver: str = MOCK_DRIV
                                 "--listen=unix:///csi/csi.sock",
                                 "--backend=unix:///csi/mock.sock",
                                 "--create-target-paths",
+                                *([f"--probe-unready-after={probe_unready_after}"] if probe_unready_after else []),
                             ],
+                            # The socket kubelet calls is the shim's: its health is the driver's.
+                            "livenessProbe": agent_liveness(driver),
                             "securityContext": {"runAsUser": 0},
                             "volumeMounts": [
                                 {"name": "plugin-dir", "mountPath": "/csi"},
@@ -138,10 +145,9 @@ def mock_driver_daemon_set(name: str = "mock-driver", *, driver: str = MOCK_DRIV
                                 {"name": "kubelet", "mountPath": KUBELET},
                             ],
                         },
-                        NODE_AGENT,
                     ],
                     "volumes": [
-                        *node_plugin_volumes(driver),
+                        host_path("plugin-dir", f"{PLUGINS}/{driver}", "DirectoryOrCreate"),
                         host_path("kubelet", KUBELET),
                         host_path("shim", str(SHIM), "File"),
                     ],

@@ -51,3 +51,21 @@ dnsPolicy: ClusterFirstWithHostNet
   value: {{ .Values.apiServer.port | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* The node agent's pods: a name of their own, so that the operator's Deployment, Service
+and PodDisruptionBudget (which select by the chart's name) never count them. */}}
+{{- define "sidecarless.nodeSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-node
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: node
+{{- end -}}
+
+{{- define "sidecarless.nodeLabels" -}}
+{{ include "sidecarless.nodeSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
