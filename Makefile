@@ -49,7 +49,8 @@ lint: setup ## ruff, ruff format --check, mypy --strict, hadolint
 binaries: setup ## build (or find cached) Kubernetes, etcd, containerd, runc, CNI plugins, pause and the CSI drivers
 	$(UV) run python -m devcluster build
 
-test: lint binaries ## the whole suite: lint, then unit, csi, cluster and e2e tests on a local cluster
+test: lint setup ## the whole suite: lint, then unit, csi, cluster, e2e and node tests on local clusters
+	$(UV) run python -m devcluster build --sidecars=without
 	$(UV) run pytest
 
 test-unit: setup ## only the pure unit tests (no cluster, no drivers)

@@ -20,6 +20,7 @@ import pytest
 from bench.sides import SETTINGS, SidecarsSide
 from csi_client import CSIClient, csi
 from devcluster import DriverSpec, LocalCluster
+from devcluster.build import ensure_sidecars
 from devcluster.operator import REPO, OperatorProcess
 from sidecarless.kube import (
     DRIVER_ENDPOINT,
@@ -30,12 +31,15 @@ from sidecarless.kube import (
     VOLUME_SNAPSHOT_CLASS,
     Kube,
 )
+from tests import sidecar_build
 from tests.conftest import short_tmpdir
 from tests.e2e.conftest import eventually, wait_ready
 from tests.e2e.differential import SECRET_NAME, Captured, Classes, Run, create_classes, differences
 from tests.e2e.test_attacher import SERVICE_ACCOUNT
 
-pytestmark = pytest.mark.cluster
+# `sidecars`: run last, while the real sidecars build in the background (tests/sidecar_build);
+# the first test may wait for that build, hence the longer limit.
+pytestmark = [pytest.mark.cluster, pytest.mark.sidecars, pytest.mark.timeout(1500)]
 
 DRIVER = "compat.csi.sidecarless.dev"
 NODE_DRIVER = "compat-node.csi.sidecarless.dev"  # its volumes also need NodeExpandVolume
@@ -48,6 +52,8 @@ DELIBERATE: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def drivers(cluster: LocalCluster) -> Iterator[dict[str, str]]:
+    sidecar_build.wait()
+    ensure_sidecars()  # whatever the background build left, here, before any side starts
     # DRIVER behind driver_shim, which adds csi-driver-host-path's ControllerModifyVolume.
     for spec in (
         DriverSpec(DRIVER, accepted_mutable_parameters=("iops",)),

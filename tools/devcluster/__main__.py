@@ -87,25 +87,33 @@ def status(workdir: Path) -> int:
     return 0 if state.alive() else 1
 
 
-def build_all(_: Path) -> int:
-    """Build (or find in the cache) every binary the cluster runs, so tests start without waiting."""
+def build_all(_: Path, sidecars: str = "with") -> int:
+    """Build (or find in the cache) every binary the cluster runs, so tests start without
+    waiting; `sidecars`: `with` them, `without` (the test suite builds them in the background
+    while its first tests run), or `only` them."""
     try:
-        binaries = ensure_kubernetes()
-        print(f"kubernetes: {binaries.kube_apiserver.parent}")
-        print(f"mock driver: {ensure_mock_driver()}")
-        runtime = ensure_node_runtime()
-        print(f"node runtime: {runtime.containerd.parent}, {runtime.runc}, CNI {runtime.cni_bin_dir}")
-        print(f"pause: {ensure_pause()}")
-        print(f"operator image base: {ensure_base_image()}")
-        print(f"snapshot CRDs: {snapshot_crd_files()[0].parent}")
-        print(f"helm: {ensure_helm()}")
-        # The real sidecars: the compatibility tests and `make bench` run them beside Sidecarless.
-        for name, path in ensure_sidecars().items():
-            print(f"{name}: {path}")
+        if sidecars != "only":
+            build_cluster_binaries()
+        if sidecars != "without":
+            # The real sidecars: the compatibility tests and `make bench` run them beside Sidecarless.
+            for name, path in ensure_sidecars().items():
+                print(f"{name}: {path}", flush=True)
     except BuildError as error:
         print(error, file=sys.stderr)
         return 1
     return 0
+
+
+def build_cluster_binaries() -> None:
+    binaries = ensure_kubernetes()
+    print(f"kubernetes: {binaries.kube_apiserver.parent}")
+    print(f"mock driver: {ensure_mock_driver()}")
+    runtime = ensure_node_runtime()
+    print(f"node runtime: {runtime.containerd.parent}, {runtime.runc}, CNI {runtime.cni_bin_dir}")
+    print(f"pause: {ensure_pause()}")
+    print(f"operator image base: {ensure_base_image()}")
+    print(f"snapshot CRDs: {snapshot_crd_files()[0].parent}")
+    print(f"helm: {ensure_helm()}")
 
 
 def main() -> int:
@@ -113,13 +121,21 @@ def main() -> int:
     parser.add_argument("command", choices=["build", "up", "down", "status"])
     parser.add_argument("--dir", type=Path, default=default_dir(), help="work folder (default: %(default)s)")
     parser.add_argument(
+        "--sidecars",
+        choices=["with", "without", "only"],
+        default="with",
+        help="build: the real sidecars too, not, or only them (default: %(default)s)",
+    )
+    parser.add_argument(
         "--real-nodes", type=int, default=0, help="up: nodes with a real kubelet, containerd and runc (default: none)"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "up":
         return up(args.dir, args.real_nodes)
-    return {"build": build_all, "down": down, "status": status}[args.command](args.dir)
+    if args.command == "build":
+        return build_all(args.dir, args.sidecars)
+    return {"down": down, "status": status}[args.command](args.dir)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,13 @@ def module_dir(module: str, version: str) -> Path:
     return Path(info["Dir"])
 
 
+def _module_out(version: str, binaries: dict[str, str], tags: str = "") -> Path:
+    """The cached folder `_build_from_module` builds these binaries into."""
+    first = next(iter(binaries))
+    others = ",".join(sorted(binaries)[1:]) if len(binaries) > 1 else ""
+    return cache_root() / "bin" / f"{first}-{version}-{_inputs_hash(extra=_go_version() + tags + others)}"
+
+
 def _build_from_module(
     module: str,
     version: str,
@@ -169,8 +176,7 @@ def _build_from_module(
     writable copy of the module (its zip carries no vendor tree), with dependencies at the
     versions its go.mod names. Returns the folder."""
     first = next(iter(binaries))
-    others = ",".join(sorted(binaries)[1:]) if len(binaries) > 1 else ""
-    out = cache_root() / "bin" / f"{first}-{version}-{_inputs_hash(extra=_go_version() + tags + others)}"
+    out = _module_out(version, binaries, tags)
 
     def build(tmp: Path) -> None:
         source = module_dir(module, version)
@@ -201,23 +207,33 @@ def ensure_external_resizer() -> Path:
     )
 
 
+# Every controller sidecar Sidecarless replaces: (module, version, binary).
+SIDECAR_BUILDS = (
+    (versions.EXTERNAL_PROVISIONER_MODULE, versions.EXTERNAL_PROVISIONER, "csi-provisioner"),
+    (versions.EXTERNAL_ATTACHER_MODULE, versions.EXTERNAL_ATTACHER, "csi-attacher"),
+    (versions.EXTERNAL_RESIZER_MODULE, versions.EXTERNAL_RESIZER, "csi-resizer"),
+    (versions.EXTERNAL_SNAPSHOTTER_MODULE, versions.EXTERNAL_SNAPSHOTTER, "csi-snapshotter"),
+    (versions.EXTERNAL_SNAPSHOTTER_MODULE, versions.EXTERNAL_SNAPSHOTTER, "snapshot-controller"),
+)
+
+
 def ensure_sidecars() -> dict[str, Path]:
     """Every controller sidecar Sidecarless replaces, built from the module proxy, by binary name."""
-    builds = [
-        (versions.EXTERNAL_PROVISIONER_MODULE, versions.EXTERNAL_PROVISIONER, "csi-provisioner"),
-        (versions.EXTERNAL_ATTACHER_MODULE, versions.EXTERNAL_ATTACHER, "csi-attacher"),
-        (versions.EXTERNAL_RESIZER_MODULE, versions.EXTERNAL_RESIZER, "csi-resizer"),
-        (versions.EXTERNAL_SNAPSHOTTER_MODULE, versions.EXTERNAL_SNAPSHOTTER, "csi-snapshotter"),
-        (versions.EXTERNAL_SNAPSHOTTER_MODULE, versions.EXTERNAL_SNAPSHOTTER, "snapshot-controller"),
-    ]
     client = {"client": (versions.SNAPSHOTTER_CLIENT_MODULE, versions.SNAPSHOTTER_CLIENT)}
     return {
         binary: _build_from_module(
             module, version, {binary: f"./cmd/{binary}"}, client if "snapshot" in binary else None
         )
         / binary
-        for module, version, binary in builds
+        for module, version, binary in SIDECAR_BUILDS
     }
+
+
+def sidecars_built() -> bool:
+    """Whether every sidecar is in the cache already (nothing to build)."""
+    return all(
+        (_module_out(version, {binary: f"./cmd/{binary}"}) / binary).exists() for _, version, binary in SIDECAR_BUILDS
+    )
 
 
 def ensure_mock_driver() -> Path:

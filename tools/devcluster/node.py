@@ -383,6 +383,10 @@ class NodeMounts:
             source = workdir / name
             source.mkdir(exist_ok=True)
             _run("nsenter", f"--mount={mounts.file}", "mount", "--bind", str(source), target)
+            # Shared, as every folder is on a systemd node: a pod's HostToContainer or
+            # Bidirectional mount of kubelet's folders needs it (the runtime refuses a private
+            # one), and it stays within the node's namespace (the bind was made inside it).
+            _run("nsenter", f"--mount={mounts.file}", "mount", "--make-shared", target)
         return mounts
 
     def remove(self) -> None:
