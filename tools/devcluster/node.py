@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from devcluster.addresses import (
 from devcluster.build import KubernetesBinaries, NodeRuntime
 from devcluster.kube import KubeREST
 from devcluster.pki import ClusterPKI, load_authority
-from devcluster.procs import ManagedProcess, stop_pid, tail, wait_until
+from devcluster.procs import ManagedProcess, tail, wait_until
 
 log = logging.getLogger("devcluster.node")
 
@@ -586,25 +587,25 @@ class RealNode:
             if not only or process.name == f"{only}-{self.name}":
                 process.stop()
 
+    @property
+    def kubelet_owned(self) -> bool:
+        """Whether this process started the node's kubelet (and so may restart it)."""
+        return any(p.name == f"kubelet-{self.name}" for p in self.processes)
+
     def restart_kubelet(self) -> None:
         """Stop kubelet and start it again with the same command line; the containers and
-        containerd run on, as when kubelet is restarted on a real node. Works on a node this
-        process started and on one read back from a running cluster's state (found by its
-        program among the node's own processes)."""
-        assert self.cgroups is not None, f"{self.name} was not started"
+        containerd run on, as when kubelet is restarted on a real node. Only on a node this
+        process started (a cluster reused from `make cluster` records kubelet's PID, which a
+        restart would change), and from the main thread: the new kubelet dies with the thread
+        that starts it (PR_SET_PDEATHSIG), and a worker thread ends before the tests do."""
         owned = next((p for p in self.processes if p.name == f"kubelet-{self.name}"), None)
-        if owned is not None:
-            argv = owned.argv
-            owned.stop()
-            self.processes.remove(owned)
-        else:
-            pid = next((p for p in self.cgroups.pids("runtime") if _program(p) == "kubelet"), None)
-            if pid is None:
-                raise NodeStartError(f"no kubelet runs on {self.name}")
-            argv = [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
-            if not stop_pid(pid, "kubelet"):
-                raise NodeStartError(f"kubelet (pid {pid}) on {self.name} did not stop")
-        self._spawn("kubelet", argv, tied_to_parent=owned is not None).check_alive()
+        if owned is None:
+            raise NodeStartError(f"kubelet on {self.name} was not started by this process")
+        if threading.current_thread() is not threading.main_thread():
+            raise NodeStartError("restart kubelet from the main thread: it would die with this one")
+        owned.stop()
+        self.processes.remove(owned)
+        self._spawn("kubelet", owned.argv, tied_to_parent=True).check_alive()
 
     def _kill(self, sub: str) -> None:
         if self.cgroups is not None:
@@ -809,13 +810,6 @@ def _check_machine() -> None:
     missing = [tool for tool in ("ip", "mount", "umount", "nsenter") if shutil.which(tool) is None]
     if missing:
         raise NodeStartError(f"a real node needs {', '.join(missing)} on PATH (apt-get install iproute2 util-linux)")
-
-
-def _program(pid: int) -> str:
-    try:
-        return Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()).name
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
 
 
 def _kill_all(tree: CgroupTree, sub: str) -> None:
