@@ -43,6 +43,7 @@ from devcluster.workloads import (
     agent_liveness,
     agent_pods,
     chart_values,
+    daemon_set,
     host_path,
     mock_driver_daemon_set,
 )
@@ -147,36 +148,22 @@ async def gone_from(kube: Kube, node: str, driver: str, timeout: float = 120) ->
 def node_plugin(name: str, drivers: tuple[str, ...]) -> dict[str, Any]:
     """A node plugin DaemonSet of mock drivers and nothing else: each at the conventional
     `plugins/<driver>/csi.sock`, each with its livenessProbe on the agent."""
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": f"driver-{index}",
-                            "image": MOCK_DRIVER_IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "args": [f"--name={driver}", "--enable-topology", "-v=3"],
-                            "env": [{"name": "CSI_ENDPOINT", "value": "unix:///csi/csi.sock"}],
-                            "volumeMounts": [{"name": f"plugin-{index}", "mountPath": "/csi"}],
-                            "livenessProbe": agent_liveness(driver),
-                        }
-                        for index, driver in enumerate(drivers)
-                    ],
-                    "volumes": [
-                        host_path(f"plugin-{index}", f"{PLUGINS}/{driver}", "DirectoryOrCreate")
-                        for index, driver in enumerate(drivers)
-                    ],
-                },
-            },
-        },
-    }
+    containers = [
+        {
+            "name": f"driver-{index}",
+            "image": MOCK_DRIVER_IMAGE,
+            "imagePullPolicy": "IfNotPresent",
+            "args": [f"--name={driver}", "--enable-topology", "-v=3"],
+            "env": [{"name": "CSI_ENDPOINT", "value": "unix:///csi/csi.sock"}],
+            "volumeMounts": [{"name": f"plugin-{index}", "mountPath": "/csi"}],
+            "livenessProbe": agent_liveness(driver),
+        }
+        for index, driver in enumerate(drivers)
+    ]
+    volumes = [
+        host_path(f"plugin-{index}", f"{PLUGINS}/{driver}", "DirectoryOrCreate") for index, driver in enumerate(drivers)
+    ]
+    return daemon_set(name, {"terminationGracePeriodSeconds": 1, "containers": containers, "volumes": volumes})
 
 
 async def test_kubelet_registers_a_driver_without_sidecars_on_every_node(

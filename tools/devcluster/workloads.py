@@ -87,6 +87,19 @@ def agent_liveness(driver: str) -> dict[str, Any]:
     }
 
 
+def daemon_set(name: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """A DaemonSet of this pod spec, its pods labelled `app: <name>`."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
+        },
+    }
+
+
 def mock_driver_daemon_set(
     name: str = "mock-driver", *, driver: str = MOCK_DRIVER, probe_unready_after: float = 0.0
 ) -> dict[str, Any]:
@@ -96,65 +109,57 @@ def mock_driver_daemon_set(
     `plugins/<driver>/csi.sock`, where the chart's node agent finds and registers it and serves
     its livenessProbe. Node expansion is on (`--node-expand-required`), so kubelet finishes
     every expansion; `probe_unready_after` makes the driver sick that long after each start."""
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "hostNetwork": True,
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "mock",
-                            "image": MOCK_DRIVER_IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            "args": [f"--name={driver}", "--attach-limit=10000", "--node-expand-required", "-v=3"],
-                            "env": [
-                                {"name": "CSI_ENDPOINT", "value": "unix:///csi/mock.sock"},
-                                {"name": "CSI_CONTROLLER_ENDPOINT", "value": f"tcp://0.0.0.0:{CONTROLLER_PORT}"},
-                            ],
-                            # kubelet's folder at kubelet's path, as node plugins mount it: the mock
-                            # checks that the staging and target paths kubelet names exist.
-                            "volumeMounts": [
-                                {"name": "plugin-dir", "mountPath": "/csi"},
-                                {"name": "kubelet", "mountPath": KUBELET},
-                            ],
-                        },
-                        {
-                            "name": "shim",
-                            "image": OPERATOR_IMAGE,
-                            "imagePullPolicy": "IfNotPresent",
-                            # -I: the shim's folder has an operator.py that would shadow the standard library.
-                            "command": ["python3", "-I", "/shim/driver_shim.py"],
-                            "args": [
-                                "--listen=unix:///csi/csi.sock",
-                                "--backend=unix:///csi/mock.sock",
-                                "--create-target-paths",
-                                *([f"--probe-unready-after={probe_unready_after}"] if probe_unready_after else []),
-                            ],
-                            # The socket kubelet calls is the shim's: its health is the driver's.
-                            "livenessProbe": agent_liveness(driver),
-                            "securityContext": {"runAsUser": 0},
-                            "volumeMounts": [
-                                {"name": "plugin-dir", "mountPath": "/csi"},
-                                {"name": "shim", "mountPath": "/shim/driver_shim.py", "readOnly": True},
-                                {"name": "kubelet", "mountPath": KUBELET},
-                            ],
-                        },
+    return daemon_set(
+        name,
+        {
+            "hostNetwork": True,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "mock",
+                    "image": MOCK_DRIVER_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "args": [f"--name={driver}", "--attach-limit=10000", "--node-expand-required", "-v=3"],
+                    "env": [
+                        {"name": "CSI_ENDPOINT", "value": "unix:///csi/mock.sock"},
+                        {"name": "CSI_CONTROLLER_ENDPOINT", "value": f"tcp://0.0.0.0:{CONTROLLER_PORT}"},
                     ],
-                    "volumes": [
-                        host_path("plugin-dir", f"{PLUGINS}/{driver}", "DirectoryOrCreate"),
-                        host_path("kubelet", KUBELET),
-                        host_path("shim", str(SHIM), "File"),
+                    # kubelet's folder at kubelet's path, as node plugins mount it: the mock
+                    # checks that the staging and target paths kubelet names exist.
+                    "volumeMounts": [
+                        {"name": "plugin-dir", "mountPath": "/csi"},
+                        {"name": "kubelet", "mountPath": KUBELET},
                     ],
                 },
-            },
+                {
+                    "name": "shim",
+                    "image": OPERATOR_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    # -I: the shim's folder has an operator.py that would shadow the standard library.
+                    "command": ["python3", "-I", "/shim/driver_shim.py"],
+                    "args": [
+                        "--listen=unix:///csi/csi.sock",
+                        "--backend=unix:///csi/mock.sock",
+                        "--create-target-paths",
+                        *([f"--probe-unready-after={probe_unready_after}"] if probe_unready_after else []),
+                    ],
+                    # The socket kubelet calls is the shim's: its health is the driver's.
+                    "livenessProbe": agent_liveness(driver),
+                    "securityContext": {"runAsUser": 0},
+                    "volumeMounts": [
+                        {"name": "plugin-dir", "mountPath": "/csi"},
+                        {"name": "shim", "mountPath": "/shim/driver_shim.py", "readOnly": True},
+                        {"name": "kubelet", "mountPath": KUBELET},
+                    ],
+                },
+            ],
+            "volumes": [
+                host_path("plugin-dir", f"{PLUGINS}/{driver}", "DirectoryOrCreate"),
+                host_path("kubelet", KUBELET),
+                host_path("shim", str(SHIM), "File"),
+            ],
         },
-    }
+    )
 
 
 def csi_driver(driver: str = MOCK_DRIVER) -> dict[str, Any]:
