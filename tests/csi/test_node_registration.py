@@ -325,8 +325,19 @@ async def start_standin(driver: RunningDriver, registry: Path) -> asyncio.subpro
     return standin
 
 
+@pytest.fixture
+def standins() -> Iterator[list[asyncio.subprocess.Process]]:
+    """Stand-ins a test started; any still running at its end (a failed test) is killed."""
+    started: list[asyncio.subprocess.Process] = []
+    yield started
+    for process in started:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+
 async def test_node_driver_registrar_takes_the_registration_over_and_gives_it_back(
-    start_mock: Callable[[DriverSpec], RunningDriver], registry: Path
+    start_mock: Callable[[DriverSpec], RunningDriver], registry: Path, standins: list[asyncio.subprocess.Process]
 ) -> None:
     """A migration: the driver's own registrar starts beside the agent (it replaces the socket,
     as the registrar does at start); the agent leaves it be, neither removing its socket nor
@@ -341,6 +352,7 @@ async def test_node_driver_registrar_takes_the_registration_over_and_gives_it_ba
         await agent.sync()
         assert (await get_info(path)).endpoint == "/agent/sees/csi.sock"
         standin = await start_standin(driver, registry)
+        standins.append(standin)
         assert (await get_info(path)).endpoint == "/registrar/sees/csi.sock"
         for _ in range(3):
             await agent.sync()
@@ -358,6 +370,7 @@ async def test_node_driver_registrar_takes_the_registration_over_and_gives_it_ba
         await agent.stop()
 
     standin = await start_standin(driver, registry)
+    standins.append(standin)
     late = Registrar(registry, lambda: sockets)
     try:
         await late.sync()
