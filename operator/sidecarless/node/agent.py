@@ -48,8 +48,9 @@ async def sync_once(registrar: Registrar) -> None:
 
 
 async def run_until_terminated(registrar: Registrar, interval: float, settings: HealthSettings) -> None:
-    """`run` until SIGTERM or SIGINT: kubelet stopping the pod must not leave registration
-    sockets behind (node-driver-registrar removes its own on SIGTERM)."""
+    """`run` until SIGTERM or SIGINT, then stop cleanly: the servers closed and the registration
+    sockets left for the next agent (unlike node-driver-registrar, which removes its own: one
+    agent serves every driver on the node, and removing them would unregister all of them)."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
