@@ -22,14 +22,13 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
 
 from sidecarless.kube import EVENT, Kube, KubeError
+from sidecarless.vocabulary import now_rfc3339
 
 Body = dict[str, Any]
 
@@ -44,19 +43,6 @@ MAX_QUEUED = 10_000  # events waiting to be posted, over all posters
 EVENTS_DROPPED = Counter("sidecarless_events_dropped_total", "Events not posted because too many were waiting")
 # Events of cluster-scoped objects (PVs, StorageClasses) go to "default", as client-go does.
 _CLUSTER_EVENT_NAMESPACE = "default"
-
-
-def _system_clock() -> datetime:
-    return datetime.now(UTC)
-
-
-# The wall clock of every time stamp the controllers write; tests that simulate time move it
-# with their event loop's clock (tests/unit/fakeworld.py), so stamps change as they would.
-wall_clock: Callable[[], datetime] = _system_clock
-
-
-def now_rfc3339() -> str:
-    return wall_clock().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

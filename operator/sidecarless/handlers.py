@@ -31,12 +31,12 @@ from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, load_configuratio
 from sidecarless.leader import LeaderElector
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner
-from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.resizer.controller import Resizer
 from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
+from sidecarless.vocabulary import ANN_ENDPOINT
 from sidecarless.watches import Controllers
 
 log = logging.getLogger("sidecarless")

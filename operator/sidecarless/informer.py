@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sidecarless.kube import Gone, Kube, NotFound, Resource
-from sidecarless.store import Store, object_key
+from sidecarless.store import Store
+from sidecarless.vocabulary import object_key
 
 Body = dict[str, Any]
 # (event type: ADDED, MODIFIED, DELETED, RESYNC; or None for an object of the initial listing, as Kopf did)

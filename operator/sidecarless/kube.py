@@ -25,6 +25,7 @@ from kubernetes_asyncio.config import ConfigException, load_incluster_config, lo
 from prometheus_client import Counter
 
 from sidecarless import faults
+from sidecarless.vocabulary import key_of
 
 Body = dict[str, Any]
 Page = list[Body]
@@ -286,7 +287,7 @@ class Kube:
                 yield kind, body
 
     async def create(self, resource: Resource, body: Body, namespace: str | None = None) -> Body:
-        key = _key(namespace, (body.get("metadata") or {}).get("name", ""))
+        key = key_of(namespace, (body.get("metadata") or {}).get("name", ""))
         faults.api_write("before", "create", resource.plural, "", key)
         result = self._written(resource, await self.request("POST", resource.path(namespace=namespace), body=body))
         faults.api_write("after", "create", resource.plural, "", key)
@@ -302,11 +303,11 @@ class Kube:
         subresource: str = "",
         content_type: str = MERGE_PATCH,
     ) -> Body:
-        faults.api_write("before", "patch", resource.plural, subresource, _key(namespace, name))
+        faults.api_write("before", "patch", resource.plural, subresource, key_of(namespace, name))
         result = await self.request(
             "PATCH", resource.path(name, namespace, subresource), body=patch, content_type=content_type
         )
-        faults.api_write("after", "patch", resource.plural, subresource, _key(namespace, name))
+        faults.api_write("after", "patch", resource.plural, subresource, key_of(namespace, name))
         return self._written(resource, result)
 
     def _written(self, resource: Resource, result: Body) -> Body:
@@ -320,12 +321,12 @@ class Kube:
         """Delete; an object that is already gone is fine. Returns the object as the API
         server left it (still there, being deleted, while finalizers hold it), or None."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions} if preconditions else None
-        faults.api_write("before", "delete", resource.plural, "", _key(namespace, name))
+        faults.api_write("before", "delete", resource.plural, "", key_of(namespace, name))
         try:
             result = await self.request("DELETE", resource.path(name, namespace), body=body)
         except NotFound:
             return None
-        faults.api_write("after", "delete", resource.plural, "", _key(namespace, name))
+        faults.api_write("after", "delete", resource.plural, "", key_of(namespace, name))
         return result if result.get("kind") == resource.kind else None  # not a Status
 
     async def secret_data(self, name: str, namespace: str) -> dict[str, bytes] | None:
@@ -359,10 +360,6 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 yield line
     if buffer.strip():
         yield buffer
-
-
-def _key(namespace: str | None, name: str) -> str:
-    return f"{namespace}/{name}" if namespace else name
 
 
 def _error(status: int, raw: bytes) -> KubeError:

@@ -17,7 +17,6 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Gauge
@@ -26,6 +25,7 @@ from csi_client import CSIClient, CSIError, csi
 from sidecarless.context import Context, Stores
 from sidecarless.endpoints import Endpoint
 from sidecarless.kube import DRIVER_ENDPOINT
+from sidecarless.vocabulary import now_rfc3339
 
 Body = dict[str, Any]
 
@@ -127,7 +127,7 @@ class LeakReporter:
         driver = endpoint.spec.driver_name
         stores = self.context.stores
         previous = self.findings.get(endpoint.spec.name) or Findings()
-        found = Findings(checked=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        found = Findings(checked=now_rfc3339())
         if "LIST_VOLUMES" in endpoint.info.controller:
             listed = await _list_volumes(endpoint)
             # Read the references after listing: a PV made meanwhile is then counted.

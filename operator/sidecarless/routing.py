@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecarless.provisioner.plan import ANN_ENDPOINT
+from sidecarless.vocabulary import ANN_ENDPOINT
 
 Body = dict[str, Any]
 

@@ -16,13 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from sidecarless.vocabulary import object_key
+
 Body = dict[str, Any]
-
-
-def object_key(body: Body) -> str:
-    meta = body.get("metadata", {})
-    namespace = meta.get("namespace")
-    return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
 
 
 def slim(body: Body) -> Body:

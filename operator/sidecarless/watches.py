@@ -30,6 +30,7 @@ from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
 from sidecarless.store import Store
+from sidecarless.vocabulary import key_of, object_key
 from sidecarless.workqueue import LOUD, Quiet
 
 Body = dict[str, Any]
@@ -94,9 +95,9 @@ def claim_event(c: Controllers, kind: str | None, claim: Body, quiet: Quiet = LO
     # A deleted clone may free its source of the cloning-protection finalizer.
     source = sources.data_source(claim)
     if source is not None and sources.is_clone(source):
-        c.provisioner.claims.add(f"{namespace}/{source.name}")
+        c.provisioner.claims.add(key_of(namespace, source.name))
     if source is not None and sources.is_snapshot(source):
-        c.provisioner.snapshot_sources.add(f"{namespace}/{source.name}")
+        c.provisioner.snapshot_sources.add(key_of(namespace, source.name))
     # A claim deleted mid-provisioning leaves a journal entry to finish. Only such a claim
     # starts a recovery (a read of the journal): not every deletion of a bound claim.
     class_name = (claim.get("spec") or {}).get("storageClassName") or ""
@@ -140,9 +141,7 @@ def attributes_class_event(c: Controllers, kind: str | None, attributes_class: B
     for claim in c.context.stores.claims.values():
         if (claim.get("spec") or {}).get("volumeAttributesClassName") == key:
             c.resizer.claim_changed(claim, quiet=quiet.others)
-            c.provisioner.claims.add(
-                f"{claim['metadata']['namespace']}/{claim['metadata']['name']}", quiet=quiet.others
-            )
+            c.provisioner.claims.add(object_key(claim), quiet=quiet.others)
 
 
 def snapshot_event(c: Controllers, kind: str | None, snapshot: Body, quiet: Quiet = LOUD) -> None:

@@ -32,8 +32,8 @@ from google.protobuf.message import Message
 from csi_client import CSIClient, TLSConfig, csi
 from csi_client.client import Rpc
 from csi_client.errors import error_for
-from sidecarless import events, watches
 from sidecarless import kube as k
+from sidecarless import vocabulary, watches
 from sidecarless.attacher.controller import Attacher
 from sidecarless.config import Settings
 from sidecarless.context import Context, Stores
@@ -45,7 +45,6 @@ from sidecarless.resizer.controller import Resizer
 from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
-from sidecarless.store import object_key
 from sidecarless.workqueue import WorkQueue
 
 Body = dict[str, Any]
@@ -330,12 +329,12 @@ SIMULATION_START = datetime(2026, 1, 1, tzinfo=UTC)
 def simulate(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run `main` on a :class:`SimulatedLoop`; the stamps the controllers write follow its clock."""
     loop = SimulatedLoop()
-    real_clock = events.wall_clock
-    events.wall_clock = lambda: SIMULATION_START + timedelta(seconds=loop.time())
+    real_clock = vocabulary.wall_clock
+    vocabulary.wall_clock = lambda: SIMULATION_START + timedelta(seconds=loop.time())
     try:
         return loop.run_until_complete(main())
     finally:
-        events.wall_clock = real_clock
+        vocabulary.wall_clock = real_clock
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
@@ -588,10 +587,6 @@ def attachment(name: str, volume: str, node: str = "node-1", driver: str = "fake
 
 def csinode(node: str, driver: str = "fake.csi.example.com") -> Body:
     return {"metadata": {"name": node}, "spec": {"drivers": [{"name": driver, "nodeID": f"id-{node}"}]}}
-
-
-def key_of(body: Body) -> str:
-    return object_key(body)
 
 
 def bound_volume_on_a_node(world: World) -> None:

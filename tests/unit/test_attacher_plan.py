@@ -7,7 +7,7 @@ import pytest
 
 from csi_client import csi
 from sidecarless.attacher import plan
-from sidecarless.provisioner.parameters import ParameterError
+from sidecarless.vocabulary import ParameterError
 
 DRIVER = "hostpath.csi.k8s.io"
 MODE = csi.VolumeCapability.AccessMode.Mode

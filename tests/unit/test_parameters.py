@@ -2,16 +2,8 @@
 
 import pytest
 
-from sidecarless.provisioner.parameters import (
-    ParameterError,
-    SecretRef,
-    SecretTemplate,
-    TemplateContext,
-    format_quantity,
-    parse_class_parameters,
-    parse_quantity,
-    resolve_secret,
-)
+from sidecarless.provisioner.parameters import SecretTemplate, TemplateContext, parse_class_parameters, resolve_secret
+from sidecarless.vocabulary import ParameterError, SecretRef, format_quantity, parse_quantity
 
 P = "csi.storage.k8s.io/"
 

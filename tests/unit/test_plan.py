@@ -6,7 +6,7 @@ import pytest
 
 from csi_client import csi
 from sidecarless.provisioner import plan
-from sidecarless.provisioner.parameters import ParameterError
+from sidecarless.vocabulary import ParameterError
 
 DRIVER = "mock.csi.test"
 FACTS = plan.DriverFacts(DRIVER, frozenset({"CREATE_DELETE_VOLUME"}), "123-4567-" + DRIVER)

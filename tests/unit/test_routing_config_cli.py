@@ -7,8 +7,8 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from sidecarless.cli import format_status
 from sidecarless.config import Settings
 from sidecarless.kube import DRIVER_ENDPOINT, SECRET, Kube
-from sidecarless.provisioner.parameters import shown, valid_object_name
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
+from sidecarless.vocabulary import shown, valid_object_name
 
 ROUTED = {"metadata": {"name": "fast", "annotations": {"sidecarless.io/endpoint": "ep-a"}}}
 UNROUTED = {"metadata": {"name": "slow", "annotations": {}}}

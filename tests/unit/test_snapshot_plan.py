@@ -6,10 +6,10 @@ from typing import Any
 import pytest
 
 from csi_client import csi
-from sidecarless.provisioner.parameters import ParameterError, SecretRef
 from sidecarless.provisioner.sources import SNAPSHOT_PROTECTION_FINALIZER, snapshot_source
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.plan import SnapshotError
+from sidecarless.vocabulary import ParameterError, SecretRef
 
 
 def a_snapshot(**status: Any) -> dict[str, Any]:

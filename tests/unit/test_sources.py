@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.provisioner.sources import clone_source, data_source, is_clone, pending_uses_of
+from sidecarless.vocabulary import ParameterError
 
 DRIVER = "d"
 CAPS = frozenset({"CLONE_VOLUME"})

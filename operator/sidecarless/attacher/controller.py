@@ -22,10 +22,9 @@ from sidecarless import faults, finalizers
 from sidecarless.attacher import plan
 from sidecarless.context import Context
 from sidecarless.endpoints import ACTIVE, UNSUPPORTED, Endpoint
-from sidecarless.events import now_rfc3339
 from sidecarless.kube import PV, VOLUME_ATTACHMENT, NotFound
-from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.routing import endpoint_of_volume
+from sidecarless.vocabulary import ParameterError, now_rfc3339
 from sidecarless.workqueue import Requeue, WorkQueue
 
 Body = dict[str, Any]

@@ -14,8 +14,8 @@ import grpc
 
 from csi_client import csi
 from csi_client.errors import GO_CODE_NAMES
-from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.provisioner.plan import access_mode
+from sidecarless.vocabulary import ParameterError
 
 Body = dict[str, Any]
 

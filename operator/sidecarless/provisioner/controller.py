@@ -32,8 +32,8 @@ from sidecarless.metrics import (
 )
 from sidecarless.provisioner import plan, sources, topology
 from sidecarless.provisioner.journal import Entry, Journal
-from sidecarless.provisioner.parameters import ParameterError, SecretRef, shown, valid_object_name
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
+from sidecarless.vocabulary import ParameterError, SecretRef, key_of, object_key, shown, valid_object_name
 from sidecarless.workqueue import Requeue, WorkQueue
 
 Body = dict[str, Any]
@@ -101,7 +101,7 @@ class Provisioner:
 
     def claims_of_class(self, class_name: str) -> list[str]:
         return [
-            f"{c['metadata']['namespace']}/{c['metadata']['name']}"
+            object_key(c)
             for c in self.context.stores.claims.values()
             if (c.get("spec") or {}).get("storageClassName") == class_name
         ]
@@ -109,10 +109,7 @@ class Provisioner:
     def restores_of(self, snapshot_key: str) -> list[str]:
         """Keys of the claims still waiting to be restored from the VolumeSnapshot `namespace/name`."""
         claims = list(self.context.stores.claims.values())
-        return [
-            f"{c['metadata']['namespace']}/{c['metadata']['name']}"
-            for c in sources.pending_uses_of(snapshot_key, claims, snapshot=True)
-        ]
+        return [object_key(c) for c in sources.pending_uses_of(snapshot_key, claims, snapshot=True)]
 
     def endpoint_changed(self, endpoint_name: str) -> None:
         """Look again at everything an endpoint serves (it was created, changed or recovered)."""
@@ -235,7 +232,7 @@ class Provisioner:
 
     async def _provision(self, claim: Body, storage_class: Body, endpoint: Endpoint) -> None:
         meta = claim["metadata"]
-        key = f"{meta['namespace']}/{meta['name']}"
+        key = key_of(meta["namespace"], meta["name"])
         class_name = storage_class["metadata"]["name"]
         assert endpoint.info is not None
         driver = plan.DriverFacts(
@@ -323,14 +320,14 @@ class Provisioner:
         stores = self.context.stores
         namespace = claim["metadata"]["namespace"]
         if sources.is_snapshot(source):
-            snapshot = stores.snapshots.get(f"{namespace}/{source.name}")
+            snapshot = stores.snapshots.get(key_of(namespace, source.name))
             content_name = ((snapshot or {}).get("status") or {}).get("boundVolumeSnapshotContentName") or ""
             return sources.snapshot_source(
                 claim, snapshot, stores.contents.get(content_name), driver.name, driver.controller_capabilities
             )
         if not sources.is_clone(source):
             raise ParameterError(f"data source {source.kind} {source.name!r} is not supported")
-        source_claim = stores.claims.get(f"{claim['metadata']['namespace']}/{source.name}")
+        source_claim = stores.claims.get(key_of(claim["metadata"]["namespace"], source.name))
         volume_name = ((source_claim or {}).get("spec") or {}).get("volumeName") or ""
         return sources.clone_source(
             claim, source_claim, stores.volumes.get(volume_name), driver.name, driver.controller_capabilities
@@ -356,9 +353,9 @@ class Provisioner:
         source = sources.data_source(claim)
         done = spec.get("volumeName") or meta.get("deletionTimestamp")
         if source is not None and done and sources.is_clone(source):
-            await self.release_clone_source(f"{meta['namespace']}/{source.name}")
+            await self.release_clone_source(key_of(meta["namespace"], source.name))
         if source is not None and done and sources.is_snapshot(source):
-            self.snapshot_sources.add(f"{meta['namespace']}/{source.name}")
+            self.snapshot_sources.add(key_of(meta["namespace"], source.name))
         if sources.CLONE_PROTECTION_FINALIZER in (meta.get("finalizers") or []):
             await self.release_clone_source(key)
 

@@ -31,8 +31,8 @@ from typing import Any
 
 from csi_client import csi
 from sidecarless.kube import CONFIGMAP, Conflict, Kube, NotFound
-from sidecarless.provisioner.parameters import SecretRef
 from sidecarless.provisioner.plan import ProvisionPlan
+from sidecarless.vocabulary import SecretRef
 
 Body = dict[str, Any]
 

@@ -10,6 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from sidecarless.vocabulary import (
+    ParameterError,
+    SecretRef,
+    UnknownTokens,
+    expand,
+    valid_namespace_name,
+    valid_object_name,
+)
+
 PREFIX = "csi.storage.k8s.io/"
 FSTYPE_KEY = PREFIX + "fstype"
 LEGACY_FSTYPE_KEY = "fstype"
@@ -46,42 +55,13 @@ _RESERVED = {
     *(f"{PREFIX}{kind}-secret-{part}" for kind in SECRET_KINDS for part in ("name", "namespace")),
 }
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-def valid_object_name(name: str) -> bool:
-    """A DNS-1123 subdomain: what most Kubernetes objects (and DriverEndpoints) may be named."""
-    return bool(_DNS1123_SUBDOMAIN.match(name))
-
-
-def shown(value: str, limit: int = 80) -> str:
-    """A user's value quoted for a message, cut short: events keep 1,024 characters, and
-    the end of the message says what is wrong."""
-    return repr(value if len(value) <= limit else value[: limit - 20] + f"...({len(value)} characters)")
-
-
-_TOKEN = re.compile(r"\$\{([^}]*)\}")
 _ANNOTATION_TOKEN = re.compile(r"^pvc\.annotations\['([^']+)'\]$")
-
-
-class ParameterError(ValueError):
-    """A StorageClass parameter (or a template in one) that cannot be used."""
 
 
 @dataclass(frozen=True)
 class SecretTemplate:
     name: str
     namespace: str
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    name: str
-    namespace: str
-
-    def as_ref(self) -> dict[str, str]:
-        return {"name": self.name, "namespace": self.namespace}
 
 
 @dataclass(frozen=True)
@@ -135,77 +115,33 @@ def resolve_secret(kind: str, template: SecretTemplate, context: TemplateContext
     """Expand a secret template; the namespace may use only ${pv.name} and ${pvc.namespace}."""
     namespace = _expand(template.namespace, context, allow_claim_details=False, what=f"{kind} secret namespace")
     name = _expand(template.name, context, allow_claim_details=True, what=f"{kind} secret name")
-    if not _DNS1123_LABEL.match(namespace):
+    if not valid_namespace_name(namespace):
         raise ParameterError(
             f"{kind} secret namespace {namespace!r} (from {template.namespace!r}) is not a valid namespace name"
         )
-    if not _DNS1123_SUBDOMAIN.match(name):
+    if not valid_object_name(name):
         raise ParameterError(f"{kind} secret name {name!r} (from {template.name!r}) is not a valid object name")
     return SecretRef(name, namespace)
 
 
 def _expand(template: str, context: TemplateContext, *, allow_claim_details: bool, what: str) -> str:
-    def value(match: re.Match[str]) -> str:
-        token = match.group(1)
-        if token == "pv.name":
-            return context.pv_name
-        if token == "pvc.namespace":
-            return _claim_value(context.pvc_namespace, token, what)
-        if allow_claim_details and token == "pvc.name":
-            return _claim_value(context.pvc_name, token, what)
-        annotation = _ANNOTATION_TOKEN.match(token)
-        if allow_claim_details and annotation:
-            key = annotation.group(1)
-            if key not in context.pvc_annotations:
-                raise ParameterError(
-                    f"{what} template {template!r} refers to annotation {key!r}, which the claim lacks"
-                )
-            return context.pvc_annotations[key]
-        raise ParameterError(f"{what} template {template!r} uses unknown or unsupported token ${{{token}}}")
-
-    return _TOKEN.sub(value, template)
+    values = {"pv.name": context.pv_name}
+    if context.pvc_namespace:
+        values["pvc.namespace"] = context.pvc_namespace
+    if allow_claim_details:
+        if context.pvc_name:
+            values["pvc.name"] = context.pvc_name
+        values |= {f"pvc.annotations['{k}']": v for k, v in context.pvc_annotations.items()}
+    try:
+        return expand(template, values)
+    except UnknownTokens as unknown:
+        raise ParameterError(_unknown_token_message(template, unknown.tokens[0], allow_claim_details, what)) from None
 
 
-def _claim_value(value: str, token: str, what: str) -> str:
-    if not value:
-        raise ParameterError(f"{what} uses ${{{token}}}, but there is no claim to take it from")
-    return value
-
-
-# --- quantities ----------------------------------------------------------------------
-
-_BINARY_SUFFIXES = (
-    ("Ei", 1 << 60),
-    ("Pi", 1 << 50),
-    ("Ti", 1 << 40),
-    ("Gi", 1 << 30),
-    ("Mi", 1 << 20),
-    ("Ki", 1 << 10),
-)
-_SUFFIXES = {
-    "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "": 1,
-}  # fmt: skip
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|)$")
-
-
-def parse_quantity(text: str) -> int:
-    """Bytes in a Kubernetes quantity ("1Gi", "500M", "1.5Gi"), rounded up as the API server does."""
-    match = _QUANTITY.match(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a storage quantity")
-    number, suffix = match.groups()
-    whole, _, fraction = number.partition(".")
-    scale = _SUFFIXES[suffix]
-    value = int(whole) * scale
-    if fraction:
-        value += -(-int(fraction) * scale // 10 ** len(fraction))  # ceil
-    return value
-
-
-def format_quantity(size: int) -> str:
-    """A byte count as Kubernetes prints a BinarySI quantity: the largest exact binary suffix."""
-    for suffix, unit in _BINARY_SUFFIXES:
-        if size and size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return str(size)
+def _unknown_token_message(template: str, token: str, allow_claim_details: bool, what: str) -> str:
+    if token == "pvc.namespace" or (allow_claim_details and token == "pvc.name"):
+        return f"{what} uses ${{{token}}}, but there is no claim to take it from"
+    annotation = _ANNOTATION_TOKEN.match(token)
+    if allow_claim_details and annotation:
+        return f"{what} template {template!r} refers to annotation {annotation.group(1)!r}, which the claim lacks"
+    return f"{what} template {template!r} uses unknown or unsupported token ${{{token}}}"

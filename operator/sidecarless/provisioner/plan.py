@@ -16,14 +16,11 @@ from csi_client import csi
 from sidecarless.provisioner.parameters import (
     EXTRA_METADATA_KEYS,
     PV_SECRET_REF_FIELDS,
-    ParameterError,
-    SecretRef,
     TemplateContext,
-    format_quantity,
     parse_class_parameters,
-    parse_quantity,
     resolve_secret,
 )
+from sidecarless.vocabulary import ParameterError, SecretRef, format_quantity, parse_quantity
 
 Body = dict[str, Any]
 
@@ -33,7 +30,6 @@ ANN_SELECTED_NODE = "volume.kubernetes.io/selected-node"
 ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 ANN_DELETION_SECRET_NAME = "volume.kubernetes.io/provisioner-deletion-secret-name"
 ANN_DELETION_SECRET_NAMESPACE = "volume.kubernetes.io/provisioner-deletion-secret-namespace"
-ANN_ENDPOINT = "sidecarless.io/endpoint"
 PV_FINALIZER = "external-provisioner.volume.kubernetes.io/finalizer"
 PROVISIONER_IDENTITY_KEY = "storage.kubernetes.io/csiProvisionerIdentity"
 

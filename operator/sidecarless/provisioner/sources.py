@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from csi_client import csi
-from sidecarless.provisioner.parameters import ParameterError, parse_quantity
+from sidecarless.vocabulary import ParameterError, parse_quantity
 
 Body = dict[str, Any]
 

@@ -17,11 +17,10 @@ from csi_client import CSIClient, CSIError, FinalError, InfeasibleError, MaybeIn
 from sidecarless import faults
 from sidecarless.context import Context
 from sidecarless.endpoints import ACTIVE, NODE_ONLY, Endpoint
-from sidecarless.events import now_rfc3339
 from sidecarless.kube import POD, PV, PVC, Conflict, NotFound
-from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.resizer import expand, modify
 from sidecarless.routing import endpoint_of_volume
+from sidecarless.vocabulary import ParameterError, now_rfc3339, object_key, ref_key
 from sidecarless.workqueue import Requeue, WorkQueue
 
 Body = dict[str, Any]
@@ -62,7 +61,7 @@ class Resizer:
     def claim_changed(self, claim: Body, *, quiet: bool = False) -> None:
         if (claim.get("status") or {}).get("phase") != "Bound":
             return
-        key = f"{claim['metadata']['namespace']}/{claim['metadata']['name']}"
+        key = object_key(claim)
         self.expansions.add(key, quiet=quiet)
         if modify.wants_modification(claim):
             self.modifications.add(key, quiet=quiet)
@@ -77,7 +76,7 @@ class Resizer:
     def volume_changed(self, volume: Body, *, quiet: bool = False) -> None:
         """A PV's change can finish a claim's business (its pre-resize annotation to drop)."""
         ref = (volume.get("spec") or {}).get("claimRef") or {}
-        claim = self.context.stores.claims.get(f"{ref.get('namespace')}/{ref.get('name')}")
+        claim = self.context.stores.claims.get(ref_key(ref))
         if claim is not None:
             self.claim_changed(claim, quiet=quiet)
 

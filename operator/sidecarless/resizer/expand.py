@@ -13,7 +13,7 @@ from typing import Any
 
 from csi_client import csi
 from sidecarless.attacher.plan import publish_capability
-from sidecarless.provisioner.parameters import format_quantity, parse_quantity
+from sidecarless.vocabulary import format_quantity, parse_quantity
 
 Body = dict[str, Any]
 

@@ -16,14 +16,13 @@ from typing import Any
 
 from sidecarless import finalizers
 from sidecarless.context import Context
-from sidecarless.events import now_rfc3339
 from sidecarless.kube import PVC, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Conflict, KubeError, NotFound
 from sidecarless.metrics import SNAPSHOT_OPERATION_SECONDS
-from sidecarless.provisioner.parameters import ParameterError
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.driver import snapshots_here
 from sidecarless.snapshots.group_plan import MEMBER_FINALIZER, group_of
 from sidecarless.snapshots.plan import SnapshotError
+from sidecarless.vocabulary import ParameterError, key_of, now_rfc3339, object_key, ref_key
 from sidecarless.workqueue import LOUD, Quiet, Requeue, WorkQueue
 
 Body = dict[str, Any]
@@ -53,7 +52,7 @@ class SnapshotController:
     def endpoint_changed(self, endpoint: str) -> None:
         # Any driver's snapshots may wait for a content its driver half could not cut yet.
         for snapshot in self.context.stores.snapshots.values():
-            self.snapshots.add(plan.key_of(snapshot))
+            self.snapshots.add(object_key(snapshot))
         for content in self.context.stores.contents.values():
             self.contents.add(content["metadata"]["name"])
 
@@ -71,14 +70,14 @@ class SnapshotController:
         ref = (content.get("spec") or {}).get("volumeSnapshotRef") or {}
         if ref.get("name"):
             # Its status is what the snapshot copies: any change of it wakes the snapshot.
-            self.snapshots.add(f"{ref.get('namespace')}/{ref['name']}", quiet=quiet.others)
+            self.snapshots.add(ref_key(ref), quiet=quiet.others)
 
     def claim_changed(self, claim: Body, *, quiet: bool = False) -> None:
         """A restore finished or a PVC changed: snapshots of (or restored into) it look again."""
         namespace = claim["metadata"]["namespace"]
         source = (claim.get("spec") or {}).get("dataSource") or {}
         if source.get("kind") == "VolumeSnapshot" and source.get("name"):
-            self.snapshots.add(f"{namespace}/{source['name']}", quiet=quiet)
+            self.snapshots.add(key_of(namespace, source["name"]), quiet=quiet)
         if plan.PVC_FINALIZER in (claim["metadata"].get("finalizers") or []):
             self._requeue_snapshots_of(namespace, claim["metadata"]["name"], quiet=quiet)
 
@@ -87,13 +86,13 @@ class SnapshotController:
         namespace, name = group["metadata"].get("namespace"), group["metadata"]["name"]
         for snapshot in self.context.stores.snapshots.values():
             if snapshot["metadata"].get("namespace") == namespace and group_of(snapshot) == name:
-                self.snapshots.add(plan.key_of(snapshot))
+                self.snapshots.add(object_key(snapshot))
 
     def _requeue_snapshots_of(self, namespace: str, claim_name: str, *, quiet: bool = False) -> None:
         """The snapshots of one claim: one of them releases the claim's pvc-as-source-protection."""
         for snapshot in self.context.stores.snapshots.values():
             if snapshot["metadata"].get("namespace") == namespace and plan.source_claim(snapshot) == claim_name:
-                self.snapshots.add(plan.key_of(snapshot), quiet=quiet)
+                self.snapshots.add(object_key(snapshot), quiet=quiet)
 
     # --- VolumeSnapshots -----------------------------------------------------------
 
@@ -147,7 +146,7 @@ class SnapshotController:
             raise SnapshotError(
                 "SetDefaultSnapshotClassFailed",
                 "Failed to set default snapshot class with error "
-                f"snapshotting non-CSI volumes is not supported, snapshot:{plan.key_of(snapshot)}",
+                f"snapshotting non-CSI volumes is not supported, snapshot:{object_key(snapshot)}",
             )
         default = plan.default_class(list(stores.snapshot_classes.values()), driver)
         meta = snapshot["metadata"]
@@ -160,7 +159,7 @@ class SnapshotController:
 
     def _source_volume(self, snapshot: Body) -> Body | None:
         stores = self.context.stores
-        claim = stores.claims.get(f"{snapshot['metadata']['namespace']}/{plan.source_claim(snapshot)}")
+        claim = stores.claims.get(key_of(snapshot["metadata"]["namespace"], plan.source_claim(snapshot)))
         volume_name = ((claim or {}).get("spec") or {}).get("volumeName")
         return stores.volumes.get(volume_name) if volume_name else None
 
@@ -196,7 +195,7 @@ class SnapshotController:
         if group_of(snapshot):
             # A group member: the group controller made and bound its content.
             if content is None:
-                raise Requeue(None, f"detected group snapshot member {plan.key_of(snapshot)} with no content, retrying")
+                raise Requeue(None, f"detected group snapshot member {object_key(snapshot)} with no content, retrying")
             await self._copy_status(snapshot, content)
             return
         if content is not None:
@@ -204,7 +203,7 @@ class SnapshotController:
             if ((content.get("spec") or {}).get("source") or {}).get("snapshotHandle"):
                 raise SnapshotError(
                     "SnapshotHandleSet",
-                    f"Snapshot handle should not be set in content {plan.key_of(snapshot)} for dynamic provisioning",
+                    f"Snapshot handle should not be set in content {object_key(snapshot)} for dynamic provisioning",
                 )
             await self._copy_status_soon(snapshot, content)
             return
@@ -212,7 +211,7 @@ class SnapshotController:
         await self.context.events.normal(
             snapshot,
             "CreatingSnapshot",
-            f"Waiting for a snapshot {plan.key_of(snapshot)} to be created by the CSI driver.",
+            f"Waiting for a snapshot {object_key(snapshot)} to be created by the CSI driver.",
         )
         await self._copy_status_soon(snapshot, content)
 
@@ -221,7 +220,7 @@ class SnapshotController:
         change brings the snapshot back) or has taken too long: plan.first_status_wait."""
         wait = plan.first_status_wait(snapshot, content)
         if wait > 0:
-            self.snapshots.add_after(plan.key_of(snapshot), wait)
+            self.snapshots.add_after(object_key(snapshot), wait)
             return
         await self._copy_status(snapshot, content)
 
@@ -229,7 +228,7 @@ class SnapshotController:
         context = self.context
         stores = context.stores
         namespace = snapshot["metadata"]["namespace"]
-        claim = stores.claims.get(f"{namespace}/{plan.source_claim(snapshot)}")
+        claim = stores.claims.get(key_of(namespace, plan.source_claim(snapshot)))
         plan.check_claim(snapshot, claim)
         assert claim is not None
         # The PVC finalizer goes on before anything else, as snapshot-controller does: the
@@ -278,7 +277,7 @@ class SnapshotController:
             await context.events.warning(
                 snapshot,
                 "CreateSnapshotContentFailed",
-                f"Error creating volume snapshot content object for snapshot {plan.key_of(snapshot)}: {error}.",
+                f"Error creating volume snapshot content object for snapshot {object_key(snapshot)}: {error}.",
             )
             raise Requeue(None, str(error)) from error
 
@@ -355,18 +354,18 @@ class SnapshotController:
         if not held:
             return
         group = group_of(snapshot)
-        if group and context.stores.group_snapshots.get(f"{meta['namespace']}/{group}") is not None:
+        if group and context.stores.group_snapshots.get(key_of(meta["namespace"], group)) is not None:
             await context.events.warning(
                 snapshot,
                 "SnapshotDeletePending",
-                f"deletion of the individual volume snapshot {plan.key_of(snapshot)} is not allowed as it belongs to "
+                f"deletion of the individual volume snapshot {object_key(snapshot)} is not allowed as it belongs to "
                 f"group snapshot {meta['namespace']}/{group}. Deleting the group snapshot will trigger the deletion "
                 "of all the individual volume snapshots that are part of the group.",
             )
-            raise Requeue(None, f"{plan.key_of(snapshot)} belongs to group snapshot {group}")
+            raise Requeue(None, f"{object_key(snapshot)} belongs to group snapshot {group}")
         if content is not None and plan.restoring_from(snapshot, list(context.stores.claims.values())):
             await context.events.warning(snapshot, "SnapshotDeletePending", "Snapshot is being used to restore a PVC")
-            raise Requeue(None, f"snapshot {plan.key_of(snapshot)} is in use (being used to restore a PVC)")
+            raise Requeue(None, f"snapshot {object_key(snapshot)} is in use (being used to restore a PVC)")
         delete_content = content is not None and (content.get("spec") or {}).get("deletionPolicy") == "Delete"
         told_by_snapshot = content is not None and self._driver_half_reads_snapshot(snapshot, content)
         if content is not None and not told_by_snapshot:
@@ -461,7 +460,7 @@ class SnapshotController:
         if not plan.is_dynamic(snapshot):
             return
         namespace = snapshot["metadata"]["namespace"]
-        claim = self.context.stores.claims.get(f"{namespace}/{plan.source_claim(snapshot)}")
+        claim = self.context.stores.claims.get(key_of(namespace, plan.source_claim(snapshot)))
         if claim is None or not finalizers.has(claim, plan.PVC_FINALIZER):
             return
         others = [
@@ -494,10 +493,10 @@ class SnapshotController:
             return
         if not content["metadata"].get("deletionTimestamp"):
             await finalizers.add(self.context.kube, VOLUME_SNAPSHOT_CONTENT, content, plan.CONTENT_FINALIZER)
-        snapshot = self.context.stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
+        snapshot = self.context.stores.snapshots.get(ref_key(ref))
         if snapshot is None or snapshot["metadata"].get("uid") != ref.get("uid"):
             return
-        self.snapshots.add(plan.key_of(snapshot))
+        self.snapshots.add(object_key(snapshot))
         held = {plan.SOURCE_FINALIZER, plan.BOUND_FINALIZER} & set(snapshot["metadata"].get("finalizers") or [])
         deleting = bool(snapshot["metadata"].get("deletionTimestamp") and held)
         if deleting and not self._driver_half_reads_snapshot(snapshot, content):

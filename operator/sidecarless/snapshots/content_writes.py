@@ -7,8 +7,9 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from sidecarless.events import EventRecorder, now_rfc3339
+from sidecarless.events import EventRecorder
 from sidecarless.kube import Kube, NotFound, Resource
+from sidecarless.vocabulary import now_rfc3339
 
 Body = dict[str, Any]
 

@@ -19,11 +19,10 @@ from sidecarless import faults, finalizers
 from sidecarless.context import Context
 from sidecarless.endpoints import ACTIVE, Endpoint
 from sidecarless.kube import VOLUME_SNAPSHOT_CONTENT
-from sidecarless.provisioner.parameters import ParameterError
-from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.content_writes import ContentWrites, ErrorEvents
+from sidecarless.vocabulary import ANN_ENDPOINT, ParameterError, key_of, ref_key
 from sidecarless.workqueue import Requeue, WorkQueue
 
 Body = dict[str, Any]
@@ -83,9 +82,9 @@ def _source_volume(context: Context, content: Body) -> Body | None:
     if not handle:
         return None
     ref = spec.get("volumeSnapshotRef") or {}
-    snapshot = stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
+    snapshot = stores.snapshots.get(ref_key(ref))
     if snapshot is not None and plan.source_claim(snapshot):
-        claim = stores.claims.get(f"{ref.get('namespace')}/{plan.source_claim(snapshot)}")
+        claim = stores.claims.get(key_of(ref.get("namespace"), plan.source_claim(snapshot)))
         volume = stores.volumes.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
         if volume is not None and (volume.get("spec") or {}).get("csi", {}).get("volumeHandle") == handle:
             return volume
@@ -156,7 +155,7 @@ class Snapshotter:
     def _snapshot_deleted(self, content: Body) -> bool:
         """Whether the VolumeSnapshot bound to `content` is being deleted."""
         ref = (content.get("spec") or {}).get("volumeSnapshotRef") or {}
-        snapshot = self.context.stores.snapshots.get(f"{ref.get('namespace')}/{ref.get('name')}")
+        snapshot = self.context.stores.snapshots.get(ref_key(ref))
         return (
             snapshot is not None
             and plan.bound_to(content, snapshot)

@@ -5,12 +5,11 @@ content to create, its members, the CSI requests and the statuses."""
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
 from csi_client import csi
-from sidecarless.provisioner.parameters import SecretRef
 from sidecarless.snapshots.plan import ANN_GROUP_MEMBER, GROUP_VERSION, SnapshotError, rfc3339_from_nanoseconds
+from sidecarless.vocabulary import SecretRef, now_rfc3339, object_key
 
 Body = dict[str, Any]
 
@@ -29,10 +28,6 @@ GROUP_SECRET_KEYS = (
     "csi.storage.k8s.io/group-snapshotter-secret-namespace",
 )
 CAPABILITY = "CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT"
-
-
-def key_of(group: Body) -> str:
-    return f"{group['metadata'].get('namespace')}/{group['metadata']['name']}"
 
 
 def selector(group: Body) -> Body | None:
@@ -113,7 +108,7 @@ def volume_handles(group: Body, claims: list[Body], volumes: dict[str, Body], dr
         if source.get("driver") != driver:
             raise _content_error(
                 f"Volume CSI driver ({source.get('driver')}) mismatch with VolumeGroupSnapshotClass ({driver}) "
-                f"{key_of(group)}: {volume['metadata']['name']}"
+                f"{object_key(group)}: {volume['metadata']['name']}"
             )
         handles.append(str(source["volumeHandle"]))
     return handles
@@ -237,7 +232,7 @@ def group_of(snapshot: Body) -> str:
 def group_status(group: Body, content: Body) -> tuple[Body, list[tuple[str, str]]]:
     """The group snapshot's status from its content's, and the Normal events to post."""
     old, source = group.get("status") or {}, content.get("status") or {}
-    key = key_of(group)
+    key = object_key(group)
     status: Body = {
         "boundVolumeGroupSnapshotContentName": old.get("boundVolumeGroupSnapshotContentName")
         or content["metadata"]["name"]
@@ -268,7 +263,7 @@ def create_request(content: Body, parameters: dict[str, str]) -> csi.CreateVolum
 def content_status(group: csi.VolumeGroupSnapshot, old: Body) -> Body:
     """The group content's status from CreateVolumeGroupSnapshot's answer (the list is written once)."""
     created = group.creation_time.seconds * 1_000_000_000 + group.creation_time.nanos
-    stamp = rfc3339_from_nanoseconds(created) if created else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = rfc3339_from_nanoseconds(created) if created else now_rfc3339()
     status: Body = {
         "volumeGroupSnapshotHandle": old.get("volumeGroupSnapshotHandle") or group.group_snapshot_id,
         "creationTime": old.get("creationTime") or stamp,

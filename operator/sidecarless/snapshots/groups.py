@@ -17,7 +17,6 @@ from csi_client import CSIClient, CSIError, FinalError, csi
 from sidecarless import finalizers
 from sidecarless.context import Context
 from sidecarless.endpoints import Endpoint
-from sidecarless.events import now_rfc3339
 from sidecarless.kube import (
     VOLUME_GROUP_SNAPSHOT,
     VOLUME_GROUP_SNAPSHOT_CONTENT,
@@ -27,14 +26,13 @@ from sidecarless.kube import (
     KubeError,
     NotFound,
 )
-from sidecarless.provisioner.parameters import ParameterError
-from sidecarless.provisioner.plan import ANN_ENDPOINT
 from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots import group_plan as gplan
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.content_writes import ContentWrites, ErrorEvents
 from sidecarless.snapshots.driver import awaits_volume, volume_by_handle
 from sidecarless.snapshots.plan import SnapshotError
+from sidecarless.vocabulary import ANN_ENDPOINT, ParameterError, key_of, now_rfc3339, object_key, ref_key
 from sidecarless.workqueue import Requeue, WorkQueue
 
 Body = dict[str, Any]
@@ -70,12 +68,12 @@ class GroupSnapshotController:
 
     def endpoint_changed(self, endpoint: str) -> None:
         for group in self.context.stores.group_snapshots.values():
-            self.groups.add(gplan.key_of(group))
+            self.groups.add(object_key(group))
 
     def content_changed(self, content: Body, *, quiet: bool = False) -> None:
         ref = (content.get("spec") or {}).get("volumeGroupSnapshotRef") or {}
         if ref.get("name"):
-            self.groups.add(f"{ref.get('namespace')}/{ref['name']}", quiet=quiet)
+            self.groups.add(ref_key(ref), quiet=quiet)
 
     async def sync_group(self, key: str) -> None:
         group = self.context.stores.group_snapshots.get(key)
@@ -194,7 +192,7 @@ class GroupSnapshotController:
         await context.events.normal(
             group,
             "CreatingGroupSnapshot",
-            f"Waiting for a group snapshot {gplan.key_of(group)} to be created by the CSI driver.",
+            f"Waiting for a group snapshot {object_key(group)} to be created by the CSI driver.",
         )
         return created
 
@@ -212,7 +210,7 @@ class GroupSnapshotController:
             member_content = stores.contents.get(content_body["metadata"]["name"]) or await _create_or_get(
                 kube, VOLUME_SNAPSHOT_CONTENT, content_body
             )
-            member = stores.snapshots.get(f"{namespace}/{snapshot_body['metadata']['name']}") or await _create_or_get(
+            member = stores.snapshots.get(key_of(namespace, snapshot_body["metadata"]["name"])) or await _create_or_get(
                 kube, VOLUME_SNAPSHOT, snapshot_body, namespace
             )
             uid = member["metadata"]["uid"]

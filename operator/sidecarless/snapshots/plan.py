@@ -7,13 +7,22 @@ docs/reference/external-snapshotter-v8.7.0.md), with their strings.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from csi_client import csi
-from sidecarless.provisioner.parameters import ParameterError, SecretRef, format_quantity
+from sidecarless.vocabulary import (
+    ParameterError,
+    SecretRef,
+    UnknownTokens,
+    expand,
+    format_quantity,
+    object_key,
+    rfc3339,
+    valid_namespace_name,
+    valid_object_name,
+)
 
 Body = dict[str, Any]
 
@@ -50,9 +59,6 @@ EXTRA_METADATA_KEYS = (
     _CSI_PREFIX + "volumesnapshot/namespace",
     _CSI_PREFIX + "volumesnapshotcontent/name",
 )
-_TOKEN = re.compile(r"\$\{([^}]*)\}|\$([A-Za-z0-9_.]+)")
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class SnapshotError(ValueError):
@@ -73,10 +79,6 @@ def _spec(obj: Body) -> Body:
 
 def _status(obj: Body) -> Body:
     return obj.get("status") or {}
-
-
-def key_of(snapshot: Body) -> str:
-    return f"{_meta(snapshot).get('namespace')}/{_meta(snapshot).get('name')}"
 
 
 # --- VolumeSnapshot -------------------------------------------------------------------
@@ -227,29 +229,20 @@ def secret_from_templates(
         raise ParameterError(f"{what} secrets specified in parameters but value of either namespace or name is empty")
     namespace = _expand(str(parameters[namespace_key]), namespace_values)
     name = _expand(str(parameters[name_key]), name_values)
-    if not _DNS1123_LABEL.match(namespace):
+    if not valid_namespace_name(namespace):
         raise ParameterError(
             f'"{parameters[namespace_key]}" resolved to "{namespace}" which is not a valid namespace name'
         )
-    if not _DNS1123_SUBDOMAIN.match(name):
+    if not valid_object_name(name):
         raise ParameterError(f'"{parameters[name_key]}" resolved to "{name}" which is not a valid secret name')
     return SecretRef(name, namespace)
 
 
 def _expand(template: str, values: dict[str, str]) -> str:
-    unknown: list[str] = []
-
-    def value(match: re.Match[str]) -> str:
-        token = match.group(1) if match.group(1) is not None else match.group(2)
-        if token in values:
-            return values[token]
-        unknown.append(token)
-        return ""
-
-    result = _TOKEN.sub(value, template)
-    if unknown:
-        raise ParameterError(f'error resolving value "{template}": invalid tokens: {unknown}')
-    return result
+    try:
+        return expand(template, values)
+    except UnknownTokens as unknown:
+        raise ParameterError(f'error resolving value "{template}": invalid tokens: {unknown.tokens}') from None
 
 
 def new_content(
@@ -364,7 +357,7 @@ def snapshot_status(snapshot: Body, content: Body) -> tuple[Body, list[tuple[str
     """The snapshot's status after copying its content's (snapshot-controller's updateSnapshotStatus),
     and the Normal events to post: [(reason, message)]."""
     old, source = _status(snapshot), _status(content)
-    key = key_of(snapshot)
+    key = object_key(snapshot)
     status: Body = {
         "boundVolumeSnapshotContentName": old.get("boundVolumeSnapshotContentName") or _meta(content)["name"]
     }
@@ -403,7 +396,7 @@ def seconds_since(stamp: str, now: datetime | None = None) -> float:
 
 
 def rfc3339_from_nanoseconds(nanoseconds: int) -> str:
-    return datetime.fromtimestamp(nanoseconds / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.fromtimestamp(nanoseconds / 1e9, UTC))
 
 
 def error_status(message: str, now: str, *, ready_false: bool) -> Body:
