@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from sidecarless.config import Settings
-from sidecarless.endpoints import EndpointRegistry
+from sidecarless.endpoints.live import EndpointRegistry
 from sidecarless.events import EventRecorder
 from sidecarless.kube import Kube, Resource
 from sidecarless.store import Store, drivers_only, labels_only

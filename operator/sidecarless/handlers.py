@@ -24,7 +24,8 @@ from sidecarless import metrics_server, watches
 from sidecarless.attacher.controller import Attacher
 from sidecarless.config import Settings as OperatorConfig
 from sidecarless.context import Context, Stores
-from sidecarless.endpoints import EndpointRegistry, build_status
+from sidecarless.endpoints.live import EndpointRegistry
+from sidecarless.endpoints.status import build_status
 from sidecarless.events import EventRecorder
 from sidecarless.informer import Informer, wait_synced
 from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, load_configuration

@@ -23,7 +23,7 @@ from prometheus_client import Gauge
 
 from csi_client import CSIClient, CSIError, csi
 from sidecarless.context import Context, Stores
-from sidecarless.endpoints import Endpoint
+from sidecarless.endpoints.live import Endpoint
 from sidecarless.kube import DRIVER_ENDPOINT
 from sidecarless.vocabulary import now_rfc3339
 

@@ -37,7 +37,8 @@ from sidecarless import vocabulary, watches
 from sidecarless.attacher.controller import Attacher
 from sidecarless.config import Settings
 from sidecarless.context import Context, Stores
-from sidecarless.endpoints import Endpoint, EndpointRegistry, EndpointSpec
+from sidecarless.endpoints.live import Endpoint, EndpointRegistry
+from sidecarless.endpoints.spec import EndpointSpec
 from sidecarless.events import EventRecorder
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner

@@ -5,7 +5,9 @@ from typing import Any
 import pytest
 
 from csi_client import DriverInfo
-from sidecarless.endpoints import Endpoint, LastError, SpecError, build_status, parse_duration, parse_spec
+from sidecarless.endpoints.live import Endpoint, LastError
+from sidecarless.endpoints.spec import SpecError, parse_duration, parse_spec
+from sidecarless.endpoints.status import build_status
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("1s", 1), ("500ms", 0.5), ("1m30s", 90), ("2h", 7200), ("1.5m", 90)])

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from csi_client import csi
+from sidecarless.endpoints.spec import ProvisionerSettings
 from sidecarless.provisioner import plan
 from sidecarless.vocabulary import ParameterError
 
@@ -97,8 +98,8 @@ def test_unknown_access_and_volume_modes_are_refused() -> None:
 
 def test_volume_names() -> None:
     uid = "0b6a4d5e-aaaa-bbbb-cccc-123456789abc"
-    assert plan.volume_name(uid, plan.ProvisionerSettings()) == f"pvc-{uid}"
-    short = plan.ProvisionerSettings(volume_name_prefix="vol", volume_name_uuid_length=8)
+    assert plan.volume_name(uid, ProvisionerSettings()) == f"pvc-{uid}"
+    short = ProvisionerSettings(volume_name_prefix="vol", volume_name_uuid_length=8)
     assert plan.volume_name(uid, short) == "vol-0b6a4d5e"
 
 
@@ -115,7 +116,7 @@ def test_request_and_pv_for_a_filesystem_claim() -> None:
             "csi.storage.k8s.io/node-stage-secret-namespace": "ops",
         },
     )
-    settings = plan.ProvisionerSettings(extra_create_metadata=True)
+    settings = ProvisionerSettings(extra_create_metadata=True)
     planned = plan.plan_provision(a_claim(), storage_class, endpoint_name="ep", driver=FACTS, settings=settings)
     name = "pvc-0b6a4d5e-aaaa-bbbb-cccc-123456789abc"
     request = planned.request
@@ -185,7 +186,7 @@ def test_block_claims_have_no_fstype_and_retain_has_no_finalizer() -> None:
         a_class(reclaimPolicy="Retain", parameters={"csi.storage.k8s.io/fstype": "ext4"}),
         endpoint_name="ep",
         driver=FACTS,
-        settings=plan.ProvisionerSettings(default_fstype="ext4"),
+        settings=ProvisionerSettings(default_fstype="ext4"),
     )
     assert planned.request.volume_capabilities[0].HasField("block")
     pv = plan.pv_from_response(planned, csi.Volume(volume_id="v", capacity_bytes=0), "id")
@@ -200,7 +201,7 @@ def test_default_fstype_and_readonly_publish() -> None:
         a_class(),
         endpoint_name="ep",
         driver=FACTS,
-        settings=plan.ProvisionerSettings(default_fstype="ext4", controller_publish_readonly=True),
+        settings=ProvisionerSettings(default_fstype="ext4", controller_publish_readonly=True),
     )
     assert planned.request.volume_capabilities[0].mount.fs_type == "ext4"
     assert planned.pv_template["spec"]["csi"]["readOnly"] is True
@@ -208,7 +209,7 @@ def test_default_fstype_and_readonly_publish() -> None:
 
 def test_smaller_volume_than_requested_is_refused() -> None:
     planned = plan.plan_provision(
-        a_claim(), a_class(), endpoint_name="ep", driver=FACTS, settings=plan.ProvisionerSettings()
+        a_claim(), a_class(), endpoint_name="ep", driver=FACTS, settings=ProvisionerSettings()
     )
     with pytest.raises(plan.CapacityTooSmall, match="less than requested"):
         plan.pv_from_response(planned, csi.Volume(volume_id="v", capacity_bytes=1 << 30), "id")
@@ -223,7 +224,7 @@ def test_smaller_volume_than_requested_is_refused() -> None:
 )
 def test_bad_claims(claim: dict[str, Any], message: str) -> None:
     with pytest.raises(ParameterError, match=message):
-        plan.plan_provision(claim, a_class(), endpoint_name="ep", driver=FACTS, settings=plan.ProvisionerSettings())
+        plan.plan_provision(claim, a_class(), endpoint_name="ep", driver=FACTS, settings=ProvisionerSettings())
 
 
 def a_volume(

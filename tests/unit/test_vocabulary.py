@@ -48,5 +48,7 @@ def test_expand_takes_a_lookup_function() -> None:
 
 
 def test_names() -> None:
-    assert valid_object_name("a.b-c") and not valid_object_name("A")
-    assert valid_namespace_name("team-a") and not valid_namespace_name("team.a")
+    assert valid_object_name("a.b-c")
+    assert not valid_object_name("A")
+    assert valid_namespace_name("team-a")
+    assert not valid_namespace_name("team.a")

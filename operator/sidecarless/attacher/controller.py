@@ -21,7 +21,8 @@ from csi_client import CSIClient, CSIError, csi
 from sidecarless import faults, finalizers
 from sidecarless.attacher import plan
 from sidecarless.context import Context
-from sidecarless.endpoints import ACTIVE, UNSUPPORTED, Endpoint
+from sidecarless.endpoints.live import Endpoint
+from sidecarless.endpoints.spec import ACTIVE, UNSUPPORTED
 from sidecarless.kube import PV, VOLUME_ATTACHMENT, NotFound
 from sidecarless.routing import endpoint_of_volume
 from sidecarless.vocabulary import ParameterError, now_rfc3339

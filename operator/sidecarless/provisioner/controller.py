@@ -20,7 +20,7 @@ from csi_client import CSIError, InfeasibleError, MaybeInProgressError, csi
 from csi_client.client import CSIClient
 from sidecarless import faults, finalizers
 from sidecarless.context import Context
-from sidecarless.endpoints import Endpoint
+from sidecarless.endpoints.live import Endpoint
 from sidecarless.kube import DRIVER_ENDPOINT, PV, PVC, VOLUME_SNAPSHOT, Conflict, KubeError, NotFound
 from sidecarless.metrics import (
     DELETE_DURATION,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from csi_client import csi
+from sidecarless.endpoints.spec import ProvisionerSettings
 from sidecarless.provisioner.parameters import (
     EXTRA_METADATA_KEYS,
     PV_SECRET_REF_FIELDS,
@@ -34,19 +35,6 @@ PV_FINALIZER = "external-provisioner.volume.kubernetes.io/finalizer"
 PROVISIONER_IDENTITY_KEY = "storage.kubernetes.io/csiProvisionerIdentity"
 
 _MODE = csi.VolumeCapability.AccessMode.Mode
-
-
-@dataclass(frozen=True)
-class ProvisionerSettings:
-    """The DriverEndpoint's `spec.provisioner`, external-provisioner's flags of the same names."""
-
-    volume_name_prefix: str = "pvc"
-    volume_name_uuid_length: int = -1
-    default_fstype: str = ""
-    extra_create_metadata: bool = False
-    strict_topology: bool = False
-    immediate_topology: bool = True
-    controller_publish_readonly: bool = False
 
 
 @dataclass(frozen=True)

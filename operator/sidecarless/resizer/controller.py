@@ -16,7 +16,8 @@ from typing import Any
 from csi_client import CSIClient, CSIError, FinalError, InfeasibleError, MaybeInProgressError
 from sidecarless import faults
 from sidecarless.context import Context
-from sidecarless.endpoints import ACTIVE, NODE_ONLY, Endpoint
+from sidecarless.endpoints.live import Endpoint
+from sidecarless.endpoints.spec import ACTIVE, NODE_ONLY
 from sidecarless.kube import POD, PV, PVC, Conflict, NotFound
 from sidecarless.resizer import expand, modify
 from sidecarless.routing import endpoint_of_volume

@@ -17,7 +17,8 @@ from typing import Any
 from csi_client import CSIClient, CSIError, FinalError, csi
 from sidecarless import faults, finalizers
 from sidecarless.context import Context
-from sidecarless.endpoints import ACTIVE, Endpoint
+from sidecarless.endpoints.live import Endpoint
+from sidecarless.endpoints.spec import ACTIVE
 from sidecarless.kube import VOLUME_SNAPSHOT_CONTENT
 from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots import plan

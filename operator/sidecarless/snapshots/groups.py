@@ -16,7 +16,7 @@ from typing import Any
 from csi_client import CSIClient, CSIError, FinalError, csi
 from sidecarless import finalizers
 from sidecarless.context import Context
-from sidecarless.endpoints import Endpoint
+from sidecarless.endpoints.live import Endpoint
 from sidecarless.kube import (
     VOLUME_GROUP_SNAPSHOT,
     VOLUME_GROUP_SNAPSHOT_CONTENT,
