@@ -78,10 +78,28 @@ class Steps:
 STEPS = Steps(int(os.environ.get("SIDECARLESS_FAULT_AT") or 0), bool(os.environ.get("SIDECARLESS_FAULT_TRACE")))
 
 
-def csi_call(when: str, operation: str, obj: str) -> None:
-    """Before or after a CSI call; a step if the call changes the backend."""
+# The named points around CSI calls: `before-<name>` and `after-<name>`.
+NAMED_CSI_POINTS = {
+    "CreateVolume": "create-volume",
+    "DeleteVolume": "delete-volume",
+    "ControllerPublishVolume": "controller-publish",
+    "ControllerUnpublishVolume": "controller-unpublish",
+    "ControllerExpandVolume": "controller-expand",
+    "ControllerModifyVolume": "controller-modify",
+    "CreateSnapshot": "create-snapshot",
+    "DeleteSnapshot": "delete-snapshot",
+    "CreateVolumeGroupSnapshot": "create-group-snapshot",
+    "DeleteVolumeGroupSnapshot": "delete-group-snapshot",
+}
+
+
+def around_csi_call(when: str, operation: str, obj: str, fault_key: str | None) -> None:
+    """Before or after a CSI call: a step if the call changes the backend, and the named
+    point `<when>-<operation>` for `fault_key` (None: the call has no named points)."""
     if STEPS.enabled and operation in CSI_WRITES:
         STEPS.step(f"{when} {operation}", obj)
+    if fault_key is not None and operation in NAMED_CSI_POINTS:
+        reached(f"{when}-{NAMED_CSI_POINTS[operation]}", fault_key)
 
 
 def api_write(when: str, verb: str, plural: str, subresource: str, obj: str) -> None:

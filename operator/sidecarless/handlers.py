@@ -23,7 +23,7 @@ from csi_client import TLSConfig
 from sidecarless import metrics_server, watches
 from sidecarless.attacher.controller import Attacher
 from sidecarless.config import Settings as OperatorConfig
-from sidecarless.context import Context, Stores
+from sidecarless.context import Context
 from sidecarless.endpoints.live import EndpointRegistry
 from sidecarless.endpoints.status import build_status
 from sidecarless.events import EventRecorder
@@ -37,6 +37,7 @@ from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
+from sidecarless.store import Stores
 from sidecarless.vocabulary import ANN_ENDPOINT
 from sidecarless.watches import Controllers
 

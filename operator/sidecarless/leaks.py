@@ -22,9 +22,10 @@ from typing import Any
 from prometheus_client import Gauge
 
 from csi_client import CSIClient, CSIError, csi
-from sidecarless.context import Context, Stores
+from sidecarless.context import Context
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.kube import DRIVER_ENDPOINT
+from sidecarless.store import Stores
 from sidecarless.vocabulary import now_rfc3339
 
 Body = dict[str, Any]

@@ -14,7 +14,9 @@ which etcd-backed API servers hand out; a non-integer one is always taken as new
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Any, Protocol
 
 from sidecarless.vocabulary import object_key
 
@@ -116,3 +118,40 @@ class Store:
 
     def values(self) -> Iterator[Body]:
         return iter(list(self._objects.values()))
+
+
+class HasKind(Protocol):
+    """What a write names (kube.Resource): the kind decides which store keeps its result."""
+
+    @property
+    def kind(self) -> str: ...
+
+
+@dataclass
+class Stores:
+    """What the watches have seen, by kind."""
+
+    claims: Store = field(default_factory=lambda: Store("PersistentVolumeClaim"))
+    volumes: Store = field(default_factory=lambda: Store("PersistentVolume"))
+    classes: Store = field(default_factory=lambda: Store("StorageClass"))
+    attachments: Store = field(default_factory=lambda: Store("VolumeAttachment"))
+    drivers: Store = field(default_factory=lambda: Store("CSIDriver"))
+    attribute_classes: Store = field(default_factory=lambda: Store("VolumeAttributesClass"))
+    snapshots: Store = field(default_factory=lambda: Store("VolumeSnapshot"))
+    contents: Store = field(default_factory=lambda: Store("VolumeSnapshotContent"))
+    snapshot_classes: Store = field(default_factory=lambda: Store("VolumeSnapshotClass"))
+    group_snapshots: Store = field(default_factory=lambda: Store("VolumeGroupSnapshot"))
+    group_contents: Store = field(default_factory=lambda: Store("VolumeGroupSnapshotContent"))
+    group_classes: Store = field(default_factory=lambda: Store("VolumeGroupSnapshotClass"))
+    nodes: Store = field(default_factory=lambda: Store("Node", labels_only))
+    csinodes: Store = field(default_factory=lambda: Store("CSINode", drivers_only))
+
+    @cached_property
+    def by_kind(self) -> dict[str, Store]:
+        return {store.kind: store for store in (getattr(self, f.name) for f in fields(self))}
+
+    def remember(self, resource: HasKind, body: Body) -> None:
+        """Put the result of our own create or patch into the store of its kind, if one keeps it."""
+        store = self.by_kind.get(resource.kind)
+        if store is not None:
+            store.remember(body)

@@ -5,6 +5,8 @@
 - The handler returns normally when done (the key's backoff is forgotten), raises
   :class:`Requeue` to come back after a chosen delay, or raises anything else to come
   back after the key's next backoff step (initial x 2^failures, capped, with jitter).
+  Whose schedule: `backoff_of(key)`'s, the retry settings of the DriverEndpoint that
+  serves the key's object, else the queue's own.
 - A *quiet* add (an event that changed nothing but the object's status, or only what
   we had written ourselves) does not cut a pending retry short, and does not run a key
   again whose run is ending in a retry: otherwise each failure's own status write would
@@ -68,12 +70,10 @@ LOUD = Quiet()
 
 
 class Requeue(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Handle this key again after `delay` seconds (None: the key's next step of `backoff`,
-    or of the queue's own backoff when that is None too)."""
+    """Handle this key again after `delay` seconds (None: the key's next backoff step)."""
 
-    def __init__(self, delay: float | None = None, reason: str = "", backoff: Backoff | None = None) -> None:
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
         self.delay = delay
-        self.backoff = backoff
         super().__init__(reason or "requeue")
 
 
@@ -85,11 +85,13 @@ class WorkQueue(Generic[K]):
         *,
         workers: int,
         backoff: Backoff | None = None,
+        backoff_of: Callable[[K], Backoff | None] | None = None,
     ) -> None:
         self.name = name
         self._handler = handler
         self._workers = workers
         self.backoff = backoff or Backoff()
+        self._backoff_of = backoff_of
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._waiting: dict[K, float] = {}  # key -> when it was queued (in _ready)
         self._active: set[K] = set()
@@ -202,7 +204,7 @@ class WorkQueue(Generic[K]):
                 self._retry(key, None)
             except Requeue as requeue:
                 log.debug("%s: %s again later: %s", self.name, key, requeue)
-                self._retry(key, requeue.delay, requeue.backoff)
+                self._retry(key, requeue.delay)
             except Exception:
                 log.exception("%s: handling %s failed", self.name, key)
                 self._retry(key, None)
@@ -218,18 +220,19 @@ class WorkQueue(Generic[K]):
                 self._quietly_dirty.discard(key)
                 self.add(key, quiet=True)  # nothing, if this run ended in a retry
 
-    def _retry(self, key: K, delay: float | None, backoff: Backoff | None = None) -> None:
+    def _retry(self, key: K, delay: float | None) -> None:
         try:
-            self._schedule_retry(key, delay, backoff)
+            self._schedule_retry(key, delay)
         except Exception:
             log.exception("%s: could not schedule the retry of %s; trying it again later", self.name, key)
             self._fallback(key)
 
-    def _schedule_retry(self, key: K, delay: float | None, backoff: Backoff | None) -> None:
+    def _schedule_retry(self, key: K, delay: float | None) -> None:
         QUEUE_RETRIES.labels(self.name).inc()
         if delay is None:
             self._failures[key] = self._failures.get(key, 0) + 1
-            delay = (backoff or self.backoff).delay(self._failures[key])
+            schedule = (self._backoff_of(key) if self._backoff_of is not None else None) or self.backoff
+            delay = schedule.delay(self._failures[key])
         self.add_after(key, delay)
         if key in self._timers:
             self._retrying.add(key)

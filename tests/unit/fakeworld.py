@@ -36,7 +36,7 @@ from sidecarless import kube as k
 from sidecarless import vocabulary, watches
 from sidecarless.attacher.controller import Attacher
 from sidecarless.config import Settings
-from sidecarless.context import Context, Stores
+from sidecarless.context import Context
 from sidecarless.endpoints.live import Endpoint, EndpointRegistry
 from sidecarless.endpoints.spec import EndpointSpec
 from sidecarless.events import EventRecorder
@@ -46,6 +46,7 @@ from sidecarless.resizer.controller import Resizer
 from sidecarless.snapshots.common import SnapshotController
 from sidecarless.snapshots.driver import Snapshotter
 from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
+from sidecarless.store import Stores
 from sidecarless.workqueue import WorkQueue
 
 Body = dict[str, Any]

@@ -6,6 +6,7 @@ import pytest
 
 from csi_client import csi
 from sidecarless.resizer import expand, modify
+from sidecarless.vocabulary import SecretRef
 
 GI = 1 << 30
 NOW = "2026-11-23T10:00:00Z"
@@ -276,9 +277,9 @@ def test_completed_and_rolled_back_patches() -> None:
 def test_modify_secret_prefers_the_volume_annotations() -> None:
     volume = a_volume(**{modify.ANN_MODIFY_SECRET_NAME: "m", modify.ANN_MODIFY_SECRET_NAMESPACE: "ns"})
     volume["spec"]["csi"]["controllerExpandSecretRef"] = {"name": "e", "namespace": "ns2"}
-    assert modify.secret_ref(volume) == ("m", "ns")
+    assert modify.secret_ref(volume) == SecretRef("m", "ns")
     del volume["metadata"]["annotations"][modify.ANN_MODIFY_SECRET_NAME]
-    assert modify.secret_ref(volume) == ("e", "ns2")
+    assert modify.secret_ref(volume) == SecretRef("e", "ns2")
     assert modify.secret_ref(a_volume()) is None
 
 

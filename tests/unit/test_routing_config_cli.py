@@ -22,7 +22,7 @@ def test_routing() -> None:
     assert endpoint_of_volume({"metadata": {}}, None) is None
     legacy = {"metadata": {"annotations": {"sidecarless.io/endpoint": "ep-b"}}}
     assert endpoint_of_volume(legacy, ROUTED) == "ep-b", "PVs made by earlier versions keep the endpoint they recorded"
-    serving = [("ep-a", "a.csi"), ("ep-b", "b.csi"), ("ep-c", "b.csi")]
+    serving = {"ep-a": "a.csi", "ep-b": "b.csi", "ep-c": "b.csi"}
     assert endpoint_serving_driver("a.csi", serving) == "ep-a"
     assert endpoint_serving_driver("b.csi", serving) is None, "two endpoints: which one made it is unknown"
     assert endpoint_serving_driver("c.csi", serving) is None

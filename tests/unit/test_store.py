@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecarless.context import Stores
 from sidecarless.kube import PV, PVC
-from sidecarless.store import Store
+from sidecarless.store import Store, Stores
 
 
 def claim(version: str, **meta: Any) -> dict[str, Any]:

@@ -106,22 +106,29 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert backoff.delay(30) <= 330
 
 
-async def test_requeue_can_bring_its_own_backoff() -> None:
-    attempts: list[float] = []
+async def test_each_key_backs_off_on_its_endpoints_schedule() -> None:
+    attempts: dict[str, list[float]] = {"slow/k": [], "other/k": []}
     loop = asyncio.get_running_loop()
     slow = Backoff(initial=0.2, maximum=1, jitter=0)
 
-    async def handle(_: str) -> None:
-        attempts.append(loop.time())
-        if len(attempts) == 1:
-            raise Requeue(reason="endpoint says wait", backoff=slow)
+    async def handle(key: str) -> None:
+        attempts[key].append(loop.time())
+        if len(attempts[key]) == 1:
+            raise Requeue(reason="endpoint says wait")
 
-    queue: WorkQueue[str] = WorkQueue("t-own-backoff", handle, workers=1, backoff=Backoff(initial=0.01, jitter=0))
+    def backoff_of(key: str) -> Backoff | None:
+        return slow if key.startswith("slow/") else None  # None: the queue's own
+
+    queue: WorkQueue[str] = WorkQueue(
+        "t-own-backoff", handle, workers=1, backoff=Backoff(initial=0.01, jitter=0), backoff_of=backoff_of
+    )
     queue.start()
-    queue.add("k")
-    await wait_for(lambda: len(attempts) == 2)
+    queue.add("slow/k")
+    queue.add("other/k")
+    await wait_for(lambda: all(len(times) == 2 for times in attempts.values()))
     await queue.stop()
-    assert attempts[1] - attempts[0] == pytest.approx(0.2, abs=0.08)
+    assert attempts["slow/k"][1] - attempts["slow/k"][0] == pytest.approx(0.2, abs=0.08)
+    assert attempts["other/k"][1] - attempts["other/k"][0] < 0.1
 
 
 def test_a_quiet_add_leaves_a_pending_retry_alone_and_a_loud_one_cuts_it_short() -> None:
@@ -204,11 +211,14 @@ async def test_a_worker_survives_its_handlers_and_its_own_failures() -> None:
         if key == "cancelled":
             raise asyncio.CancelledError  # from something the handler awaited, not the worker's own
         if key == "broken-retry":
-            raise Requeue(reason="with a backoff that fails", backoff=BrokenBackoff())
+            raise Requeue(reason="with a backoff that fails")
         if key == "error":
             raise RuntimeError("handler bug")
 
-    queue: WorkQueue[str] = WorkQueue("t-survive", handle, workers=1)
+    def backoff_of(key: str) -> Backoff | None:
+        return BrokenBackoff() if key == "broken-retry" else None
+
+    queue: WorkQueue[str] = WorkQueue("t-survive", handle, workers=1, backoff_of=backoff_of)
     queue.start()
     for key in ("cancelled", "broken-retry", "error", "after"):
         queue.add(key)

@@ -18,15 +18,15 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from csi_client import CSIClient, CSIError, csi
-from sidecarless import faults, finalizers
+from sidecarless import finalizers, routing
 from sidecarless.attacher import plan
 from sidecarless.context import Context
+from sidecarless.credentials import credentials, volume_secret
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.endpoints.spec import ACTIVE, UNSUPPORTED
 from sidecarless.kube import PV, VOLUME_ATTACHMENT, NotFound
-from sidecarless.routing import endpoint_of_volume
 from sidecarless.vocabulary import ParameterError, now_rfc3339
-from sidecarless.workqueue import Requeue, WorkQueue
+from sidecarless.workqueue import Backoff, Requeue, WorkQueue
 
 Body = dict[str, Any]
 
@@ -65,8 +65,12 @@ class Attacher:
     def __init__(self, context: Context) -> None:
         self.context = context
         workers = context.settings.attacher_workers
-        self.attaches: WorkQueue[str] = WorkQueue("attach", self.sync_attachment, workers=workers)
-        self.detaches: WorkQueue[str] = WorkQueue("detach", self.sync_attachment, workers=workers)
+        self.attaches: WorkQueue[str] = WorkQueue(
+            "attach", self.sync_attachment, workers=workers, backoff_of=self._backoff_of
+        )
+        self.detaches: WorkQueue[str] = WorkQueue(
+            "detach", self.sync_attachment, workers=workers, backoff_of=self._backoff_of
+        )
         self.volumes: WorkQueue[str] = WorkQueue("attacher-volumes", self.sync_volume, workers=5)
         self._forced: set[str] = set()  # VAs to publish again although marked attached
         self._reconciler: asyncio.Task[None] | None = None
@@ -151,38 +155,38 @@ class Attacher:
     # --- routing -------------------------------------------------------------------
 
     def _endpoint(self, attachment: Body, volume: Body | None) -> Endpoint | None:
-        """The PV's endpoint (its annotation, else its class's); else one serving the attacher's driver."""
-        driver = (attachment.get("spec") or {}).get("attacher")
         context = self.context
-        if volume is not None:
-            class_name = (volume.get("spec") or {}).get("storageClassName") or ""
-            name = endpoint_of_volume(volume, context.stores.classes.get(class_name))
-            endpoint = context.endpoints.get(name) if name else None
-            if endpoint is not None and endpoint.spec.driver_name == driver:
-                return endpoint
-            if name is None:
-                return None  # not routed to Sidecarless: the sidecars' volume
-        return next((e for e in context.endpoints.all() if e.spec.driver_name == driver), None)
+        return context.endpoints.get(
+            routing.attachment_endpoint(context.stores, context.endpoints.drivers(), attachment, volume)
+        )
+
+    def _routed(self, name: str) -> tuple[Body, Body | None, Endpoint] | None:
+        """VolumeAttachment `name`, its PV (if seen) and the endpoint serving it; None: not ours."""
+        stores = self.context.stores
+        attachment = stores.attachments.get(name)
+        if attachment is None:
+            return None
+        volume_name = ((attachment.get("spec") or {}).get("source") or {}).get("persistentVolumeName")
+        volume = stores.volumes.get(volume_name) if volume_name else None
+        endpoint = self._endpoint(attachment, volume)
+        return (attachment, volume, endpoint) if endpoint is not None else None
+
+    def _backoff_of(self, name: str) -> Backoff | None:
+        routed = self._routed(name)
+        return routed[2].backoff if routed is not None else None
 
     # --- attachments ---------------------------------------------------------------
 
     async def sync_attachment(self, name: str) -> None:
-        context = self.context
-        attachment = context.stores.attachments.get(name)
-        if attachment is None:
+        routed = self._routed(name)
+        if routed is None:
+            return
+        attachment, volume, endpoint = routed
+        state = endpoint.admits("attacher", ACTIVE, UNSUPPORTED)
+        decision = plan.attachment_decision(attachment, endpoint.spec.driver_name, forced=name in self._forced)
+        if state is None or isinstance(decision, plan.Nothing):
             return
         source = (attachment.get("spec") or {}).get("source") or {}
-        volume_name = source.get("persistentVolumeName")
-        volume = context.stores.volumes.get(volume_name) if volume_name else None
-        endpoint = self._endpoint(attachment, volume)
-        if endpoint is None:
-            return
-        if not endpoint.serving:
-            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving")
-        state = endpoint.controller_state("attacher")
-        decision = plan.attachment_decision(attachment, endpoint.spec.driver_name, forced=name in self._forced)
-        if isinstance(decision, plan.Nothing) or state not in (ACTIVE, UNSUPPORTED):
-            return
         if state == UNSUPPORTED:
             # external-attacher's trivial handler: a driver without ControllerPublish is
             # attached as soon as asked.
@@ -194,14 +198,10 @@ class Attacher:
                 attachment, "inline volumes (spec.source.inlineVolumeSpec) are not supported", None
             )
             return
-        try:
-            if isinstance(decision, plan.Attach):
-                await self._attach(attachment, volume, endpoint)
-            else:
-                await self._detach(attachment, volume, endpoint)
-        except Requeue as requeue:
-            requeue.backoff = endpoint.backoff  # spec.retry of the volume's endpoint
-            raise
+        if isinstance(decision, plan.Attach):
+            await self._attach(attachment, volume, endpoint)
+        else:
+            await self._detach(attachment, volume, endpoint)
 
     async def _attach(self, attachment: Body, volume: Body | None, endpoint: Endpoint) -> None:
         context = self.context
@@ -219,6 +219,7 @@ class Attacher:
             capability = plan.publish_capability(
                 volume, endpoint.spec.provisioner.default_fstype, endpoint.info.controller
             )
+            secrets = await credentials(context.kube, volume_secret(volume, "controllerPublishSecretRef"))
         except ParameterError as error:
             await self._attach_error(attachment, str(error), None)
             raise Requeue(None, str(error)) from error
@@ -240,17 +241,19 @@ class Attacher:
                 },
             )
         request = plan.publish_request(volume, node, capability, endpoint.info.controller)
-        request.secrets.update(await self._secrets(volume, "controllerPublishSecretRef"))
-        faults.reached("before-controller-publish", f"{meta['name']}/{volume_name}")
+        request.secrets.update(secrets)
         try:
             response = await endpoint.call(
-                CSIClient.controller_publish_volume, request, operation="ControllerPublishVolume", obj=meta["name"]
+                CSIClient.controller_publish_volume,
+                request,
+                operation="ControllerPublishVolume",
+                obj=meta["name"],
+                fault_key=f"{meta['name']}/{volume_name}",
+                counts="attaches",
             )
         except CSIError as error:
             await self._attach_error(attachment, error.status_text, error.code)
             raise Requeue(None, str(error)) from error
-        faults.reached("after-controller-publish", f"{meta['name']}/{volume_name}")
-        endpoint.count("attaches")
         self._forced.discard(meta["name"])
         await self._set_status(
             attachment,
@@ -268,21 +271,25 @@ class Attacher:
             raise Requeue(None, "PV not found")
         try:
             node = plan.node_id(attachment, context.stores.csinodes.get(attachment["spec"]["nodeName"]), driver)
+            secrets = await credentials(context.kube, volume_secret(volume, "controllerPublishSecretRef"))
         except ParameterError as error:
             await self._detach_error(attachment, str(error))
             raise Requeue(None, str(error)) from error
-        request = csi.ControllerUnpublishVolumeRequest(volume_id=volume["spec"]["csi"]["volumeHandle"], node_id=node)
-        request.secrets.update(await self._secrets(volume, "controllerPublishSecretRef"))
-        faults.reached("before-controller-unpublish", f"{meta['name']}/{volume['metadata']['name']}")
+        request = csi.ControllerUnpublishVolumeRequest(
+            volume_id=volume["spec"]["csi"]["volumeHandle"], node_id=node, secrets=secrets
+        )
         try:
             await endpoint.call(
-                CSIClient.controller_unpublish_volume, request, operation="ControllerUnpublishVolume", obj=meta["name"]
+                CSIClient.controller_unpublish_volume,
+                request,
+                operation="ControllerUnpublishVolume",
+                obj=meta["name"],
+                fault_key=f"{meta['name']}/{volume['metadata']['name']}",
+                counts="detaches",
             )
         except CSIError as error:
             await self._detach_error(attachment, error.status_text, error.code)
             raise Requeue(None, str(error)) from error
-        faults.reached("after-controller-unpublish", f"{meta['name']}/{volume['metadata']['name']}")
-        endpoint.count("detaches")
         # Finalizer first, then attached=false: the reverse order lets a second worker see
         # attached=false with the finalizer still on and unpublish again (external-attacher #587).
         updated = await finalizers.remove(context.kube, VOLUME_ATTACHMENT, attachment, plan.finalizer(driver))
@@ -323,12 +330,3 @@ class Attacher:
 
     async def _detach_error(self, attachment: Body, message: str, code: Any = None) -> None:
         await self._set_status(attachment, {"detachError": plan.volume_error(message, code, now_rfc3339())})
-
-    async def _secrets(self, volume: Body, ref_field: str) -> dict[str, str]:
-        ref = ((volume.get("spec") or {}).get("csi") or {}).get(ref_field)
-        if not ref:
-            return {}
-        data = await self.context.kube.secret_strings(ref["name"], ref.get("namespace", ""))
-        if data is None:
-            raise Requeue(None, f"secret {ref.get('namespace')}/{ref['name']} not found")
-        return data

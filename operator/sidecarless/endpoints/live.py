@@ -20,7 +20,7 @@ from csi_client.client import Rpc
 from sidecarless import faults
 from sidecarless.endpoints.spec import ACTIVE, EndpointSpec, SpecError, controller_state, parse_spec, switched_on
 from sidecarless.vocabulary import now_rfc3339
-from sidecarless.workqueue import Backoff
+from sidecarless.workqueue import Backoff, Requeue
 
 Body = dict[str, Any]
 Req = TypeVar("Req", bound=Message)
@@ -139,6 +139,19 @@ class Endpoint:
     def active(self, controller: str) -> bool:
         return self.serving and self.controller_state(controller) == ACTIVE
 
+    def admits(self, controller: str, *states: str) -> str | None:
+        """The one gate before a controller works on this endpoint: the controller's state,
+        when it is one of `states` (Active unless told) and the endpoint serves. None: the
+        controller has nothing to do here (switched off, or the driver lacks what it needs).
+        Raises Requeue while the endpoint does not serve; it wakes the controllers
+        (endpoint_changed) when it serves again."""
+        state = self.controller_state(controller)
+        if state not in (states or (ACTIVE,)):
+            return None
+        if not self.serving:
+            raise Requeue(None, f"DriverEndpoint {self.spec.name!r} is not serving")
+        return state
+
     async def refresh(self) -> None:
         """Discover (once connected) and probe; record any problem as (reason, message)."""
         started = time.monotonic()
@@ -175,20 +188,34 @@ class Endpoint:
             return ("ProbeNotReady", f"driver {self.info.name} answers Probe with ready=false")
         return None
 
-    async def call(self, rpc: Rpc[Req, Resp], request: Req, *, operation: str, obj: str) -> Resp:
-        """A CSI call within this endpoint's concurrency limit; failures are remembered for the status."""
+    async def call(
+        self,
+        rpc: Rpc[Req, Resp],
+        request: Req,
+        *,
+        operation: str,
+        obj: str,
+        fault_key: str | None = None,
+        counts: str | None = None,
+    ) -> Resp:
+        """Every controller's one way to the driver: within this endpoint's concurrency limit,
+        between the crash points of the operation (named ones for `fault_key`, and the
+        counted steps), failures remembered for the status (`obj` names the object there),
+        and a success counted under `counts` ("attaches", ...)."""
         async with self._slots:
             self.in_flight += 1
             try:
-                faults.csi_call("before", operation, obj)
+                faults.around_csi_call("before", operation, obj, fault_key)
                 response = await self.client.call(rpc, request)
-                faults.csi_call("after", operation, obj)
-                return response
+                faults.around_csi_call("after", operation, obj, fault_key)
             except CSIError as error:
                 self.note_failure(operation, obj, str(error))
                 raise
             finally:
                 self.in_flight -= 1
+        if counts is not None:
+            self.count(counts)
+        return response
 
     def count(self, kind: str) -> None:
         self.operations[kind] = self.operations.get(kind, 0) + 1
@@ -217,8 +244,12 @@ class EndpointRegistry:
         # Called after an endpoint is (re)configured, so controllers look at its objects again.
         self.on_change = on_change
 
-    def get(self, name: str) -> Endpoint | None:
-        return self._endpoints.get(name)
+    def get(self, name: str | None) -> Endpoint | None:
+        return self._endpoints.get(name) if name is not None else None
+
+    def drivers(self) -> dict[str, str]:
+        """The endpoints and the driver each serves, for the routing rules (routing.py)."""
+        return {name: endpoint.spec.driver_name for name, endpoint in self._endpoints.items()}
 
     def all(self) -> list[Endpoint]:
         return list(self._endpoints.values())

@@ -23,6 +23,7 @@ REQUIRED_CAPABILITY = {
     "resizer": "EXPAND_VOLUME",
     "modifier": "MODIFY_VOLUME",
     "snapshotter": "CREATE_DELETE_SNAPSHOT",
+    "group-snapshotter": "CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT",  # of the GroupController service
 }
 ACTIVE, DISABLED, UNSUPPORTED = "Active", "Disabled", "Unsupported"
 NOT_REQUIRED = "NotRequired"  # the attacher, when the CSIDriver says attachRequired: false
@@ -148,7 +149,10 @@ def controller_state(spec: EndpointSpec, info: DriverInfo | None, controller: st
     (`info` None) a switched-on controller counts as Active."""
     if not switched_on(spec, controller):
         return DISABLED
-    if info is not None and REQUIRED_CAPABILITY[controller] not in info.controller:
+    if info is None:
+        return ACTIVE
+    offered = info.group_controller if controller == "group-snapshotter" else info.controller
+    if REQUIRED_CAPABILITY[controller] not in offered:
         if controller == "resizer" and _expands_on_node(info):
             return NODE_ONLY
         return UNSUPPORTED

@@ -18,8 +18,9 @@ import grpc
 
 from csi_client import CSIError, InfeasibleError, MaybeInProgressError, csi
 from csi_client.client import CSIClient
-from sidecarless import faults, finalizers
+from sidecarless import faults, finalizers, routing
 from sidecarless.context import Context
+from sidecarless.credentials import credentials
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.kube import DRIVER_ENDPOINT, PV, PVC, VOLUME_SNAPSHOT, Conflict, KubeError, NotFound
 from sidecarless.metrics import (
@@ -32,9 +33,8 @@ from sidecarless.metrics import (
 )
 from sidecarless.provisioner import plan, sources, topology
 from sidecarless.provisioner.journal import Entry, Journal
-from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
 from sidecarless.vocabulary import ParameterError, SecretRef, key_of, object_key, shown, valid_object_name
-from sidecarless.workqueue import Requeue, WorkQueue
+from sidecarless.workqueue import Backoff, Requeue, WorkQueue
 
 Body = dict[str, Any]
 
@@ -45,6 +45,7 @@ STARTING_RETRY_SECONDS = 0.5  # a claim for an endpoint not set up or probed yet
 JOURNAL_RESYNC_SECONDS = 60.0  # how often every journal is checked for orphaned entries
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-provisioner pauses an infeasible claim for 5 minutes
 MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue the claim anyway
+_MISSING_SECRET = "failed to get secret {namespace}/{name}: not found"  # external-provisioner's words
 
 
 def _remember(memory: OrderedDict[str, None], uid: str) -> None:
@@ -57,8 +58,12 @@ class Provisioner:
     def __init__(self, context: Context) -> None:
         self.context = context
         settings = context.settings
-        self.claims: WorkQueue[str] = WorkQueue("claims", self.sync_claim, workers=settings.provisioner_workers)
-        self.volumes: WorkQueue[str] = WorkQueue("volumes", self.sync_volume, workers=settings.volume_workers)
+        self.claims: WorkQueue[str] = WorkQueue(
+            "claims", self.sync_claim, workers=settings.provisioner_workers, backoff_of=self._claim_backoff
+        )
+        self.volumes: WorkQueue[str] = WorkQueue(
+            "volumes", self.sync_volume, workers=settings.volume_workers, backoff_of=self._volume_backoff
+        )
         # Keyed by endpoint name: finish what the journal says may have been created.
         self.recoveries: WorkQueue[str] = WorkQueue("journal-recovery", self.recover, workers=2)
         # Keyed by VolumeSnapshot (namespace/name): restores from it may be over.
@@ -116,7 +121,7 @@ class Provisioner:
         self.recoveries.add(endpoint_name)
         stores = self.context.stores
         for storage_class in stores.classes.values():
-            if endpoint_of_class(storage_class) == endpoint_name:
+            if routing.endpoint_of_class(storage_class) == endpoint_name:
                 for key in self.claims_of_class(storage_class["metadata"]["name"]):
                     self.claims.add(key)
         for volume in stores.volumes.values():
@@ -124,14 +129,19 @@ class Provisioner:
                 self.volumes.add(volume["metadata"]["name"])
 
     def _volume_endpoint_name(self, volume: Body) -> str | None:
-        class_name = (volume.get("spec") or {}).get("storageClassName") or ""
-        storage_class = self.context.stores.classes.get(class_name)
-        if storage_class is None and class_name:
-            # Its class was deleted: external-provisioner still deletes it, by driver name.
-            driver = ((volume.get("spec") or {}).get("csi") or {}).get("driver", "")
-            serving = [(e.spec.name, e.spec.driver_name) for e in self.context.endpoints.all()]
-            return endpoint_of_volume(volume, None) or endpoint_serving_driver(driver, serving)
-        return endpoint_of_volume(volume, storage_class)
+        return routing.deleting_endpoint(self.context.stores, self.context.endpoints.drivers(), volume)
+
+    def _claim_backoff(self, key: str) -> Backoff | None:
+        stores = self.context.stores
+        claim = stores.claims.get(key)
+        class_name = ((claim or {}).get("spec") or {}).get("storageClassName") or ""
+        endpoint = self.context.endpoints.get(routing.endpoint_of_class(stores.classes.get(class_name)))
+        return endpoint.backoff if endpoint is not None else None
+
+    def _volume_backoff(self, name: str) -> Backoff | None:
+        volume = self.context.stores.volumes.get(name)
+        endpoint = self.context.endpoints.get(self._volume_endpoint_name(volume)) if volume is not None else None
+        return endpoint.backoff if endpoint is not None else None
 
     def _identity(self, driver: str) -> str:
         if driver not in self._identities:
@@ -148,7 +158,7 @@ class Provisioner:
         await self._release_clone_sources(key, claim)
         class_name = (claim.get("spec") or {}).get("storageClassName") or ""
         storage_class = context.stores.classes.get(class_name)
-        endpoint_name = endpoint_of_class(storage_class)
+        endpoint_name = routing.endpoint_of_class(storage_class)
         if storage_class is None or endpoint_name is None:
             return  # not routed to Sidecarless: the sidecars (or nobody) handle it
         if not context.settings.serves(endpoint_name):
@@ -161,18 +171,14 @@ class Provisioner:
         if isinstance(decision, plan.Refuse):
             await self._provisioning_failed(claim, class_name, decision.message)
             raise Requeue(INFEASIBLE_RETRY_SECONDS, decision.message)
-        if not endpoint.active("provisioner"):
+        if endpoint.admits("provisioner") is None:
             message = (
                 f"DriverEndpoint {endpoint_name!r} cannot provision: provisioner is "
                 f"{endpoint.controller_state('provisioner')}"
             )
             await self._provisioning_failed(claim, class_name, message)
             raise Requeue(MISROUTED_RETRY_SECONDS, message)
-        try:
-            await self._provision(claim, storage_class, endpoint)
-        except Requeue as requeue:
-            requeue.backoff = endpoint.backoff  # spec.retry of the claim's endpoint
-            raise
+        await self._provision(claim, storage_class, endpoint)
 
     async def _endpoint_for_claim(self, claim: Body, storage_class: Body, endpoint_name: str) -> Endpoint:
         """The serving endpoint for a claim, or an event saying why there is none (and a retry)."""
@@ -261,7 +267,9 @@ class Provisioner:
             )
         faults.reached("after-journal-record", key)
         try:
-            response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=key)
+            response = await endpoint.call(
+                CSIClient.create_volume, request, operation="CreateVolume", obj=key, fault_key=key
+            )
         except CSIError as error:
             if not isinstance(error, MaybeInProgressError):
                 journal.forget(provision.volume_name)  # the driver created nothing
@@ -271,7 +279,6 @@ class Provisioner:
                 await self._reschedule(claim)  # let the scheduler try another node
             delay = INFEASIBLE_RETRY_SECONDS if isinstance(error, InfeasibleError) else None
             await self._fail(claim, class_name, error.status_text, delay)
-        faults.reached("after-create-volume", key)
         try:
             volume = plan.pv_from_response(provision, response.volume, driver.identity)
         except plan.CapacityTooSmall as error:
@@ -413,12 +420,10 @@ class Provisioner:
         """The CreateVolume request with its provisioner secret filled in, or why that failed."""
         request = csi.CreateVolumeRequest()
         request.CopyFrom(provision.request)
-        ref = provision.provisioner_secret
-        if ref is not None:
-            secrets = await self._secret_data(ref)
-            if secrets is None:
-                return f"failed to get secret {ref.namespace}/{ref.name}: not found"
-            request.secrets.update(secrets)
+        try:
+            request.secrets.update(await credentials(self.context.kube, provision.provisioner_secret, _MISSING_SECRET))
+        except ParameterError as error:
+            return str(error)
         return request
 
     async def _save_volume(self, volume: Body) -> None:
@@ -428,27 +433,18 @@ class Provisioner:
         except Conflict:
             log.info("PV %s already exists", volume["metadata"]["name"])
 
-    async def _secret_data(self, ref: SecretRef) -> dict[str, str] | None:
-        return await self.context.kube.secret_strings(ref.name, ref.namespace)
-
     async def _delete_backend_volume(
         self, endpoint: Endpoint, volume_id: str, secret: SecretRef | None, obj: str
     ) -> None:
         request = csi.DeleteVolumeRequest(volume_id=volume_id)
-        if secret is not None:
-            data = await self._secret_data(secret)
-            if data is None:
-                # external-provisioner (handleSecretsForDeletion, v6.3.0 and v6.4.0) goes on without it, as
-                # "the secret may have already been deleted": the same call goes out here, and
-                # a driver that needs it answers with an error the PV's event shows.
-                log.error(
-                    "failed to get credentials for volume %s: secret %s/%s not found; deleting without them",
-                    obj,
-                    secret.namespace,
-                    secret.name,
-                )
-            request.secrets.update(data or {})
-        await endpoint.call(CSIClient.delete_volume, request, operation="DeleteVolume", obj=obj)
+        try:
+            request.secrets.update(await credentials(self.context.kube, secret, "secret {namespace}/{name} not found"))
+        except ParameterError as error:
+            # external-provisioner (handleSecretsForDeletion, v6.3.0 and v6.4.0) goes on without it, as
+            # "the secret may have already been deleted": the same call goes out here, and
+            # a driver that needs it answers with an error the PV's event shows.
+            log.error("failed to get credentials for volume %s: %s; deleting without them", obj, error)
+        await endpoint.call(CSIClient.delete_volume, request, operation="DeleteVolume", obj=obj, fault_key=obj)
 
     # --- the journal -----------------------------------------------------------------
 
@@ -481,7 +477,7 @@ class Provisioner:
                 continue
             try:
                 await self._finish_orphan(endpoint, entry)
-            except CSIError as error:
+            except (CSIError, ParameterError) as error:
                 failed += 1
                 log.warning(
                     "journal: volume %s of deleted claim %s not finished yet: %s", entry.volume_name, entry.claim, error
@@ -492,8 +488,8 @@ class Provisioner:
     async def _finish_orphan(self, endpoint: Endpoint, entry: Entry) -> None:
         request = csi.CreateVolumeRequest()
         request.CopyFrom(entry.request)
-        if entry.provisioner_secret is not None:
-            request.secrets.update(await self._secret_data(entry.provisioner_secret) or {})
+        # Its claim's CreateVolume had the secret; a retry without it may not be the same call.
+        request.secrets.update(await credentials(self.context.kube, entry.provisioner_secret, _MISSING_SECRET))
         log.info("journal: finishing volume %s of deleted claim %s", entry.volume_name, entry.claim)
         response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=entry.claim)
         volume = plan.pv_from_response(entry.to_plan(), response.volume, self._identity(endpoint.spec.driver_name))
@@ -522,7 +518,7 @@ class Provisioner:
             await finalizers.add(context.kube, PV, volume, plan.PV_FINALIZER)
         elif isinstance(decision, plan.RemoveFinalizer):
             await finalizers.remove(context.kube, PV, volume, plan.PV_FINALIZER)
-        elif endpoint.active("provisioner"):
+        elif endpoint.admits("provisioner") is not None:
             await self._delete(volume, endpoint)
 
     async def _delete(self, volume: Body, endpoint: Endpoint) -> None:

@@ -14,15 +14,15 @@ import time
 from typing import Any
 
 from csi_client import CSIClient, CSIError, FinalError, InfeasibleError, MaybeInProgressError
-from sidecarless import faults
+from sidecarless import routing
 from sidecarless.context import Context
+from sidecarless.credentials import credentials, volume_secret
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.endpoints.spec import ACTIVE, NODE_ONLY
 from sidecarless.kube import POD, PV, PVC, Conflict, NotFound
 from sidecarless.resizer import expand, modify
-from sidecarless.routing import endpoint_of_volume
 from sidecarless.vocabulary import ParameterError, now_rfc3339, object_key, ref_key
-from sidecarless.workqueue import Requeue, WorkQueue
+from sidecarless.workqueue import Backoff, Requeue, WorkQueue
 
 Body = dict[str, Any]
 
@@ -37,8 +37,12 @@ class Resizer:
     def __init__(self, context: Context) -> None:
         self.context = context
         workers = context.settings.resizer_workers
-        self.expansions: WorkQueue[str] = WorkQueue("expansions", self.sync_expansion, workers=workers)
-        self.modifications: WorkQueue[str] = WorkQueue("modifications", self.sync_modification, workers=workers)
+        self.expansions: WorkQueue[str] = WorkQueue(
+            "expansions", self.sync_expansion, workers=workers, backoff_of=self._backoff_of
+        )
+        self.modifications: WorkQueue[str] = WorkQueue(
+            "modifications", self.sync_modification, workers=workers, backoff_of=self._backoff_of
+        )
         # Claims (namespace/name) whose last ControllerExpandVolume ended in a final error:
         # the driver is surely not working on it any more, so a new size may be asked for.
         self._final_errors: set[str] = set()
@@ -88,14 +92,14 @@ class Resizer:
     # --- routing -------------------------------------------------------------------
 
     def _endpoint(self, volume: Body) -> Endpoint | None:
-        """The PV's endpoint, if it serves the PV's driver; None: not Sidecarless' volume."""
-        driver = ((volume.get("spec") or {}).get("csi") or {}).get("driver")
-        class_name = (volume.get("spec") or {}).get("storageClassName") or ""
-        name = endpoint_of_volume(volume, self.context.stores.classes.get(class_name))
-        endpoint = self.context.endpoints.get(name) if name else None
-        if endpoint is None or endpoint.spec.driver_name != driver:
-            return None
-        return endpoint
+        context = self.context
+        return context.endpoints.get(routing.volume_endpoint(context.stores, context.endpoints.drivers(), volume))
+
+    def _backoff_of(self, key: str) -> Backoff | None:
+        claim = self.context.stores.claims.get(key)
+        volume = self.context.stores.volumes.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
+        endpoint = self._endpoint(volume) if volume is not None else None
+        return endpoint.backoff if endpoint is not None else None
 
     def _claim_and_volume(self, key: str) -> tuple[Body, Body, Endpoint] | None:
         stores = self.context.stores
@@ -126,11 +130,9 @@ class Resizer:
             volume = await self.context.kube.patch(PV, volume["metadata"]["name"], expand.pre_resize_cleanup_patch())
         if not expand.needs_resize(claim):
             return
-        state = endpoint.controller_state("resizer")
-        if state not in (ACTIVE, NODE_ONLY):
+        state = endpoint.admits("resizer", ACTIVE, NODE_ONLY)
+        if state is None:
             return
-        if not endpoint.serving:
-            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
         plan = expand.plan_expansion(
             claim, volume, final_error=key in self._final_errors, controller_expansion=state == ACTIVE
         )
@@ -140,11 +142,7 @@ class Resizer:
             remaining = self._slow_remaining("expand", key)
             if remaining > 0:
                 raise Requeue(remaining, f"expansion of {key} was infeasible; trying again in {remaining:.0f}s")
-        try:
-            await self._expand(key, claim, volume, endpoint, plan, state=state)
-        except Requeue as requeue:
-            requeue.backoff = requeue.backoff or endpoint.backoff
-            raise
+        await self._expand(key, claim, volume, endpoint, plan, state=state)
 
     async def _expand(
         self, key: str, claim: Body, volume: Body, endpoint: Endpoint, plan: expand.ExpansionPlan, *, state: str
@@ -173,19 +171,24 @@ class Resizer:
             assert endpoint.info is not None
             try:
                 request = expand.expand_request(volume, plan.size, endpoint.info.controller)
-                request.secrets.update(await self._secrets(volume, "controllerExpandSecretRef"))
-            except (ParameterError, LookupError) as error:
+                request.secrets.update(
+                    await credentials(context.kube, volume_secret(volume, "controllerExpandSecretRef"))
+                )
+            except ParameterError as error:
                 await context.events.warning(claim, "VolumeResizeFailed", str(error))
                 raise Requeue(None, str(error)) from error
-            faults.reached("before-controller-expand", key)
             try:
                 response = await endpoint.call(
-                    CSIClient.controller_expand_volume, request, operation="ControllerExpandVolume", obj=key
+                    CSIClient.controller_expand_volume,
+                    request,
+                    operation="ControllerExpandVolume",
+                    obj=key,
+                    fault_key=key,
+                    counts="expansions",
                 )
             except CSIError as error:
                 await self._expansion_failed(key, claim, volume_name, driver, error)
                 raise Requeue(None, str(error)) from error
-            faults.reached("after-controller-expand", key)
             new_size = response.capacity_bytes or plan.size
             fs_resize_required = response.node_expansion_required
         self._final_errors.discard(key)
@@ -203,7 +206,6 @@ class Resizer:
         else:
             await self._patch_claim(claim, expand.finished_patch(claim, new_size))
             await context.events.normal(claim, "VolumeResizeSuccessful", "Resize volume succeeded")
-        endpoint.count("expansions")
 
     async def _expansion_failed(self, key: str, claim: Body, volume_name: str, driver: str, error: CSIError) -> None:
         context = self.context
@@ -248,10 +250,8 @@ class Resizer:
         if found is None:
             return
         claim, volume, endpoint = found
-        if endpoint.controller_state("modifier") != ACTIVE:
+        if endpoint.admits("modifier") is None:
             return
-        if not endpoint.serving:
-            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
         if modify.infeasible_for_current_spec(claim):
             remaining = self._slow_remaining("modify", key)
             if remaining > 0:
@@ -272,9 +272,6 @@ class Resizer:
             raise Requeue(CONFLICT_RETRY_SECONDS, "claim changed; using its newer version") from error
         except NotFound:
             return  # the claim is gone
-        except Requeue as requeue:
-            requeue.backoff = requeue.backoff or endpoint.backoff
-            raise
 
     async def _modify(self, key: str, claim: Body, volume: Body, endpoint: Endpoint, decision: modify.ModifyTo) -> None:
         context = self.context
@@ -297,23 +294,23 @@ class Resizer:
                 attributes_class, claim, volume["metadata"]["name"], extra_metadata=endpoint.spec.extra_modify_metadata
             ),
         )
-        ref = modify.secret_ref(volume)
-        if ref is not None:
-            secrets = await context.kube.secret_strings(*ref)
-            if secrets is None:
-                message = f"error getting secret {ref[0]} in namespace {ref[1]}: not found"
-                await context.events.warning(claim, "VolumeModifyFailed", message)
-                raise Requeue(None, message)
-            request.secrets.update(secrets)
-        faults.reached("before-controller-modify", key)
+        try:
+            request.secrets.update(await credentials(context.kube, modify.secret_ref(volume)))
+        except ParameterError as error:
+            await context.events.warning(claim, "VolumeModifyFailed", str(error))
+            raise Requeue(None, str(error)) from error
         try:
             await endpoint.call(
-                CSIClient.controller_modify_volume, request, operation="ControllerModifyVolume", obj=key
+                CSIClient.controller_modify_volume,
+                request,
+                operation="ControllerModifyVolume",
+                obj=key,
+                fault_key=key,
+                counts="modifications",
             )
         except CSIError as error:
             await self._modification_failed(key, claim, decision.class_name, error)
             raise Requeue(None, str(error)) from error
-        faults.reached("after-controller-modify", key)
         self._modify_certain.discard(key)
         target = str((modify.modify_status(claim) or {}).get("targetVolumeAttributesClassName") or decision.class_name)
         await context.kube.patch(PV, volume["metadata"]["name"], modify.volume_patch(target))
@@ -323,7 +320,6 @@ class Resizer:
             "VolumeModifySuccessful",
             f"external resizer modified volume {claim['metadata']['name']} with vac {target} successfully",
         )
-        endpoint.count("modifications")
 
     async def _modification_failed(self, key: str, claim: Body, class_name: str, error: CSIError) -> None:
         message = error.status_text
@@ -356,12 +352,3 @@ class Resizer:
     def _slow_remaining(self, kind: str, key: str) -> float:
         until = self._slow.get((kind, key))
         return max(0.0, until - time.monotonic()) if until is not None else 0.0
-
-    async def _secrets(self, volume: Body, ref_field: str) -> dict[str, str]:
-        ref = ((volume.get("spec") or {}).get("csi") or {}).get(ref_field)
-        if not ref:
-            return {}
-        data = await self.context.kube.secret_strings(ref["name"], ref.get("namespace", ""))
-        if data is None:
-            raise LookupError(f"error getting secret {ref['name']} in namespace {ref.get('namespace', '')}: not found")
-        return data

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from csi_client import csi
+from sidecarless.credentials import volume_secret
+from sidecarless.vocabulary import SecretRef
 
 Body = dict[str, Any]
 
@@ -106,16 +108,13 @@ def request(volume: Body, parameters: dict[str, str]) -> csi.ControllerModifyVol
     )
 
 
-def secret_ref(volume: Body) -> tuple[str, str] | None:
+def secret_ref(volume: Body) -> SecretRef | None:
     """The modify secret: the PV's controller-modify-secret annotations, else its controllerExpandSecretRef."""
     annotations = (volume.get("metadata") or {}).get("annotations") or {}
     name, namespace = annotations.get(ANN_MODIFY_SECRET_NAME), annotations.get(ANN_MODIFY_SECRET_NAMESPACE)
     if name and namespace:
-        return str(name), str(namespace)
-    ref = ((volume.get("spec") or {}).get("csi") or {}).get("controllerExpandSecretRef")
-    if ref:
-        return str(ref["name"]), str(ref.get("namespace", ""))
-    return None
+        return SecretRef(str(name), str(namespace))
+    return volume_secret(volume, "controllerExpandSecretRef")
 
 
 # --- patches -------------------------------------------------------------------------

@@ -15,57 +15,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from csi_client import CSIClient, CSIError, FinalError, csi
-from sidecarless import faults, finalizers
+from sidecarless import finalizers, routing
 from sidecarless.context import Context
+from sidecarless.credentials import credentials
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.endpoints.spec import ACTIVE
 from sidecarless.kube import VOLUME_SNAPSHOT_CONTENT
-from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.content_writes import ContentWrites, ErrorEvents
-from sidecarless.vocabulary import ANN_ENDPOINT, ParameterError, key_of, ref_key
-from sidecarless.workqueue import Requeue, WorkQueue
+from sidecarless.vocabulary import ParameterError, SecretRef, ref_key
+from sidecarless.workqueue import Backoff, Requeue, WorkQueue
 
 Body = dict[str, Any]
 
 log = logging.getLogger("sidecarless.snapshotter")
 
 
-def volume_by_handle(context: Context, driver: str, handle: str) -> Body | None:
-    """The PV of `driver` with volume handle `handle`, from the store."""
-    for volume in context.stores.volumes.values():
-        source = (volume.get("spec") or {}).get("csi") or {}
-        if source.get("volumeHandle") == handle and source.get("driver") == driver:
-            return volume
-    return None
-
-
-def awaits_volume(context: Context, driver: str, handle: str) -> bool:
-    """A (group) content cannot be routed yet: its driver is served here but its source PV is
-    not in the store. After a restart contents may arrive before the PVs that route them; they
-    must be retried, not dropped."""
-    served = any(e.spec.driver_name == driver for e in context.endpoints.all())
-    return served and bool(handle) and volume_by_handle(context, driver, handle) is None
-
-
 def endpoint_of(context: Context, content: Body) -> Endpoint | None:
-    """The class's endpoint annotation, else the source PV's endpoint; None: not Sidecarless' content."""
-    stores, endpoints = context.stores, context.endpoints
-    spec = content.get("spec") or {}
-    driver = spec.get("driver")
-    name = None
-    snapshot_class = stores.snapshot_classes.get(spec.get("volumeSnapshotClassName") or "")
-    if snapshot_class is not None:
-        name = (snapshot_class["metadata"].get("annotations") or {}).get(ANN_ENDPOINT)
-    if not name:
-        volume = _source_volume(context, content)
-        if volume is not None:
-            class_name = (volume.get("spec") or {}).get("storageClassName") or ""
-            name = endpoint_of_volume(volume, stores.classes.get(class_name))
-    endpoint = endpoints.get(name) if name else None
-    if endpoint is None or endpoint.spec.driver_name != driver:
-        return None
-    return endpoint
+    """The endpoint serving a content (routing.content_endpoint); None: not Sidecarless' content."""
+    return context.endpoints.get(routing.content_endpoint(context.stores, context.endpoints.drivers(), content))
 
 
 def snapshots_here(context: Context, content: Body) -> bool:
@@ -75,28 +43,11 @@ def snapshots_here(context: Context, content: Body) -> bool:
     return endpoint is not None and endpoint.controller_state("snapshotter") == ACTIVE
 
 
-def _source_volume(context: Context, content: Body) -> Body | None:
-    """The PV a dynamic content snapshots: through its VolumeSnapshot's claim, else by volume handle."""
-    stores = context.stores
-    spec = content.get("spec") or {}
-    handle = (spec.get("source") or {}).get("volumeHandle")
-    if not handle:
-        return None
-    ref = spec.get("volumeSnapshotRef") or {}
-    snapshot = stores.snapshots.get(ref_key(ref))
-    if snapshot is not None and plan.source_claim(snapshot):
-        claim = stores.claims.get(key_of(ref.get("namespace"), plan.source_claim(snapshot)))
-        volume = stores.volumes.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
-        if volume is not None and (volume.get("spec") or {}).get("csi", {}).get("volumeHandle") == handle:
-            return volume
-    return volume_by_handle(context, str(spec.get("driver") or ""), str(handle))
-
-
 class Snapshotter:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.contents: WorkQueue[str] = WorkQueue(
-            "snapshotter", self.sync_content, workers=context.settings.snapshot_workers
+            "snapshotter", self.sync_content, workers=context.settings.snapshot_workers, backoff_of=self._backoff_of
         )
         self.writes = ContentWrites(
             context.kube,
@@ -123,35 +74,38 @@ class Snapshotter:
     def endpoint_changed(self, endpoint: str) -> None:
         self.requeue_all()
 
+    def _backoff_of(self, name: str) -> Backoff | None:
+        content = self.context.stores.contents.get(name)
+        endpoint = endpoint_of(self.context, content) if content is not None else None
+        return endpoint.backoff if endpoint is not None else None
+
     # --- sync ----------------------------------------------------------------------
 
     async def sync_content(self, name: str) -> None:
-        content = self.context.stores.contents.get(name)
+        context = self.context
+        content = context.stores.contents.get(name)
         if content is None:
             return
-        endpoint = endpoint_of(self.context, content)
+        endpoint = endpoint_of(context, content)
         spec = content.get("spec") or {}
-        if endpoint is None and awaits_volume(
-            self.context, str(spec.get("driver") or ""), str((spec.get("source") or {}).get("volumeHandle") or "")
+        if endpoint is None and routing.awaits_volume(
+            context.stores,
+            context.endpoints.drivers(),
+            str(spec.get("driver") or ""),
+            str((spec.get("source") or {}).get("volumeHandle") or ""),
         ):
             raise Requeue(None, f"the source volume of {name} is not known yet")
-        if endpoint is None or endpoint.controller_state("snapshotter") != ACTIVE:
+        if endpoint is None or endpoint.admits("snapshotter") is None:
             return
-        if not endpoint.serving:
-            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
         decision = plan.content_decision(content, snapshot_deleted=self._snapshot_deleted(content))
-        try:
-            if isinstance(decision, plan.Delete):
-                await self._delete(content, endpoint, decision)
-            elif isinstance(decision, plan.Create):
-                await self._create(content, endpoint)
-            elif isinstance(decision, plan.Check):
-                await self._check(content, endpoint)
-            else:
-                await self.writes.annotate(content, plan.ANN_BEING_CREATED, None)
-        except Requeue as requeue:
-            requeue.backoff = requeue.backoff or endpoint.backoff
-            raise
+        if isinstance(decision, plan.Delete):
+            await self._delete(content, endpoint, decision)
+        elif isinstance(decision, plan.Create):
+            await self._create(content, endpoint)
+        elif isinstance(decision, plan.Check):
+            await self._check(content, endpoint)
+        else:
+            await self.writes.annotate(content, plan.ANN_BEING_CREATED, None)
 
     def _snapshot_deleted(self, content: Body) -> bool:
         """Whether the VolumeSnapshot bound to `content` is being deleted."""
@@ -189,10 +143,15 @@ class Snapshotter:
         request.secrets.update(secrets)
         content = await self.writes.annotate(content, plan.ANN_BEING_CREATED, "yes")
         ref = content["spec"].get("volumeSnapshotRef") or {}
-        fault_key = f"{name}/{ref.get('namespace')}/{ref.get('name')}"
-        faults.reached("before-create-snapshot", fault_key)
         try:
-            response = await endpoint.call(CSIClient.create_snapshot, request, operation="CreateSnapshot", obj=name)
+            response = await endpoint.call(
+                CSIClient.create_snapshot,
+                request,
+                operation="CreateSnapshot",
+                obj=name,
+                fault_key=f"{name}/{ref.get('namespace')}/{ref.get('name')}",
+                counts="snapshotCreations",
+            )
         except CSIError as error:
             if isinstance(error, FinalError):
                 content = await self.writes.annotate(content, plan.ANN_BEING_CREATED, None)
@@ -202,10 +161,8 @@ class Snapshotter:
                 message += "; the content is being deleted and waits for this call to end, then deletes what it made"
             await self.writes.failed(content, message)
             raise Requeue(None, str(error)) from error
-        faults.reached("after-create-snapshot", fault_key)
         content = await self.writes.status(content, plan.content_status(response.snapshot, content.get("status") or {}))
         await self.writes.annotate(content, plan.ANN_BEING_CREATED, None)
-        endpoint.count("snapshotCreations")
         if not response.snapshot.ready_to_use:
             raise Requeue(None, f"snapshot {response.snapshot.snapshot_id} is not ready yet")
 
@@ -225,8 +182,7 @@ class Snapshotter:
         try:
             snapshot_class = self.context.stores.snapshot_classes.get(spec.get("volumeSnapshotClassName") or "")
             ref = plan.list_secret((snapshot_class or {}).get("parameters") or {}, name)
-            if ref is not None:
-                request.secrets.update(await self._read_secret(ref.name, ref.namespace, name))
+            request.secrets.update(await self._credentials(ref, name))
         except ParameterError as error:
             await self.writes.failed(content, f"failed to get secret reference for snapshot content {name}: {error}")
             raise Requeue(None, str(error)) from error
@@ -253,9 +209,15 @@ class Snapshotter:
                 await context.events.warning(content, "SnapshotDeleteError", "Failed to get snapshot credentials")
                 raise Requeue(None, str(error)) from error
             request = csi.DeleteSnapshotRequest(snapshot_id=content["status"]["snapshotHandle"], secrets=secrets)
-            faults.reached("before-delete-snapshot", name)
             try:
-                await endpoint.call(CSIClient.delete_snapshot, request, operation="DeleteSnapshot", obj=name)
+                await endpoint.call(
+                    CSIClient.delete_snapshot,
+                    request,
+                    operation="DeleteSnapshot",
+                    obj=name,
+                    fault_key=name,
+                    counts="snapshotDeletions",
+                )
             except CSIError as error:
                 await context.events.warning(content, "SnapshotDeleteError", "Failed to delete snapshot")
                 raise Requeue(None, f"failed to delete snapshot content {name}: {error}") from error
@@ -266,7 +228,6 @@ class Snapshotter:
                 content = await self.writes.status(
                     content, {"snapshotHandle": None, "readyToUse": None, "creationTime": None, "restoreSize": None}
                 )
-            endpoint.count("snapshotDeletions")
         await finalizers.remove_last(
             context.kube, VOLUME_SNAPSHOT_CONTENT, name, plan.CONTENT_FINALIZER, current=content
         )
@@ -274,13 +235,10 @@ class Snapshotter:
     # --- writing -------------------------------------------------------------------
 
     async def _secrets(self, content: Body) -> dict[str, str]:
-        ref = plan.deletion_secret(content)
-        if ref is None:
-            return {}
-        return await self._read_secret(ref.name, ref.namespace, content["metadata"]["name"])
+        return await self._credentials(plan.deletion_secret(content), content["metadata"]["name"])
 
-    async def _read_secret(self, name: str, namespace: str, content_name: str) -> dict[str, str]:
-        data = await self.context.kube.secret_strings(name, namespace)
-        if data is None:
-            raise ParameterError(f'cannot get credentials for snapshot content "{content_name}"')
-        return data
+    async def _credentials(self, ref: SecretRef | None, content_name: str) -> dict[str, str]:
+        # csi-snapshotter's words for a missing Secret name the content, not the Secret.
+        return await credentials(
+            self.context.kube, ref, f'cannot get credentials for snapshot content "{content_name}"'
+        )

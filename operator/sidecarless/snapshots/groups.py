@@ -14,8 +14,9 @@ import logging
 from typing import Any
 
 from csi_client import CSIClient, CSIError, FinalError, csi
-from sidecarless import finalizers
+from sidecarless import finalizers, routing
 from sidecarless.context import Context
+from sidecarless.credentials import credentials
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.kube import (
     VOLUME_GROUP_SNAPSHOT,
@@ -26,14 +27,12 @@ from sidecarless.kube import (
     KubeError,
     NotFound,
 )
-from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots import group_plan as gplan
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.content_writes import ContentWrites, ErrorEvents
-from sidecarless.snapshots.driver import awaits_volume, volume_by_handle
 from sidecarless.snapshots.plan import SnapshotError
-from sidecarless.vocabulary import ANN_ENDPOINT, ParameterError, key_of, now_rfc3339, object_key, ref_key
-from sidecarless.workqueue import Requeue, WorkQueue
+from sidecarless.vocabulary import ParameterError, SecretRef, key_of, now_rfc3339, object_key, ref_key
+from sidecarless.workqueue import Backoff, Requeue, WorkQueue
 
 Body = dict[str, Any]
 
@@ -43,14 +42,17 @@ CONFLICT_RETRY_SECONDS = 0.5
 
 
 def endpoint_for(context: Context, group_class: Body | None, handles: list[str], driver: str) -> Endpoint | None:
-    """The class's `sidecarless.io/endpoint`, else the endpoint of the first volume's PV."""
-    name = ((group_class or {}).get("metadata", {}).get("annotations") or {}).get(ANN_ENDPOINT)
-    volume = volume_by_handle(context, driver, handles[0]) if not name and handles else None
-    if volume is not None:
-        class_name = (volume.get("spec") or {}).get("storageClassName") or ""
-        name = endpoint_of_volume(volume, context.stores.classes.get(class_name))
-    endpoint = context.endpoints.get(name) if name else None
-    return endpoint if endpoint is not None and endpoint.spec.driver_name == driver else None
+    """The endpoint serving a group snapshot (routing.group_content_endpoint)."""
+    return context.endpoints.get(
+        routing.group_content_endpoint(context.stores, context.endpoints.drivers(), group_class, handles, driver)
+    )
+
+
+def _routing_of(content: Body) -> tuple[Body, list[str], str]:
+    """A group content's class name, volume handles and driver: what routes it."""
+    spec = content.get("spec") or {}
+    handles = list((spec.get("source") or {}).get("volumeHandles") or [])
+    return spec, handles, str(spec.get("driver") or "")
 
 
 class GroupSnapshotController:
@@ -304,7 +306,9 @@ class GroupSnapshotter:
 
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.contents: WorkQueue[str] = WorkQueue("groupsnapshotter", self.sync_content, workers=4)
+        self.contents: WorkQueue[str] = WorkQueue(
+            "groupsnapshotter", self.sync_content, workers=4, backoff_of=self._backoff_of
+        )
         self.writes = ContentWrites(
             context.kube,
             context.events,
@@ -327,40 +331,44 @@ class GroupSnapshotter:
         for content in self.context.stores.group_contents.values():
             self.contents.add(content["metadata"]["name"])
 
+    def _endpoint_of(self, content: Body) -> Endpoint | None:
+        spec, handles, driver = _routing_of(content)
+        group_class = self.context.stores.group_classes.get(spec.get("volumeGroupSnapshotClassName") or "")
+        return endpoint_for(self.context, group_class, handles, driver)
+
+    def _backoff_of(self, name: str) -> Backoff | None:
+        content = self.context.stores.group_contents.get(name)
+        endpoint = self._endpoint_of(content) if content is not None else None
+        return endpoint.backoff if endpoint is not None else None
+
     async def sync_content(self, name: str) -> None:
         context = self.context
         content = context.stores.group_contents.get(name)
         if content is None:
             return
-        spec, meta = content.get("spec") or {}, content["metadata"]
-        handles = list((spec.get("source") or {}).get("volumeHandles") or [])
+        spec, handles, driver = _routing_of(content)
+        meta = content["metadata"]
         group_class = context.stores.group_classes.get(spec.get("volumeGroupSnapshotClassName") or "")
-        driver = str(spec.get("driver") or "")
         endpoint = endpoint_for(context, group_class, handles, driver)
-        if endpoint is None and handles and awaits_volume(context, driver, handles[0]):
+        drivers = context.endpoints.drivers()
+        if endpoint is None and handles and routing.awaits_volume(context.stores, drivers, driver, handles[0]):
             raise Requeue(None, f"the volumes of {name} are not known yet")
-        if endpoint is None or endpoint.info is None or gplan.CAPABILITY not in endpoint.info.group_controller:
+        # Switched off (spec.controllers.snapshotter: false: a csi-snapshotter beside it
+        # serves the driver), or a driver without group snapshots: not ours to do.
+        if endpoint is None or endpoint.admits("group-snapshotter") is None:
             return
-        if not endpoint.switched_on("group-snapshotter"):
-            return  # spec.controllers.snapshotter: false; a csi-snapshotter beside it serves the driver
-        if not endpoint.serving:
-            raise Requeue(None, f"DriverEndpoint {endpoint.spec.name!r} is not serving", endpoint.backoff)
         annotations = meta.get("annotations") or {}
         status = content.get("status") or {}
-        try:
-            if (
-                meta.get("deletionTimestamp")
-                and gplan.ANN_GROUP_BEING_DELETED in annotations
-                and (gplan.ANN_GROUP_BEING_CREATED not in annotations)
-            ):
-                await self._delete(content, endpoint)
-            elif status.get("readyToUse") is True:
-                await self.writes.annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
-            elif handles:
-                await self._create(content, endpoint, group_class)
-        except Requeue as requeue:
-            requeue.backoff = requeue.backoff or endpoint.backoff
-            raise
+        if (
+            meta.get("deletionTimestamp")
+            and gplan.ANN_GROUP_BEING_DELETED in annotations
+            and (gplan.ANN_GROUP_BEING_CREATED not in annotations)
+        ):
+            await self._delete(content, endpoint)
+        elif status.get("readyToUse") is True:
+            await self.writes.annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
+        elif handles:
+            await self._create(content, endpoint, group_class)
 
     async def _create(self, content: Body, endpoint: Endpoint, group_class: Body | None) -> None:
         name = content["metadata"]["name"]
@@ -378,7 +386,12 @@ class GroupSnapshotter:
         content = await self.writes.annotate(content, gplan.ANN_GROUP_BEING_CREATED, "yes")
         try:
             response = await endpoint.call(
-                CSIClient.create_volume_group_snapshot, request, operation="CreateVolumeGroupSnapshot", obj=name
+                CSIClient.create_volume_group_snapshot,
+                request,
+                operation="CreateVolumeGroupSnapshot",
+                obj=name,
+                fault_key=name,
+                counts="groupSnapshotCreations",
             )
         except CSIError as error:
             if isinstance(error, FinalError):
@@ -393,7 +406,6 @@ class GroupSnapshotter:
             content, gplan.content_status(response.group_snapshot, content.get("status") or {})
         )
         await self.writes.annotate(content, gplan.ANN_GROUP_BEING_CREATED, None)
-        endpoint.count("groupSnapshotCreations")
         if not response.group_snapshot.ready_to_use:
             raise Requeue(None, f"group snapshot {response.group_snapshot.group_snapshot_id} is not ready yet")
 
@@ -408,7 +420,11 @@ class GroupSnapshotter:
             try:
                 request.secrets.update(await self._secrets(content))
                 await endpoint.call(
-                    CSIClient.delete_volume_group_snapshot, request, operation="DeleteVolumeGroupSnapshot", obj=name
+                    CSIClient.delete_volume_group_snapshot,
+                    request,
+                    operation="DeleteVolumeGroupSnapshot",
+                    obj=name,
+                    fault_key=name,
                 )
             except (CSIError, ParameterError) as error:
                 await self.context.events.warning(
@@ -428,9 +444,7 @@ class GroupSnapshotter:
             annotations.get(gplan.ANN_GROUP_SECRET_NAME),
             annotations.get(gplan.ANN_GROUP_SECRET_NAMESPACE),
         )
-        if not name or not namespace:
-            return {}
-        data = await self.context.kube.secret_strings(name, namespace)
-        if data is None:
-            raise ParameterError(f'cannot get credentials for group snapshot content "{content["metadata"]["name"]}"')
-        return data
+        ref = SecretRef(name, namespace) if name and namespace else None
+        return await credentials(
+            self.context.kube, ref, f'cannot get credentials for group snapshot content "{content["metadata"]["name"]}"'
+        )
