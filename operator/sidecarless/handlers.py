@@ -34,9 +34,10 @@ from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
 from sidecarless.routing import endpoint_of_volume
-from sidecarless.snapshots.common import SnapshotController
-from sidecarless.snapshots.driver import Snapshotter
-from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
+from sidecarless.snapshots.common_controller import SnapshotController
+from sidecarless.snapshots.group_common_controller import GroupSnapshotController
+from sidecarless.snapshots.group_sidecar_controller import GroupSnapshotter
+from sidecarless.snapshots.sidecar_controller import Snapshotter
 from sidecarless.store import Stores
 from sidecarless.vocabulary import ANN_ENDPOINT
 from sidecarless.watches import Controllers

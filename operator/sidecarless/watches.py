@@ -26,9 +26,10 @@ from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
 from sidecarless.routing import endpoint_of_class
 from sidecarless.snapshots import plan as snapshot_plan
-from sidecarless.snapshots.common import SnapshotController
-from sidecarless.snapshots.driver import Snapshotter
-from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
+from sidecarless.snapshots.common_controller import SnapshotController
+from sidecarless.snapshots.group_common_controller import GroupSnapshotController
+from sidecarless.snapshots.group_sidecar_controller import GroupSnapshotter
+from sidecarless.snapshots.sidecar_controller import Snapshotter
 from sidecarless.store import Store
 from sidecarless.vocabulary import key_of, object_key
 from sidecarless.workqueue import LOUD, Quiet

@@ -43,9 +43,10 @@ from sidecarless.events import EventRecorder
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
-from sidecarless.snapshots.common import SnapshotController
-from sidecarless.snapshots.driver import Snapshotter
-from sidecarless.snapshots.groups import GroupSnapshotController, GroupSnapshotter
+from sidecarless.snapshots.common_controller import SnapshotController
+from sidecarless.snapshots.group_common_controller import GroupSnapshotController
+from sidecarless.snapshots.group_sidecar_controller import GroupSnapshotter
+from sidecarless.snapshots.sidecar_controller import Snapshotter
 from sidecarless.store import Stores
 from sidecarless.workqueue import WorkQueue
 

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from csi_client import csi
+from sidecarless import capabilities
 from sidecarless.attacher import plan
 from sidecarless.vocabulary import ParameterError
 
@@ -62,7 +63,7 @@ def a_volume(modes: list[str], **spec: Any) -> dict[str, Any]:
 def test_publish_capability_and_request() -> None:
     volume = a_volume(["ReadWriteOnce"], mountOptions=["noatime"])
     volume["spec"]["csi"].update(readOnly=True, volumeAttributes={"k": "v"})
-    capability = plan.publish_capability(volume, "ext4", frozenset())
+    capability = capabilities.publish_capability(volume, "ext4", frozenset())
     assert capability.access_mode.mode == MODE.SINGLE_NODE_WRITER
     assert capability.mount.fs_type == "xfs"
     assert list(capability.mount.mount_flags) == ["noatime"]
@@ -73,10 +74,12 @@ def test_publish_capability_and_request() -> None:
 
 
 def test_block_and_default_fstype() -> None:
-    assert plan.publish_capability(a_volume(["ReadWriteMany"], volumeMode="Block"), "", frozenset()).HasField("block")
+    assert capabilities.publish_capability(a_volume(["ReadWriteMany"], volumeMode="Block"), "", frozenset()).HasField(
+        "block"
+    )
     volume = a_volume(["ReadOnlyMany"])
     del volume["spec"]["csi"]["fsType"]
-    capability = plan.publish_capability(volume, "ext4", frozenset())
+    capability = capabilities.publish_capability(volume, "ext4", frozenset())
     assert capability.mount.fs_type == "ext4"
     assert capability.access_mode.mode == MODE.MULTI_NODE_READER_ONLY
 
@@ -91,7 +94,7 @@ def test_block_and_default_fstype() -> None:
 )
 def test_refused_access_modes(modes: list[str], message: str) -> None:
     with pytest.raises(ParameterError, match=message):
-        plan.publish_capability(a_volume(modes), "", frozenset())
+        capabilities.publish_capability(a_volume(modes), "", frozenset())
 
 
 def test_volume_error_carries_the_grpc_code() -> None:

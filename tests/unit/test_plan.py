@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from csi_client import csi
+from sidecarless import capabilities
 from sidecarless.endpoints.spec import ProvisionerSettings
 from sidecarless.provisioner import plan
 from sidecarless.vocabulary import ParameterError
@@ -73,7 +74,7 @@ def test_deleting_claim_is_skipped() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "capabilities", "expected"),
+    ("mode", "offered", "expected"),
     [
         ("ReadWriteOnce", frozenset(), MODE.SINGLE_NODE_WRITER),
         ("ReadWriteOnce", frozenset({"SINGLE_NODE_MULTI_WRITER"}), MODE.SINGLE_NODE_MULTI_WRITER),
@@ -83,13 +84,13 @@ def test_deleting_claim_is_skipped() -> None:
         ("ReadWriteMany", frozenset(), MODE.MULTI_NODE_MULTI_WRITER),
     ],
 )
-def test_access_modes(mode: str, capabilities: frozenset[str], expected: int) -> None:
-    assert plan.access_mode(mode, capabilities) == expected
+def test_access_modes(mode: str, offered: frozenset[str], expected: int) -> None:
+    assert capabilities.access_mode(mode, offered) == expected
 
 
 def test_unknown_access_and_volume_modes_are_refused() -> None:
     with pytest.raises(ParameterError, match="unsupported access mode"):
-        plan.access_mode("ReadWriteSometimes", frozenset())
+        capabilities.access_mode("ReadWriteSometimes", frozenset())
     with pytest.raises(ParameterError, match="unsupported volume mode"):
         plan.volume_capabilities(["ReadWriteOnce"], "Tape", "", [], frozenset())
     with pytest.raises(ParameterError, match="no access modes"):

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from csi_client import CSIClient, CSIError, csi
 from sidecarless import finalizers, routing
 from sidecarless.attacher import plan
+from sidecarless.capabilities import publish_capability
 from sidecarless.context import Context
 from sidecarless.credentials import credentials, volume_secret
 from sidecarless.endpoints.live import Endpoint
@@ -216,9 +217,7 @@ class Attacher:
         assert endpoint.info is not None
         try:
             node = plan.node_id(attachment, context.stores.csinodes.get(attachment["spec"]["nodeName"]), driver)
-            capability = plan.publish_capability(
-                volume, endpoint.spec.provisioner.default_fstype, endpoint.info.controller
-            )
+            capability = publish_capability(volume, endpoint.spec.provisioner.default_fstype, endpoint.info.controller)
             secrets = await credentials(context.kube, volume_secret(volume, "controllerPublishSecretRef"))
         except ParameterError as error:
             await self._attach_error(attachment, str(error), None)

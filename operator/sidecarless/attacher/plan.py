@@ -14,13 +14,11 @@ import grpc
 
 from csi_client import csi
 from csi_client.errors import GO_CODE_NAMES
-from sidecarless.provisioner.plan import access_mode
 from sidecarless.vocabulary import ParameterError
 
 Body = dict[str, Any]
 
 ANN_NODE_ID = "csi.alpha.kubernetes.io/node-id"
-_MODE = csi.VolumeCapability.AccessMode.Mode
 
 
 def finalizer(driver: str) -> str:
@@ -74,30 +72,6 @@ def node_id(attachment: Body, csinode: Body | None, driver: str) -> str:
     if annotated:
         return str(annotated)
     raise ParameterError(f"CSINode {node} does not contain driver {driver}")
-
-
-def publish_capability(volume: Body, default_fstype: str, capabilities: frozenset[str]) -> csi.VolumeCapability:
-    """The VolumeCapability of a PV, with external-attacher's access-mode rules."""
-    spec = volume.get("spec") or {}
-    modes = list(spec.get("accessModes") or [])
-    if "ReadOnlyMany" in modes and "ReadWriteOnce" in modes:
-        raise ParameterError("a volume cannot be both ReadOnlyMany and ReadWriteOnce")
-    if "ReadWriteOncePod" in modes and len(modes) > 1:
-        raise ParameterError("ReadWriteOncePod cannot be combined with other access modes")
-    # One mode for the publish call: the widest the PV allows.
-    for preferred in ("ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod", "ReadWriteOnce"):
-        if preferred in modes:
-            mode = access_mode(preferred, capabilities)
-            break
-    else:
-        raise ParameterError(f"persistentvolume {volume['metadata']['name']} has no access modes")
-    capability = csi.VolumeCapability(access_mode=csi.VolumeCapability.AccessMode(mode=mode))
-    if spec.get("volumeMode") == "Block":
-        capability.block.SetInParent()
-    else:
-        capability.mount.fs_type = (spec.get("csi") or {}).get("fsType") or default_fstype
-        capability.mount.mount_flags.extend(spec.get("mountOptions") or [])
-    return capability
 
 
 def publish_request(

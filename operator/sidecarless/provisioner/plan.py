@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from csi_client import csi
+from sidecarless.capabilities import access_mode
 from sidecarless.endpoints.spec import ProvisionerSettings
 from sidecarless.provisioner.parameters import (
     EXTRA_METADATA_KEYS,
@@ -34,7 +35,6 @@ ANN_DELETION_SECRET_NAMESPACE = "volume.kubernetes.io/provisioner-deletion-secre
 PV_FINALIZER = "external-provisioner.volume.kubernetes.io/finalizer"
 PROVISIONER_IDENTITY_KEY = "storage.kubernetes.io/csiProvisionerIdentity"
 
-_MODE = csi.VolumeCapability.AccessMode.Mode
 
 
 @dataclass(frozen=True)
@@ -99,20 +99,6 @@ def volume_name(claim_uid: str, settings: ProvisionerSettings) -> str:
     if settings.volume_name_uuid_length < 0:
         return f"{settings.volume_name_prefix}-{claim_uid}"
     return f"{settings.volume_name_prefix}-{claim_uid.replace('-', '')[: settings.volume_name_uuid_length]}"
-
-
-def access_mode(mode: str, capabilities: frozenset[str]) -> csi.VolumeCapability.AccessMode.Mode.ValueType:
-    """A Kubernetes access mode as a CSI one (external-provisioner's and -attacher's mapping)."""
-    multi_writer = "SINGLE_NODE_MULTI_WRITER" in capabilities
-    modes = {
-        "ReadWriteOnce": _MODE.SINGLE_NODE_MULTI_WRITER if multi_writer else _MODE.SINGLE_NODE_WRITER,
-        "ReadWriteOncePod": _MODE.SINGLE_NODE_SINGLE_WRITER if multi_writer else _MODE.SINGLE_NODE_WRITER,
-        "ReadOnlyMany": _MODE.MULTI_NODE_READER_ONLY,
-        "ReadWriteMany": _MODE.MULTI_NODE_MULTI_WRITER,
-    }
-    if mode not in modes:
-        raise ParameterError(f"unsupported access mode {mode!r}")
-    return modes[mode]
 
 
 def volume_capabilities(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from csi_client import csi
-from sidecarless.attacher.plan import publish_capability
+from sidecarless.capabilities import publish_capability
 from sidecarless.vocabulary import format_quantity, parse_quantity
 
 Body = dict[str, Any]

@@ -3,7 +3,7 @@
 It binds snapshots to contents (creating `snapcontent-<uid>` for dynamic ones), keeps the
 finalizers on snapshots, contents and source PVCs, copies a content's status into its
 snapshot, and deletes contents per their deletionPolicy. It calls no driver: the driver
-half (:mod:`sidecarless.snapshots.driver`) does. Like snapshot-controller it serves every
+half (:mod:`sidecarless.snapshots.sidecar_controller`) does. Like snapshot-controller it serves every
 driver; turn it off (`SIDECARLESS_SNAPSHOT_CONTROLLER=false`) where the upstream
 snapshot-controller runs.
 """
@@ -19,9 +19,9 @@ from sidecarless.context import Context
 from sidecarless.kube import PVC, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Conflict, KubeError, NotFound
 from sidecarless.metrics import SNAPSHOT_OPERATION_SECONDS
 from sidecarless.snapshots import plan
-from sidecarless.snapshots.driver import snapshots_here
 from sidecarless.snapshots.group_plan import MEMBER_FINALIZER, group_of
 from sidecarless.snapshots.plan import SnapshotError
+from sidecarless.snapshots.sidecar_controller import snapshots_here
 from sidecarless.vocabulary import ParameterError, key_of, now_rfc3339, object_key, ref_key
 from sidecarless.workqueue import LOUD, Quiet, Requeue, WorkQueue
 
