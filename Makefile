@@ -40,10 +40,11 @@ chart-docs: setup ## regenerate charts/sidecarless/README.md from the documented
 demo-down: setup ## stop a demo left running with KEEP=1
 	$(UV) run python -m devcluster down --dir $${SIDECARLESS_CACHE:-$$HOME/.cache/sidecarless}/clusters/demo
 
-lint: setup ## ruff, ruff format --check, mypy --strict, hadolint
+lint: setup ## ruff, ruff format --check, mypy --strict, the import layers (import-linter), hadolint
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
+	$(UV) run lint-imports
 	$(UV) run hadolint --failure-threshold info Dockerfile
 
 binaries: setup ## build (or find cached) Kubernetes, etcd, containerd, runc, CNI plugins, pause and the CSI drivers

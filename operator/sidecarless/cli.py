@@ -121,12 +121,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _status(kubeconfig: str | None) -> int:
-    from kubernetes_asyncio.client.api_client import ApiClient  # noqa: PLC0415
-
-    from sidecarless.kube import DRIVER_ENDPOINT, Kube, load_configuration  # noqa: PLC0415
+    from sidecarless.kube import DRIVER_ENDPOINT, Kube, api_client  # noqa: PLC0415
 
     settings = Settings.from_env(kubeconfig=kubeconfig)
-    kube = Kube(ApiClient(await load_configuration(settings.kubeconfig)))
+    kube = Kube(await api_client(settings.kubeconfig))
     try:
         endpoints = await kube.list(DRIVER_ENDPOINT)
     finally:

@@ -17,7 +17,6 @@ from typing import Any
 
 import kopf
 from kopf._core.engines.peering import Identity  # not exported; a NewType of str
-from kubernetes_asyncio.client.api_client import ApiClient
 
 from csi_client import TLSConfig
 from sidecarless import metrics_server, watches
@@ -28,7 +27,7 @@ from sidecarless.endpoints.live import EndpointRegistry
 from sidecarless.endpoints.status import build_status
 from sidecarless.events import EventRecorder
 from sidecarless.informer import Informer, wait_synced
-from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, load_configuration
+from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, api_client, load_configuration
 from sidecarless.leader import LeaderElector
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner
@@ -80,10 +79,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     _configure_kopf(settings)
     config = memo.settings
     kube = Kube(
-        ApiClient(await load_configuration(config.kubeconfig)),
+        await api_client(config.kubeconfig),
         qps=config.api_qps,
         burst=config.api_burst,
-        watch_client=ApiClient(await load_configuration(config.kubeconfig, connections=len(watches.WATCHED) + 2)),
+        watch_client=await api_client(config.kubeconfig, connections=len(watches.WATCHED) + 2),
     )
     context = Context(
         settings=config,
@@ -122,7 +121,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.leader = None
     if config.leader_election:
         # Its own client and rate limit: a busy operator must not starve the renewals.
-        lease_kube = Kube(ApiClient(await load_configuration(config.kubeconfig)), qps=10, burst=20)
+        lease_kube = Kube(await api_client(config.kubeconfig), qps=10, burst=20)
         memo.leader = LeaderElector(
             lease_kube,
             config.namespace,

@@ -163,6 +163,11 @@ async def load_configuration(kubeconfig: str | None, *, connections: int = 0) ->
     return configuration
 
 
+async def api_client(kubeconfig: str | None, *, connections: int = 0) -> ApiClient:
+    """A client of the API server with `load_configuration`'s credentials and connection pool."""
+    return ApiClient(await load_configuration(kubeconfig, connections=connections))
+
+
 API_CONNECTIONS = 24  # at most this many connections to the API server for requests (watches have their own)
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NETRC")

@@ -4,11 +4,13 @@ error, from the live endpoint. Pure: the daemon in handlers.py writes what this 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sidecarless.endpoints.live import Endpoint
 from sidecarless.endpoints.spec import CONTROLLERS, NOT_REQUIRED
 from sidecarless.vocabulary import now_rfc3339
+
+if TYPE_CHECKING:  # it reads what a live endpoint knows, and never calls it
+    from sidecarless.endpoints.live import Endpoint
 
 Body = dict[str, Any]
 

@@ -36,7 +36,6 @@ PV_FINALIZER = "external-provisioner.volume.kubernetes.io/finalizer"
 PROVISIONER_IDENTITY_KEY = "storage.kubernetes.io/csiProvisionerIdentity"
 
 
-
 @dataclass(frozen=True)
 class DriverFacts:
     name: str

@@ -1,0 +1,1 @@
+"""The resizer: external-resizer's expansion and modification controllers."""
