@@ -18,7 +18,7 @@ from prometheus_client import Gauge
 from csi_client import CSIClient, CSIError, DriverInfo, TLSConfig, discover, probe_ready
 from csi_client.client import Rpc
 from sidecarless import faults
-from sidecarless.endpoints.spec import ACTIVE, EndpointSpec, SpecError, controller_state, parse_spec, switched_on
+from sidecarless.endpoints.spec import ACTIVE, EndpointSpec, SpecError, controller_state, parse_spec
 from sidecarless.vocabulary import now_rfc3339
 from sidecarless.workqueue import Backoff, Requeue
 
@@ -130,13 +130,11 @@ class Endpoint:
         """Whether controllers may send this endpoint work."""
         return self.problem is None
 
-    def switched_on(self, controller: str) -> bool:
-        return switched_on(self.spec, controller)
-
     def controller_state(self, controller: str) -> str:
         return controller_state(self.spec, self.info, controller)
 
     def active(self, controller: str) -> bool:
+        """For background work (reconciles, journal recovery), which skips rather than waits."""
         return self.serving and self.controller_state(controller) == ACTIVE
 
     def admits(self, controller: str, *states: str) -> str | None:
