@@ -4,6 +4,12 @@ Repeats of the same (object, type, reason, message) within ten minutes update th
 Event's count and lastTimestamp instead of creating another, as client-go's recorder
 does, so a claim retried for an hour leaves one Event, not hundreds.
 
+Each event is signed as the sidecar that would have posted it signs its own (`Sources`,
+docs/compatibility.md "Event sources"): `source.component` and `reportingComponent` name
+that sidecar, so `kubectl get events --field-selector source=...`, dashboards and alert
+rules keep working after a move; `reportingInstance` says `sidecarless/<replica>`. Events
+of Sidecarless' own objects (DriverEndpoints) are signed `sidecarless`.
+
 Recording never waits for the API server and never fails the caller, as client-go's
 broadcaster: the event is stamped and queued, and a few posters send the queue in order,
 each object's events by one poster (so they arrive in the order they were recorded, and
@@ -45,6 +51,28 @@ EVENTS_DROPPED = Counter("sidecarless_events_dropped_total", "Events not posted 
 _CLUSTER_EVENT_NAMESPACE = "default"
 
 
+SNAPSHOT_CONTROLLER = "snapshot-controller"  # snapshot-controller's fixed component
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The `source.component` each sidecar's recorder signs with (read from v6.3, v2.2, v8.6).
+    external-attacher posts no events."""
+
+    process: str  # "<host>_<uuid>": sig-storage-lib-external-provisioner's per-process id
+
+    def provisioner(self, driver: str) -> str:
+        return f"{driver}_{self.process}"
+
+    @staticmethod
+    def resizer(driver: str) -> str:
+        return f"external-resizer {driver}"
+
+    @staticmethod
+    def snapshotter(driver: str) -> str:
+        return f"csi-snapshotter {driver}"
+
+
 @dataclass
 class _Posted:
     name: str
@@ -60,6 +88,7 @@ class _Pending:
     reason: str
     message: str
     stamp: str
+    component: str
 
 
 class EventRecorder:
@@ -67,19 +96,24 @@ class EventRecorder:
         self._kube = kube
         self.component = component
         self.instance = instance
-        self._recent: OrderedDict[tuple[str, str, str, str], _Posted] = OrderedDict()
+        self.sources = Sources(f"{instance}_{uuid.uuid4()}")
+        self._recent: OrderedDict[tuple[str, str, str, str, str], _Posted] = OrderedDict()
         self._queues: list[asyncio.Queue[_Pending]] = []
         self._posters: list[asyncio.Task[None]] = []
         self._queued = 0
 
-    async def normal(self, obj: Body, reason: str, message: str) -> None:
-        self.record(obj, NORMAL, reason, message)
+    async def normal(self, obj: Body, reason: str, message: str, *, source: str | None = None) -> None:
+        self.record(obj, NORMAL, reason, message, source=source)
 
-    async def warning(self, obj: Body, reason: str, message: str) -> None:
-        self.record(obj, WARNING, reason, message)
+    async def warning(self, obj: Body, reason: str, message: str, *, source: str | None = None) -> None:
+        self.record(obj, WARNING, reason, message, source=source)
 
-    def record(self, obj: Body, event_type: str, reason: str, message: str) -> None:
-        """Queue the event for posting; return at once."""
+    def signed(self, source: str) -> SignedEvents:
+        """This recorder, signing every event with `source` (a sidecar's component)."""
+        return SignedEvents(self, source)
+
+    def record(self, obj: Body, event_type: str, reason: str, message: str, *, source: str | None = None) -> None:
+        """Queue the event for posting, signed `source` (None: this recorder's own); return at once."""
         meta = obj.get("metadata", {})
         if self._queued >= MAX_QUEUED:
             EVENTS_DROPPED.inc()
@@ -95,7 +129,8 @@ class EventRecorder:
             self._start()
         shard = zlib.crc32(str(meta.get("uid") or meta.get("name") or "").encode()) % len(self._queues)
         self._queued += 1
-        self._queues[shard].put_nowait(_Pending(obj, event_type, reason, message, now_rfc3339()))
+        pending = _Pending(obj, event_type, reason, message, now_rfc3339(), source or self.component)
+        self._queues[shard].put_nowait(pending)
 
     def _start(self) -> None:
         self._queues = [asyncio.Queue() for _ in range(POSTERS)]
@@ -131,7 +166,7 @@ class EventRecorder:
     async def _post(self, pending: _Pending) -> None:
         obj, event_type, reason, message = pending.obj, pending.event_type, pending.reason, pending.message
         meta = obj.get("metadata", {})
-        key = (meta.get("uid", meta.get("name", "")), event_type, reason, message)
+        key = (meta.get("uid", meta.get("name", "")), pending.component, event_type, reason, message)
         try:
             posted = self._recent.get(key)
             if posted is not None and time.monotonic() - posted.first_seen < _AGGREGATE_SECONDS:
@@ -172,10 +207,36 @@ class EventRecorder:
             "reason": pending.reason,
             "message": pending.message[:1024],
             "type": pending.event_type,
-            "source": {"component": self.component, "host": self.instance},
-            "reportingComponent": self.component,
-            "reportingInstance": self.instance,
+            **self._signature(pending.component),
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
             "count": 1,
         }
+
+    def _signature(self, component: str) -> Body:
+        if component == self.component:
+            return {
+                "source": {"component": component, "host": self.instance},
+                "reportingComponent": component,
+                "reportingInstance": self.instance,
+            }
+        # As a sidecar's client-go recorder: no host; the instance shows who really posted it.
+        return {
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": f"{self.component}/{self.instance}",
+        }
+
+
+class SignedEvents:
+    """An EventRecorder that signs with one sidecar's component: what a controller holds."""
+
+    def __init__(self, recorder: EventRecorder, source: str) -> None:
+        self._recorder = recorder
+        self.source = source
+
+    async def normal(self, obj: Body, reason: str, message: str) -> None:
+        self._recorder.record(obj, NORMAL, reason, message, source=self.source)
+
+    async def warning(self, obj: Body, reason: str, message: str) -> None:
+        self._recorder.record(obj, WARNING, reason, message, source=self.source)

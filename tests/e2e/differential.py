@@ -47,6 +47,8 @@ _HANDLE_KEYS = {"volumeHandle", "snapshotHandle"}
 _TIME_KEYS = {"lastTransitionTime", "lastProbeTime", "creationTime", "time", "lastPhaseTransitionTime"}
 # external-provisioner's identity of one process: "<start time in ms>-<random>-<driver>"
 _IDENTITY = re.compile(r"^\d+-\d+-")
+# sig-storage-lib-external-provisioner's event component: "<driver>_<host>_<uuid>"
+_PROVISIONER_COMPONENT = re.compile(r"_[^_]+_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,11 @@ class Run:
         return captured
 
     async def _event_reasons(self, names: dict[str, str]) -> dict[str, set[str]]:
+        """Per role: "reason: message [source]". A repeat must update its Event's count, not
+        post another: an Event twice for the same object, source, reason and message is
+        recorded as "(posted twice)"."""
         reasons: dict[str, set[str]] = {}
+        seen: set[tuple[str, str, str]] = set()
         for namespace in (self.namespace, "default"):  # events of cluster-scoped objects go to default
             for event in await self.kube.list(EVENT, namespace):
                 involved = event.get("involvedObject") or {}
@@ -346,7 +352,13 @@ class Run:
                 role = names.get(involved.get("name", ""))
                 if role and (involved.get("namespace") or "") in ("", self.namespace):
                     message = scrub(event.get("message", ""), self.namespace)
-                    reasons.setdefault(role, set()).add(f"{event['reason']}: {message}")
+                    component = (event.get("source") or {}).get("component", "")
+                    source = _PROVISIONER_COMPONENT.sub("_<host>_<uuid>", component)
+                    entry = f"{event['reason']}: {message} [{source}]"
+                    if (involved.get("uid", ""), entry, event.get("type", "")) in seen:
+                        entry += " (posted twice)"
+                    seen.add((involved.get("uid", ""), entry, event.get("type", "")))
+                    reasons.setdefault(role, set()).add(entry)
         return reasons
 
 

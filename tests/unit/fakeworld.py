@@ -166,6 +166,14 @@ class FakeKube(k.Kube):
             if name is None or e["involvedObject"]["name"] == name
         ]
 
+    def event_sources(self, name: str) -> dict[str, str]:
+        """reason -> source.component of the Events posted about the object `name`."""
+        return {
+            e["reason"]: e["source"]["component"]
+            for e in self.objects.get("events", {}).values()
+            if e["involvedObject"]["name"] == name
+        }
+
     # --- the chokepoint ------------------------------------------------------------
 
     async def request(

@@ -79,3 +79,30 @@ async def test_events_beyond_the_queue_are_dropped_and_counted(monkeypatch: pyte
     assert events.EVENTS_DROPPED._value.get() - before == 3
     await recorder_.close()
     assert len(api.calls) == 5
+
+
+async def test_events_are_signed_as_the_sidecar_that_would_post_them() -> None:
+    api = SlowApi()
+    recorder_ = recorder(api)
+    resizer = recorder_.signed(events.Sources.resizer("a.csi"))
+    await resizer.warning(claim("c"), "VolumeResizeFailed", "no")
+    await resizer.warning(claim("c"), "VolumeResizeFailed", "no")
+    await recorder_.warning(claim("c"), "VolumeResizeFailed", "no")  # the same, signed by Sidecarless itself
+    await recorder_.close()
+    created = [body for kind, _, body in api.calls if kind == "create"]
+    assert [e["source"] for e in created] == [
+        {"component": "external-resizer a.csi"},  # no host, as client-go's recorder in a sidecar
+        {"component": "sidecarless", "host": "test"},
+    ], "a repeat is one Event per signature"
+    assert created[0]["reportingComponent"] == "external-resizer a.csi"
+    assert created[0]["reportingInstance"] == "sidecarless/test", "who really posted it stays visible"
+    assert [kind for kind, _, _ in api.calls].count("patch") == 1
+
+
+def test_the_sidecars_components() -> None:
+    sources = EventRecorder(None, component="sidecarless", instance="pod-1").sources  # type: ignore[arg-type]
+    assert sources.provisioner("a.csi").startswith("a.csi_pod-1_")  # <driver>_<host>_<uuid>
+    assert len(sources.provisioner("a.csi")) == len("a.csi_pod-1_") + 36
+    assert events.Sources.resizer("a.csi") == "external-resizer a.csi"
+    assert events.Sources.snapshotter("a.csi") == "csi-snapshotter a.csi"
+    assert events.SNAPSHOT_CONTROLLER == "snapshot-controller"

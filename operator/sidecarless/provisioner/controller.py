@@ -22,6 +22,7 @@ from sidecarless import faults, finalizers, routing
 from sidecarless.context import Context
 from sidecarless.credentials import credentials
 from sidecarless.endpoints.live import Endpoint
+from sidecarless.events import SignedEvents
 from sidecarless.kube import DRIVER_ENDPOINT, PV, PVC, VOLUME_SNAPSHOT, Conflict, KubeError, NotFound
 from sidecarless.metrics import (
     DELETE_DURATION,
@@ -222,11 +223,16 @@ class Provisioner:
         if wanted != storage_class.get("provisioner"):
             raise Requeue(MISROUTED_RETRY_SECONDS, "claim not yet marked for its provisioner")
         await self._provisioning_failed(claim, storage_class["metadata"]["name"], message)
-        await self.context.events.warning(storage_class, "ProvisioningFailed", message)
+        await self._events(storage_class).warning(storage_class, "ProvisioningFailed", message)
         raise Requeue(MISROUTED_RETRY_SECONDS, message)
 
+    def _events(self, storage_class: Body | None, driver: str = "") -> SignedEvents:
+        """Events signed as external-provisioner for the class's driver (or `driver`) signs them."""
+        events = self.context.events
+        return events.signed(events.sources.provisioner(driver or str((storage_class or {}).get("provisioner") or "")))
+
     async def _provisioning_failed(self, claim: Body, class_name: str, message: str) -> None:
-        await self.context.events.warning(
+        await self._events(self.context.stores.classes.get(class_name)).warning(
             claim, "ProvisioningFailed", f"failed to provision volume with StorageClass {class_name!r}: {message}"
         )
 
@@ -251,7 +257,7 @@ class Provisioner:
         request = await self._request_with_secrets(provision)
         if isinstance(request, str):
             await self._fail(claim, class_name, request)
-        await self.context.events.normal(
+        await self._events(storage_class).normal(
             claim, "Provisioning", f'External provisioner is provisioning volume for claim "{key}"'
         )
         await self._protect_source(claim)
@@ -292,7 +298,7 @@ class Provisioner:
         labels = {"class": class_name, "source": ""}
         PROVISION_TOTAL.labels(**labels).inc()
         PROVISION_DURATION.labels(**labels).observe(time.monotonic() - started)
-        await self.context.events.normal(
+        await self._events(storage_class).normal(
             claim, "ProvisioningSucceeded", f"Successfully provisioned volume {provision.volume_name}"
         )
 
@@ -532,7 +538,7 @@ class Provisioner:
         ]
         if attached:
             message = f"persistentvolume {name} is still attached to node {attached[0]['spec'].get('nodeName', '')}"
-            await context.events.warning(volume, "VolumeFailedDelete", message)
+            await self._events(None, endpoint.spec.driver_name).warning(volume, "VolumeFailedDelete", message)
             raise Requeue(None, message)
         started = time.monotonic()
         annotations = volume["metadata"].get("annotations") or {}
@@ -545,7 +551,7 @@ class Provisioner:
             await self._delete_backend_volume(endpoint, volume["spec"]["csi"]["volumeHandle"], secret, name)
         except CSIError as error:
             DELETE_FAILED.labels(**{"class": class_name}).inc()
-            await context.events.warning(volume, "VolumeFailedDelete", error.status_text)
+            await self._events(None, endpoint.spec.driver_name).warning(volume, "VolumeFailedDelete", error.status_text)
             raise Requeue(None, str(error)) from error
         # Delete the PV first, then drop our finalizer: a failure in between leaves a PV
         # that is being deleted and still carries the finalizer, which this same path

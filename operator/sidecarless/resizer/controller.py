@@ -19,6 +19,7 @@ from sidecarless.context import Context
 from sidecarless.credentials import credentials, volume_secret
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.endpoints.spec import ACTIVE, NODE_ONLY
+from sidecarless.events import SignedEvents
 from sidecarless.kube import POD, PV, PVC, Conflict, NotFound
 from sidecarless.resizer import expand, modify
 from sidecarless.vocabulary import ParameterError, now_rfc3339, object_key, ref_key
@@ -95,6 +96,10 @@ class Resizer:
         context = self.context
         return context.endpoints.get(routing.volume_endpoint(context.stores, context.endpoints.drivers(), volume))
 
+    def _events(self, endpoint: Endpoint) -> SignedEvents:
+        """Events signed as external-resizer for the endpoint's driver signs them."""
+        return self.context.events.signed(self.context.events.sources.resizer(endpoint.spec.driver_name))
+
     def _backoff_of(self, key: str) -> Backoff | None:
         claim = self.context.stores.claims.get(key)
         volume = self.context.stores.volumes.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
@@ -161,9 +166,9 @@ class Resizer:
                 f"Unable to expand {key} because CSI driver {driver} only supports offline expansion "
                 "and volume is currently in-use"
             )
-            await context.events.warning(claim, "VolumeResizeFailed", message)
+            await self._events(endpoint).warning(claim, "VolumeResizeFailed", message)
             raise Requeue(None, message)
-        await context.events.normal(claim, "Resizing", f"External resizer is resizing volume {volume_name}")
+        await self._events(endpoint).normal(claim, "Resizing", f"External resizer is resizing volume {volume_name}")
         self._in_use_errors.discard(key)
         if state == NODE_ONLY:
             new_size, fs_resize_required = plan.size, True  # kubelet's NodeExpandVolume does it all
@@ -175,7 +180,7 @@ class Resizer:
                     await credentials(context.kube, volume_secret(volume, "controllerExpandSecretRef"))
                 )
             except ParameterError as error:
-                await context.events.warning(claim, "VolumeResizeFailed", str(error))
+                await self._events(endpoint).warning(claim, "VolumeResizeFailed", str(error))
                 raise Requeue(None, str(error)) from error
             try:
                 response = await endpoint.call(
@@ -187,7 +192,7 @@ class Resizer:
                     counts="expansions",
                 )
             except CSIError as error:
-                await self._expansion_failed(key, claim, volume_name, driver, error)
+                await self._expansion_failed(key, claim, volume_name, endpoint, error)
                 raise Requeue(None, str(error)) from error
             new_size = response.capacity_bytes or plan.size
             fs_resize_required = response.node_expansion_required
@@ -200,15 +205,17 @@ class Resizer:
         )
         if fs_resize_required:
             await self._patch_claim(claim, expand.node_pending_patch(claim, now_rfc3339()))
-            await context.events.normal(
+            await self._events(endpoint).normal(
                 claim, "FileSystemResizeRequired", "Require file system resize of volume on node"
             )
         else:
             await self._patch_claim(claim, expand.finished_patch(claim, new_size))
-            await context.events.normal(claim, "VolumeResizeSuccessful", "Resize volume succeeded")
+            await self._events(endpoint).normal(claim, "VolumeResizeSuccessful", "Resize volume succeeded")
 
-    async def _expansion_failed(self, key: str, claim: Body, volume_name: str, driver: str, error: CSIError) -> None:
-        context = self.context
+    async def _expansion_failed(
+        self, key: str, claim: Body, volume_name: str, endpoint: Endpoint, error: CSIError
+    ) -> None:
+        driver = endpoint.spec.driver_name
         if error.code_name == "FailedPrecondition":
             self._in_use_errors.add(key)
         if isinstance(error, FinalError):
@@ -225,7 +232,7 @@ class Resizer:
         else:
             self._final_errors.discard(key)
             self._slow.pop(("expand", key), None)
-        await context.events.warning(
+        await self._events(endpoint).warning(
             claim,
             "VolumeResizeFailed",
             f'resize volume "{volume_name}" by resizer "{driver}" failed: {error.status_text}',  # Go's %q
@@ -264,7 +271,7 @@ class Resizer:
         decision = modify.modify_decision(claim, uncertain=uncertain)
         try:
             if isinstance(decision, modify.RollBack):
-                await self.context.events.normal(claim, "VolumeModifyCanceled", "Cancelled modify.")
+                await self._events(endpoint).normal(claim, "VolumeModifyCanceled", "Cancelled modify.")
                 await self._patch_claim(claim, modify.rolled_back_patch(claim))
             elif isinstance(decision, modify.ModifyTo):
                 await self._modify(key, claim, volume, endpoint, decision)
@@ -277,13 +284,15 @@ class Resizer:
         context = self.context
         attributes_class = context.stores.attribute_classes.get(decision.class_name)
         if attributes_class is None:
-            await context.events.warning(claim, "VolumeModifyFailed", f'VAC "{decision.class_name}" does not exist.')
+            await self._events(endpoint).warning(
+                claim, "VolumeModifyFailed", f'VAC "{decision.class_name}" does not exist.'
+            )
             if decision.start:
                 await self._patch_claim(claim, modify.status_patch(claim, modify.PENDING, now_rfc3339()))
             raise Requeue(None, f"VolumeAttributesClass {decision.class_name} not found")
         if decision.start:
             claim = await self._patch_claim(claim, modify.status_patch(claim, modify.IN_PROGRESS, now_rfc3339()))
-            await context.events.normal(
+            await self._events(endpoint).normal(
                 claim,
                 "VolumeModify",
                 f"external resizer is modifying volume {claim['metadata']['name']} with vac {decision.class_name}",
@@ -297,7 +306,7 @@ class Resizer:
         try:
             request.secrets.update(await credentials(context.kube, modify.secret_ref(volume)))
         except ParameterError as error:
-            await context.events.warning(claim, "VolumeModifyFailed", str(error))
+            await self._events(endpoint).warning(claim, "VolumeModifyFailed", str(error))
             raise Requeue(None, str(error)) from error
         try:
             await endpoint.call(
@@ -309,19 +318,21 @@ class Resizer:
                 counts="modifications",
             )
         except CSIError as error:
-            await self._modification_failed(key, claim, decision.class_name, error)
+            await self._modification_failed(key, claim, decision.class_name, error, endpoint)
             raise Requeue(None, str(error)) from error
         self._modify_certain.discard(key)
         target = str((modify.modify_status(claim) or {}).get("targetVolumeAttributesClassName") or decision.class_name)
         await context.kube.patch(PV, volume["metadata"]["name"], modify.volume_patch(target))
         await self._patch_claim(claim, modify.completed_patch(claim, target))
-        await context.events.normal(
+        await self._events(endpoint).normal(
             claim,
             "VolumeModifySuccessful",
             f"external resizer modified volume {claim['metadata']['name']} with vac {target} successfully",
         )
 
-    async def _modification_failed(self, key: str, claim: Body, class_name: str, error: CSIError) -> None:
+    async def _modification_failed(
+        self, key: str, claim: Body, class_name: str, error: CSIError, endpoint: Endpoint
+    ) -> None:
         message = error.status_text
         state = modify.IN_PROGRESS
         if isinstance(error, MaybeInProgressError):
@@ -341,7 +352,7 @@ class Resizer:
         )
         with contextlib.suppress(NotFound, Conflict):
             await self._patch_claim(claim, patch)
-        await self.context.events.warning(claim, "VolumeModifyFailed", message)
+        await self._events(endpoint).warning(claim, "VolumeModifyFailed", message)
 
     # --- helpers -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sidecarless import finalizers
 from sidecarless.context import Context
+from sidecarless.events import SNAPSHOT_CONTROLLER
 from sidecarless.kube import PVC, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Conflict, KubeError, NotFound
 from sidecarless.metrics import SNAPSHOT_OPERATION_SECONDS
 from sidecarless.snapshots import plan
@@ -35,6 +36,7 @@ CONFLICT_RETRY_SECONDS = 0.5
 class SnapshotController:
     def __init__(self, context: Context) -> None:
         self.context = context
+        self.events = context.events.signed(SNAPSHOT_CONTROLLER)  # as snapshot-controller signs
         workers = context.settings.snapshot_workers
         self.snapshots: WorkQueue[str] = WorkQueue("volumesnapshots", self.sync_snapshot, workers=workers)
         self.contents: WorkQueue[str] = WorkQueue("volumesnapshotcontents", self.sync_content, workers=workers)
@@ -208,7 +210,7 @@ class SnapshotController:
             await self._copy_status_soon(snapshot, content)
             return
         content = await self._create_content(snapshot)
-        await self.context.events.normal(
+        await self.events.normal(
             snapshot,
             "CreatingSnapshot",
             f"Waiting for a snapshot {object_key(snapshot)} to be created by the CSI driver.",
@@ -274,7 +276,7 @@ class SnapshotController:
         except KubeError as error:
             if error.status == 409:
                 return stores.contents.get(name) or body  # made by an earlier pass
-            await context.events.warning(
+            await self.events.warning(
                 snapshot,
                 "CreateSnapshotContentFailed",
                 f"Error creating volume snapshot content object for snapshot {object_key(snapshot)}: {error}.",
@@ -307,7 +309,7 @@ class SnapshotController:
             status["volumeGroupSnapshotName"] = group
         operations = {"SnapshotCreated": "CreateSnapshot", "SnapshotReady": "CreateSnapshotAndReady"}
         for reason, message in events:
-            await self.context.events.normal(snapshot, reason, message)
+            await self.events.normal(snapshot, reason, message)
             SNAPSHOT_OPERATION_SECONDS.labels(
                 driver_name=(content.get("spec") or {}).get("driver", ""),
                 operation_name=operations[reason],
@@ -340,7 +342,7 @@ class SnapshotController:
                 meta["namespace"],
                 subresource="status",
             )
-        await self.context.events.warning(snapshot, error.reason, str(error))
+        await self.events.warning(snapshot, error.reason, str(error))
 
     # --- deletion ------------------------------------------------------------------
 
@@ -355,7 +357,7 @@ class SnapshotController:
             return
         group = group_of(snapshot)
         if group and context.stores.group_snapshots.get(key_of(meta["namespace"], group)) is not None:
-            await context.events.warning(
+            await self.events.warning(
                 snapshot,
                 "SnapshotDeletePending",
                 f"deletion of the individual volume snapshot {object_key(snapshot)} is not allowed as it belongs to "
@@ -364,7 +366,7 @@ class SnapshotController:
             )
             raise Requeue(None, f"{object_key(snapshot)} belongs to group snapshot {group}")
         if content is not None and plan.restoring_from(snapshot, list(context.stores.claims.values())):
-            await context.events.warning(snapshot, "SnapshotDeletePending", "Snapshot is being used to restore a PVC")
+            await self.events.warning(snapshot, "SnapshotDeletePending", "Snapshot is being used to restore a PVC")
             raise Requeue(None, f"snapshot {object_key(snapshot)} is in use (being used to restore a PVC)")
         delete_content = content is not None and (content.get("spec") or {}).get("deletionPolicy") == "Delete"
         told_by_snapshot = content is not None and self._driver_half_reads_snapshot(snapshot, content)
@@ -424,7 +426,7 @@ class SnapshotController:
                 ),
             )
             raise Requeue(max(0.5, min(5.0, bound - waited)), f"{name}: CreateSnapshot may still be running")
-        await self.context.events.warning(
+        await self.events.warning(
             snapshot,
             "SnapshotDeleteDeferred",
             f"the driver has not answered CreateSnapshot for {waited:.0f}s: the VolumeSnapshot goes now, and "
@@ -484,7 +486,7 @@ class SnapshotController:
         spec = content.get("spec") or {}
         source = spec.get("source") or {}
         if bool(source.get("volumeHandle")) == bool(source.get("snapshotHandle")):
-            await self.context.events.warning(
+            await self.events.warning(
                 content, "ContentValidationError", "Exactly one of VolumeHandle and SnapshotHandle should be specified"
             )
             return

@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from sidecarless.events import EventRecorder
+from sidecarless.events import EventRecorder, Sources
 from sidecarless.kube import Kube, NotFound, Resource
 from sidecarless.vocabulary import now_rfc3339
 
@@ -70,4 +70,5 @@ class ContentWrites:
                 {"status": {"readyToUse": False, "error": {"time": now_rfc3339(), "message": message}}},
                 subresource="status",
             )
-        await self.events.warning(content, reason, f"{prefix}: {message}")
+        driver = str((content.get("spec") or {}).get("driver") or "")
+        await self.events.warning(content, reason, f"{prefix}: {message}", source=Sources.snapshotter(driver))

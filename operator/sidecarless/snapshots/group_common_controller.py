@@ -15,6 +15,7 @@ from typing import Any
 
 from sidecarless import finalizers
 from sidecarless.context import Context
+from sidecarless.events import SNAPSHOT_CONTROLLER
 from sidecarless.kube import (
     VOLUME_GROUP_SNAPSHOT,
     VOLUME_GROUP_SNAPSHOT_CONTENT,
@@ -43,6 +44,7 @@ class GroupSnapshotController:
 
     def __init__(self, context: Context) -> None:
         self.context = context
+        self.events = context.events.signed(SNAPSHOT_CONTROLLER)  # as snapshot-controller signs
         self.groups: WorkQueue[str] = WorkQueue("volumegroupsnapshots", self.sync_group, workers=4)
 
     def start(self) -> None:
@@ -174,7 +176,7 @@ class GroupSnapshotController:
             if error.status != 409:
                 raise
             created = stores.group_contents.get(name) or body
-        await context.events.normal(
+        await self.events.normal(
             group,
             "CreatingGroupSnapshot",
             f"Waiting for a group snapshot {object_key(group)} to be created by the CSI driver.",
@@ -224,7 +226,7 @@ class GroupSnapshotController:
     async def _copy_status(self, group: Body, content: Body) -> None:
         status, events = gplan.group_status(group, content)
         for reason, message in events:
-            await self.context.events.normal(group, reason, message)
+            await self.events.normal(group, reason, message)
         meta = group["metadata"]
         with contextlib.suppress(NotFound):
             await self.context.kube.patch(
@@ -246,7 +248,7 @@ class GroupSnapshotController:
             await self.context.kube.patch(
                 VOLUME_GROUP_SNAPSHOT, meta["name"], {"status": status}, meta["namespace"], subresource="status"
             )
-        await self.context.events.warning(group, error.reason, str(error))
+        await self.events.warning(group, error.reason, str(error))
 
     async def _delete(self, group: Body) -> None:
         context = self.context

@@ -13,6 +13,7 @@ from sidecarless import finalizers, routing
 from sidecarless.context import Context
 from sidecarless.credentials import credentials
 from sidecarless.endpoints.live import Endpoint
+from sidecarless.events import Sources
 from sidecarless.kube import (
     VOLUME_GROUP_SNAPSHOT_CONTENT,
 )
@@ -170,7 +171,10 @@ class GroupSnapshotter:
                 )
             except (CSIError, ParameterError) as error:
                 await self.context.events.warning(
-                    content, "GroupSnapshotDeleteError", "Failed to delete group snapshot"
+                    content,
+                    "GroupSnapshotDeleteError",
+                    "Failed to delete group snapshot",
+                    source=Sources.snapshotter(endpoint.spec.driver_name),
                 )
                 raise Requeue(None, str(error)) from error
             await self.writes.status(

@@ -20,6 +20,7 @@ from sidecarless.context import Context
 from sidecarless.credentials import credentials
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.endpoints.spec import ACTIVE
+from sidecarless.events import Sources
 from sidecarless.kube import VOLUME_SNAPSHOT_CONTENT
 from sidecarless.snapshots import plan
 from sidecarless.snapshots.content_writes import ContentWrites, ErrorEvents
@@ -206,7 +207,12 @@ class Snapshotter:
             try:
                 secrets = await self._secrets(content)
             except ParameterError as error:
-                await context.events.warning(content, "SnapshotDeleteError", "Failed to get snapshot credentials")
+                await context.events.warning(
+                    content,
+                    "SnapshotDeleteError",
+                    "Failed to get snapshot credentials",
+                    source=Sources.snapshotter(endpoint.spec.driver_name),
+                )
                 raise Requeue(None, str(error)) from error
             request = csi.DeleteSnapshotRequest(snapshot_id=content["status"]["snapshotHandle"], secrets=secrets)
             try:
@@ -219,7 +225,12 @@ class Snapshotter:
                     counts="snapshotDeletions",
                 )
             except CSIError as error:
-                await context.events.warning(content, "SnapshotDeleteError", "Failed to delete snapshot")
+                await context.events.warning(
+                    content,
+                    "SnapshotDeleteError",
+                    "Failed to delete snapshot",
+                    source=Sources.snapshotter(endpoint.spec.driver_name),
+                )
                 raise Requeue(None, f"failed to delete snapshot content {name}: {error}") from error
             if set(content["metadata"].get("finalizers") or []) - {plan.CONTENT_FINALIZER}:
                 # csi-snapshotter clears the status, so a content that stays says its snapshot
