@@ -10,6 +10,13 @@ that sidecar, so `kubectl get events --field-selector source=...`, dashboards an
 rules keep working after a move; `reportingInstance` says `sidecarless/<replica>`. Events
 of Sidecarless' own objects (DriverEndpoints) are signed `sidecarless`.
 
+Two more of client-go's EventCorrelator rules, with its defaults, keep a noisy object from
+flooding the API server: after 10 different messages of one (object, component, type,
+reason) within 10 minutes, the next ones count into one "(combined from similar events): ..."
+Event (`SimilarEvents`); and each (object, component, type) may post 25 events at once, then
+one every 5 minutes (`SpamFilter`); repeats held back still count, so the next one that goes
+out carries the true count.
+
 Recording never waits for the API server and never fails the caller, as client-go's
 broadcaster: the event is stamped and queued, and a few posters send the queue in order,
 each object's events by one poster (so they arrive in the order they were recorded, and
@@ -28,7 +35,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import Counter
@@ -47,6 +54,15 @@ _CACHE_SIZE = 4096
 POSTERS = 4
 MAX_QUEUED = 10_000  # events waiting to be posted, over all posters
 EVENTS_DROPPED = Counter("sidecarless_events_dropped_total", "Events not posted because too many were waiting")
+EVENTS_THROTTLED = Counter(
+    "sidecarless_events_throttled_total", "Events held back by the spam filter (25 per object, then one per 5 min)"
+)
+# client-go tools/record/events_cache.go
+SIMILAR_MAX_MESSAGES = 10
+SIMILAR_SECONDS = 600.0
+SPAM_BURST = 25
+SPAM_REFILL_SECONDS = 300.0
+COMBINED_PREFIX = "(combined from similar events): "
 # Events of cluster-scoped objects (PVs, StorageClasses) go to "default", as client-go does.
 _CLUSTER_EVENT_NAMESPACE = "default"
 
@@ -71,6 +87,47 @@ class Sources:
     @staticmethod
     def snapshotter(driver: str) -> str:
         return f"csi-snapshotter {driver}"
+
+
+class SimilarEvents:
+    """client-go's EventAggregator: the message to post for an event, given the distinct
+    messages its (object, component, type, reason) had in the last 10 minutes."""
+
+    def __init__(self) -> None:
+        self._records: OrderedDict[tuple[str, ...], tuple[set[str], float]] = OrderedDict()
+
+    def message(self, key: tuple[str, ...], message: str, now: float) -> tuple[str, bool]:
+        """(the message to post, whether it is the combined one)."""
+        messages, last = self._records.pop(key, (set(), now))
+        if now - last > SIMILAR_SECONDS:
+            messages = set()
+        messages.add(message)
+        if len(messages) >= SIMILAR_MAX_MESSAGES:
+            messages.discard(message)  # client-go's PopAny: the set stays at its maximum
+            self._records[key] = (messages, now)
+            result = (COMBINED_PREFIX + message, True)
+        else:
+            self._records[key] = (messages, now)
+            result = (message, False)
+        while len(self._records) > _CACHE_SIZE:
+            self._records.popitem(last=False)
+        return result
+
+
+class SpamFilter:
+    """client-go's EventSourceObjectSpamFilter: a token bucket per (object, component, type)."""
+
+    def __init__(self) -> None:
+        self._buckets: OrderedDict[tuple[str, ...], tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: tuple[str, ...], now: float) -> bool:
+        tokens, updated = self._buckets.pop(key, (float(SPAM_BURST), now))
+        tokens = min(float(SPAM_BURST), tokens + (now - updated) / SPAM_REFILL_SECONDS)
+        allowed = tokens >= 1
+        self._buckets[key] = (tokens - 1 if allowed else tokens, now)
+        while len(self._buckets) > _CACHE_SIZE:
+            self._buckets.popitem(last=False)
+        return allowed
 
 
 @dataclass
@@ -98,6 +155,8 @@ class EventRecorder:
         self.instance = instance
         self.sources = Sources(f"{instance}_{uuid.uuid4()}")
         self._recent: OrderedDict[tuple[str, str, str, str, str], _Posted] = OrderedDict()
+        self._similar = SimilarEvents()
+        self._spam = SpamFilter()
         self._queues: list[asyncio.Queue[_Pending]] = []
         self._posters: list[asyncio.Task[None]] = []
         self._queued = 0
@@ -164,15 +223,28 @@ class EventRecorder:
         self._posters, self._queues = [], []
 
     async def _post(self, pending: _Pending) -> None:
-        obj, event_type, reason, message = pending.obj, pending.event_type, pending.reason, pending.message
-        meta = obj.get("metadata", {})
-        key = (meta.get("uid", meta.get("name", "")), pending.component, event_type, reason, message)
+        event_type, reason = pending.event_type, pending.reason
+        meta = pending.obj.get("metadata", {})
+        uid, now = str(meta.get("uid", meta.get("name", ""))), time.monotonic()
+        message, combined = self._similar.message((uid, pending.component, event_type, reason), pending.message, now)
+        if combined:
+            pending = replace(pending, message=message)
+        key = (uid, pending.component, event_type, reason, COMBINED_PREFIX if combined else message)
         try:
             posted = self._recent.get(key)
-            if posted is not None and time.monotonic() - posted.first_seen < _AGGREGATE_SECONDS:
-                posted.count += 1
+            if posted is not None and now - posted.first_seen >= _AGGREGATE_SECONDS:
+                posted = None  # an old one: a new Event
+            if posted is not None:
+                posted.count += 1  # held back or not: the next one posted says how many there were
+            if not self._spam.allow((uid, pending.component, event_type), now):
+                EVENTS_THROTTLED.inc()
+                return
+            if posted is not None:
                 await self._kube.patch(
-                    EVENT, posted.name, {"count": posted.count, "lastTimestamp": pending.stamp}, posted.namespace
+                    EVENT,
+                    posted.name,
+                    {"count": posted.count, "lastTimestamp": pending.stamp, "message": pending.message[:1024]},
+                    posted.namespace,
                 )
                 self._recent.move_to_end(key)
                 return

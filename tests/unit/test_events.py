@@ -106,3 +106,37 @@ def test_the_sidecars_components() -> None:
     assert events.Sources.resizer("a.csi") == "external-resizer a.csi"
     assert events.Sources.snapshotter("a.csi") == "csi-snapshotter a.csi"
     assert events.SNAPSHOT_CONTROLLER == "snapshot-controller"
+
+
+def test_ten_different_messages_of_one_reason_combine_into_one() -> None:
+    similar = events.SimilarEvents()
+    key = ("uid", "external-resizer a.csi", "Warning", "VolumeResizeFailed")
+    said = [similar.message(key, f"failed {i}", now=float(i)) for i in range(12)]
+    assert said[:9] == [(f"failed {i}", False) for i in range(9)]
+    assert said[9:] == [(f"(combined from similar events): failed {i}", True) for i in (9, 10, 11)]
+    assert similar.message(key, "failed 0", now=12.0) == ("failed 0", False), "one of the nine known: itself"
+    assert similar.message(key, "failed 99", now=12.0)[1], "a tenth new one: combined"
+    assert similar.message(key, "later", now=12.0 + 601) == ("later", False), "after 10 quiet minutes: anew"
+    assert similar.message(("other",), "failed 0", now=13.0) == ("failed 0", False)
+
+
+def test_the_spam_filter_lets_25_through_then_one_every_5_minutes() -> None:
+    spam = events.SpamFilter()
+    key = ("uid", "snapshot-controller", "Warning")
+    assert [spam.allow(key, now=0.0) for _ in range(26)] == [True] * 25 + [False]
+    assert not spam.allow(key, now=299.0)
+    assert spam.allow(key, now=301.0)
+    assert not spam.allow(key, now=302.0)
+    assert spam.allow(("another object",), now=302.0), "per object and component"
+
+
+async def test_repeats_held_back_by_the_spam_filter_still_count() -> None:
+    api = SlowApi()
+    recorder_ = recorder(api)
+    before = events.EVENTS_THROTTLED._value.get()
+    for _ in range(30):
+        await recorder_.warning(claim("c"), "ProvisioningFailed", "no")
+    await recorder_.close()
+    assert events.EVENTS_THROTTLED._value.get() - before == 5
+    assert [kind for kind, _, _ in api.calls] == ["create"] + ["patch"] * 24
+    assert api.calls[-1][2]["count"] == 25
