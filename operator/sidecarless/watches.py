@@ -151,8 +151,12 @@ def snapshot_event(c: Controllers, kind: str | None, snapshot: Body, quiet: Quie
         # Claims waiting to be restored from it need not wait for their backoff.
         for claim in c.provisioner.restores_of(key):
             c.provisioner.claims.add(claim, quiet=quiet.others)
+    meta = snapshot["metadata"]
+    if meta.get("deletionTimestamp") and sources.SNAPSHOT_PROTECTION_FINALIZER in (meta.get("finalizers") or []):
+        # A restore source being deleted: free it now if no claim is still restored from it.
+        c.provisioner.snapshot_sources.add(key, quiet=quiet.others)
     content = snapshot_plan.bound_content_name(snapshot)
-    if snapshot["metadata"].get("deletionTimestamp") and content:
+    if meta.get("deletionTimestamp") and content:
         # The driver half reads this deletion from the snapshot itself (snapshots.plan.content_decision).
         c.snapshotter.contents.add(content, quiet=quiet.others)
     if c.snapshot_controller is None:

@@ -44,6 +44,7 @@ log = logging.getLogger("sidecarless.provisioner")
 RECENT_MEMORY = 10_000  # how many finished provisions and deletions are remembered
 STARTING_RETRY_SECONDS = 0.5  # a claim for an endpoint not set up or probed yet looks again this soon
 JOURNAL_RESYNC_SECONDS = 60.0  # how often every journal is checked for orphaned entries
+SWEEP_SECONDS = 60.0  # how often sources carrying a protection finalizer are looked at again
 INFEASIBLE_RETRY_SECONDS = 300.0  # external-provisioner pauses an infeasible claim for 5 minutes
 MISROUTED_RETRY_SECONDS = 60.0  # a configuration problem: the fix will re-queue the claim anyway
 _MISSING_SECRET = "failed to get secret {namespace}/{name}: not found"  # external-provisioner's words
@@ -77,6 +78,7 @@ class Provisioner:
         # UIDs of claims whose PV this process created, until the store shows the PV.
         self._provisioned: OrderedDict[str, None] = OrderedDict()
         self._resync: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.claims.start()
@@ -84,12 +86,14 @@ class Provisioner:
         self.recoveries.start()
         self.snapshot_sources.start()
         self._resync = asyncio.create_task(self._recover_periodically(), name="journal-resync")
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="source-protection-sweep")
 
     async def stop(self) -> None:
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
+        for task in (self._resync, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for queue in (self.claims, self.volumes, self.recoveries, self.snapshot_sources):
             await queue.stop()
         await self.journal.close()
@@ -102,6 +106,25 @@ class Provisioner:
             await asyncio.sleep(JOURNAL_RESYNC_SECONDS)
             for name in self.context.endpoints.names():
                 self.recoveries.add(name)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            self.sweep_source_protection()
+
+    def sweep_source_protection(self) -> None:
+        """Look again at every source that carries a protection finalizer of ours. The one whose
+        last clone or restore went while no operator ran (its DELETED event never came) is
+        released here instead of staying stuck Terminating (external-provisioner #1507, whose
+        v6.3 sweeps the same way). Quiet: a source waiting for a retry keeps its backoff."""
+        stores = self.context.stores
+        for snapshot in stores.snapshots.values():
+            if sources.SNAPSHOT_PROTECTION_FINALIZER in (snapshot["metadata"].get("finalizers") or []):
+                self.snapshot_sources.add(object_key(snapshot), quiet=True)
+        for claim in stores.claims.values():
+            meta = claim["metadata"]
+            if meta.get("deletionTimestamp") and sources.CLONE_PROTECTION_FINALIZER in (meta.get("finalizers") or []):
+                self.claims.add(object_key(claim), quiet=True)
 
     # --- routing -------------------------------------------------------------------
 
