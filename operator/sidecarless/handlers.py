@@ -19,7 +19,7 @@ import kopf
 from kopf._core.engines.peering import Identity  # not exported; a NewType of str
 
 from csi_client import TLSConfig
-from sidecarless import metrics_server, watches
+from sidecarless import metrics_server, routing, watches
 from sidecarless.attacher.controller import Attacher
 from sidecarless.config import Settings as OperatorConfig
 from sidecarless.context import Context
@@ -32,13 +32,11 @@ from sidecarless.leader import LeaderElector
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
-from sidecarless.routing import endpoint_of_volume
 from sidecarless.snapshots.common_controller import SnapshotController
 from sidecarless.snapshots.group_common_controller import GroupSnapshotController
 from sidecarless.snapshots.group_sidecar_controller import GroupSnapshotter
 from sidecarless.snapshots.sidecar_controller import Snapshotter
 from sidecarless.store import Stores
-from sidecarless.vocabulary import ANN_ENDPOINT
 from sidecarless.watches import Controllers
 
 log = logging.getLogger("sidecarless")
@@ -51,6 +49,8 @@ _MONITOR_TICK_SECONDS = 1.0
 # A status whose only change is its counts is written at most this often (a burst of
 # claims would otherwise write it every tick); any other change is written at once.
 COUNTS_WRITE_SECONDS = 5.0
+DELETION_RECHECK_SECONDS = 5.0  # a DriverEndpoint held by what it serves looks again this often
+ANN_ALLOW_DELETION_IN_USE = "sidecarless.io/allow-deletion-in-use"
 TLS_RETRY_SECONDS = 30.0  # an endpoint whose TLS Secret is missing looks for it again this often
 SYNC_TIMEOUT_SECONDS = 60.0  # the leader's controllers wait this long at most for the first listings
 
@@ -195,8 +195,53 @@ def _served(name: str, memo: kopf.Memo, **_: Any) -> bool:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, when=_served)
-async def endpoint_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
-    await memo.context.endpoints.remove(name)
+async def endpoint_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Protected as Kubernetes protects a claim in use: while PVs, attachments or snapshot
+    contents still need the endpoint it stays Terminating, serving them (their deletions
+    need its driver), with a `Terminating` condition that says what holds it; it goes once
+    none do, or at once with the annotation `sidecarless.io/allow-deletion-in-use: "true"`."""
+    context: Context = memo.context
+    held = _holding(context.stores, name)
+    allowed = (body.get("metadata", {}).get("annotations") or {}).get(ANN_ALLOW_DELETION_IN_USE) == "true"
+    if held is not None and not allowed:
+        if context.endpoints.get(name) is not None:
+            await context.endpoints.refresh(name)  # its daemon has stopped: probe here
+        status = _status(memo, name, body, terminating=held)
+        try:
+            await context.kube.patch(DRIVER_ENDPOINT, name, {"status": status}, subresource="status")
+        except KubeError as error:
+            log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
+        raise kopf.TemporaryError(held, delay=DELETION_RECHECK_SECONDS)
+    if held is not None:
+        log.warning("DriverEndpoint %s deleted while in use (%s): %s", name, ANN_ALLOW_DELETION_IN_USE, held)
+    await context.endpoints.remove(name)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, when=_served)
+async def endpoint_event(type: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Every replica drops an endpoint once it is gone (the delete handler runs in one)."""
+    if type == "DELETED":
+        await memo.context.endpoints.remove(name)
+
+
+def _holding(stores: Stores, name: str) -> str | None:
+    """What still needs endpoint `name`, in words; None: nothing."""
+    counts = routing.served_by(stores, name)
+    if not any(counts.values()):
+        return None
+    held = ", ".join(
+        f"{count} {what}"
+        for what, count in (
+            ("PersistentVolumes", counts["volumes"]),
+            ("attached VolumeAttachments", counts["attachments"]),
+            ("VolumeSnapshotContents", counts["snapshots"]),
+        )
+        if count
+    )
+    return (
+        f"being deleted, and still needed by {held}: it serves them until none is left "
+        f'(annotate it {ANN_ALLOW_DELETION_IN_USE}="true" to delete it now)'
+    )
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0, when=_served)
@@ -228,15 +273,7 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
         if endpoint is not None and time.monotonic() - last_probe >= interval:
             last_probe = time.monotonic()
             await context.endpoints.refresh(name)  # serving again: every controller looks again
-        status = build_status(
-            endpoint,
-            spec_error=context.endpoints.spec_errors.get(name),
-            generation=int(body.get("metadata", {}).get("generation") or 0),
-            counts=_counts(context.stores, name),
-            previous=dict(body.get("status") or {}),
-            attach_required=_attach_required(context.stores, endpoint.spec.driver_name if endpoint else ""),
-            unreferenced=memo.controllers.leaks.findings.get(name),
-        )
+        status = _status(memo, name, body)
         comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
         leading = memo.leader is None or memo.leader.leading  # a standby replica probes but does not write
         if leading and _worth_writing(comparable, written, time.monotonic() - written_at):
@@ -247,8 +284,23 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
                 log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
         # Status is recomputed every tick (counts follow the stores) but written only when it changed.
         await stopped.wait(_MONITOR_TICK_SECONDS)
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        await context.endpoints.remove(name)  # every replica; the on.delete handler runs in one
+    # Stopped by a deletion (or the operator's exit): the endpoint stays live until the object
+    # is gone (endpoint_event), so what still needs it is served meanwhile (endpoint_deleted).
+
+
+def _status(memo: kopf.Memo, name: str, body: kopf.Body, *, terminating: str | None = None) -> dict[str, Any]:
+    context: Context = memo.context
+    endpoint = context.endpoints.get(name)
+    return build_status(
+        endpoint,
+        spec_error=context.endpoints.spec_errors.get(name),
+        generation=int(body.get("metadata", {}).get("generation") or 0),
+        counts=routing.served_by(context.stores, name),
+        previous=dict(body.get("status") or {}),
+        attach_required=_attach_required(context.stores, endpoint.spec.driver_name if endpoint else ""),
+        unreferenced=memo.controllers.leaks.findings.get(name),
+        terminating=terminating,
+    )
 
 
 def _worth_writing(status: dict[str, Any], written: dict[str, Any] | None, since_written: float) -> bool:
@@ -264,38 +316,6 @@ def _worth_writing(status: dict[str, Any], written: dict[str, Any] | None, since
 def _attach_required(stores: Stores, driver: str) -> bool:
     csidriver = stores.drivers.get(driver)
     return bool(((csidriver or {}).get("spec") or {}).get("attachRequired", True))
-
-
-def _counts(stores: Stores, endpoint_name: str) -> dict[str, int]:
-    """Volumes the endpoint serves (through their class), how many of them are attached, and its snapshots."""
-    volumes = {
-        v["metadata"]["name"]: ((v.get("spec") or {}).get("csi") or {}).get("volumeHandle")
-        for v in stores.volumes.values()
-        if endpoint_of_volume(v, stores.classes.get((v.get("spec") or {}).get("storageClassName") or ""))
-        == endpoint_name
-    }
-    attachments = sum(
-        1
-        for a in stores.attachments.values()
-        if ((a.get("spec") or {}).get("source") or {}).get("persistentVolumeName") in volumes
-        and (a.get("status") or {}).get("attached")
-    )
-    handles = set(volumes.values())
-    routed_classes = {
-        c["metadata"]["name"]
-        for c in stores.snapshot_classes.values()
-        if (c["metadata"].get("annotations") or {}).get(ANN_ENDPOINT) == endpoint_name
-    }
-    snapshots = sum(
-        1
-        for c in stores.contents.values()
-        if (c.get("status") or {}).get("snapshotHandle")
-        and (
-            ((c.get("spec") or {}).get("source") or {}).get("volumeHandle") in handles
-            or (c.get("spec") or {}).get("volumeSnapshotClassName") in routed_classes
-        )
-    )
-    return {"volumes": len(volumes), "attachments": attachments, "snapshots": snapshots}
 
 
 class TLSSecretMissing(Exception):  # noqa: N818 - reads as what it is at the call site

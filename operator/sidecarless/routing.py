@@ -140,3 +140,32 @@ def group_content_endpoint(
         volume = volume_by_handle(stores.volumes.values(), driver, handles[0])
         name = volume_route(stores, volume) if volume is not None else None
     return _serving(name, driver, drivers)
+
+
+def served_by(stores: Stores, name: str) -> dict[str, int]:
+    """What endpoint `name` serves: PVs routed to it (through their class), how many of them are
+    attached, and snapshot contents with a handle (of those volumes, or of a snapshot class
+    routed to it). Its status counts, and what holds it while it is being deleted."""
+    volumes = {
+        v["metadata"]["name"]: ((v.get("spec") or {}).get("csi") or {}).get("volumeHandle")
+        for v in stores.volumes.values()
+        if volume_route(stores, v) == name
+    }
+    attachments = sum(
+        1
+        for a in stores.attachments.values()
+        if ((a.get("spec") or {}).get("source") or {}).get("persistentVolumeName") in volumes
+        and (a.get("status") or {}).get("attached")
+    )
+    handles = set(volumes.values())
+    routed_classes = {c["metadata"]["name"] for c in stores.snapshot_classes.values() if endpoint_of_class(c) == name}
+    snapshots = sum(
+        1
+        for c in stores.contents.values()
+        if (c.get("status") or {}).get("snapshotHandle")
+        and (
+            ((c.get("spec") or {}).get("source") or {}).get("volumeHandle") in handles
+            or (c.get("spec") or {}).get("volumeSnapshotClassName") in routed_classes
+        )
+    )
+    return {"volumes": len(volumes), "attachments": attachments, "snapshots": snapshots}

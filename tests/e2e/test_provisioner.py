@@ -366,6 +366,71 @@ async def test_deleted_endpoint_stops_serving(
     await failed_event(kube, namespace, "after", contains="does not exist")
 
 
+async def test_an_endpoint_in_use_stays_terminating_until_its_volumes_are_gone(
+    kube: Kube, namespace: str, routed_class: Callable[..., Awaitable[tuple[str, str]]]
+) -> None:
+    endpoint, class_name = await routed_class()
+    await kube.create(PVC, claim("held", class_name), namespace)
+    volume_name = (await bound_claim(kube, namespace, "held"))["spec"]["volumeName"]
+    await kube.delete(DRIVER_ENDPOINT, endpoint)
+
+    async def held() -> dict[str, Any] | None:
+        current = await kube.get_or_none(DRIVER_ENDPOINT, endpoint)
+        return current if current and condition(current, "Terminating").get("reason") == "InUse" else None
+
+    terminating = await eventually(held, what="the DriverEndpoint held by its volume", timeout=30)
+    assert "still needed by 1 PersistentVolumes" in condition(terminating, "Terminating")["message"]
+    assert terminating["metadata"].get("deletionTimestamp")
+    # It still serves what holds it: the claim's deletion goes through its driver.
+    await kube.delete(PVC, "held", namespace)
+
+    async def all_gone() -> bool:
+        return (
+            await kube.get_or_none(PV, volume_name) is None
+            and await kube.get_or_none(DRIVER_ENDPOINT, endpoint) is None
+        )
+
+    await eventually(all_gone, what="the volume deleted, then the DriverEndpoint", timeout=60)
+
+
+async def test_an_endpoint_deleted_in_use_on_purpose_leaves_its_volume_waiting_with_an_event(
+    kube: Kube, namespace: str, cluster: LocalCluster, routed_class: Callable[..., Awaitable[tuple[str, str]]]
+) -> None:
+    endpoint, class_name = await routed_class()
+    await kube.create(PVC, claim("orphan", class_name), namespace)
+    volume_name = (await bound_claim(kube, namespace, "orphan"))["spec"]["volumeName"]
+    spec = (await kube.get(DRIVER_ENDPOINT, endpoint))["spec"]
+    allow = {"metadata": {"annotations": {"sidecarless.io/allow-deletion-in-use": "true"}}}
+    await kube.patch(DRIVER_ENDPOINT, endpoint, allow)
+    await kube.delete(DRIVER_ENDPOINT, endpoint)
+
+    async def gone() -> bool:
+        return await kube.get_or_none(DRIVER_ENDPOINT, endpoint) is None
+
+    await eventually(gone, what="the DriverEndpoint deleted at once", timeout=30)
+    await kube.delete(PVC, "orphan", namespace)
+    message = await eventually(
+        lambda: waiting_event(kube, volume_name), what="an event naming the missing endpoint", timeout=30
+    )
+    assert f"DriverEndpoint {endpoint!r} does not exist" in message
+    assert await kube.get_or_none(PV, volume_name) is not None
+    # The endpoint comes back: the volume is deleted.
+    body = {"apiVersion": "sidecarless.io/v1alpha1", "kind": "DriverEndpoint", "metadata": {"name": endpoint}}
+    await kube.create(DRIVER_ENDPOINT, {**body, "spec": spec})
+
+    async def deleted() -> bool:
+        return await kube.get_or_none(PV, volume_name) is None
+
+    await eventually(deleted, what="the volume deleted through the endpoint that came back", timeout=60)
+
+
+async def waiting_event(kube: Kube, volume_name: str) -> str | None:
+    for event in await kube.list(EVENT, "default"):  # a PV's events go to default
+        if event["involvedObject"].get("name") == volume_name and event["reason"] == "WaitingForDriverEndpoint":
+            return str(event["message"])
+    return None
+
+
 async def test_deletion_waits_for_attachments(
     kube: Kube,
     namespace: str,

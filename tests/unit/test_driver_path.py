@@ -306,3 +306,25 @@ def test_each_controller_retries_on_its_endpoints_schedule(
         assert all(later - earlier >= 17 for earlier, later in itertools.pairwise(times)), times
     else:
         assert len(times) >= 5, times
+
+
+def test_what_an_endpoint_serves_is_what_holds_its_deletion() -> None:
+    attached = {
+        "metadata": {"name": "va"},
+        "spec": {"attacher": "a.csi", "source": {"persistentVolumeName": "pv"}},
+        "status": {"attached": True},
+    }
+    content = {
+        "metadata": {"name": "c"},
+        "spec": {"source": {"volumeHandle": "h-pv"}},
+        "status": {"snapshotHandle": "s"},
+    }
+    stores = stores_with(
+        ("StorageClass", a_class("fast", "ep-a")),
+        ("PersistentVolume", a_volume("pv", "a.csi")),
+        ("PersistentVolume", a_volume("other", "a.csi", "plain")),
+        ("VolumeAttachment", attached),
+        ("VolumeSnapshotContent", content),
+    )
+    assert routing.served_by(stores, "ep-a") == {"volumes": 1, "attachments": 1, "snapshots": 1}
+    assert routing.served_by(stores, "ep-b") == {"volumes": 0, "attachments": 0, "snapshots": 0}

@@ -23,14 +23,19 @@ class Condition:
     message: str
 
 
-def conditions_for(endpoint: Endpoint | None, spec_error: str | None) -> list[Condition]:
-    """Connected, Ready and Degraded, each with a reason and a message a person can act on."""
+def conditions_for(
+    endpoint: Endpoint | None, spec_error: str | None, terminating: str | None = None
+) -> list[Condition]:
+    """Connected, Ready and Degraded, each with a reason and a message a person can act on;
+    and Terminating (reason InUse), while a deletion waits for what still needs the endpoint."""
+    held = [Condition("Terminating", True, "InUse", terminating)] if terminating else []
     if spec_error is not None or endpoint is None:
         reason, message = ("InvalidSpec", spec_error) if spec_error else ("Configuring", "not configured yet")
         return [
             Condition("Connected", False, reason, message),
             Condition("Ready", False, reason, message),
             Condition("Degraded", False, reason, message),
+            *held,
         ]
     connected = (
         Condition("Connected", True, "Connected", f"connected to {endpoint.spec.address}")
@@ -48,7 +53,7 @@ def conditions_for(endpoint: Endpoint | None, spec_error: str | None) -> list[Co
         )
     else:
         degraded = Condition("Degraded", False, "AsExpected", "no failed operations")
-    return [connected, ready, degraded]
+    return [connected, ready, degraded, *held]
 
 
 class HasStatus(Protocol):
@@ -64,11 +69,12 @@ def build_status(
     previous: Body,
     attach_required: bool = True,
     unreferenced: HasStatus | None = None,
+    terminating: str | None = None,
 ) -> Body:
     """The DriverEndpoint's status; lastTransitionTime moves only when a condition's status does."""
     before = {c.get("type"): c for c in previous.get("conditions") or []}
     conditions = []
-    for condition in conditions_for(endpoint, spec_error):
+    for condition in conditions_for(endpoint, spec_error, terminating):
         status = "True" if condition.status else "False"
         old = before.get(condition.type) or {}
         conditions.append(

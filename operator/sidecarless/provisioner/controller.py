@@ -536,7 +536,16 @@ class Provisioner:
         if endpoint_name is None or not context.settings.serves(endpoint_name):
             return  # the sidecars', or another operator's (SIDECARLESS_ENDPOINTS)
         endpoint = context.endpoints.get(endpoint_name)
-        if endpoint is None or not endpoint.serving:
+        if endpoint is None:
+            driver = str(((volume.get("spec") or {}).get("csi") or {}).get("driver") or "")
+            message = f"DriverEndpoint {endpoint_name!r} does not exist"
+            if isinstance(plan.volume_decision(volume, driver), plan.DeleteVolume):
+                # Released, and nothing can delete it: say which endpoint it waits for.
+                await self._events(None, driver).warning(
+                    volume, "WaitingForDriverEndpoint", f"{message}: the volume is deleted once it is back"
+                )
+            raise Requeue(None, message)
+        if not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {endpoint_name!r} is not serving")
         if volume["metadata"].get("uid") in self._deleted:
             return
