@@ -206,11 +206,12 @@ async def endpoint_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
     if held is not None and not allowed:
         if context.endpoints.get(name) is not None:
             await context.endpoints.refresh(name)  # its daemon has stopped: probe here
-        status = _status(memo, name, body, terminating=held)
-        try:
-            await context.kube.patch(DRIVER_ENDPOINT, name, {"status": status}, subresource="status")
-        except KubeError as error:
-            log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
+        if memo.leader is None or memo.leader.leading:  # a standby writes no status
+            status = _status(memo, name, body, terminating=held)
+            try:
+                await context.kube.patch(DRIVER_ENDPOINT, name, {"status": status}, subresource="status")
+            except KubeError as error:
+                log.warning("could not write the status of DriverEndpoint %s: %s", name, error)
         raise kopf.TemporaryError(held, delay=DELETION_RECHECK_SECONDS)
     if held is not None:
         log.warning("DriverEndpoint %s deleted while in use (%s): %s", name, ANN_ALLOW_DELETION_IN_USE, held)

@@ -1,0 +1,1 @@
+"""Storage capacity tracking: external-provisioner's `--enable-capacity` (CSIStorageCapacity objects)."""
