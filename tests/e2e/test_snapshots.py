@@ -541,3 +541,41 @@ async def test_snapshot_deleted_while_the_driver_does_not_answer(
         listed = await client.list_snapshots(csi.ListSnapshotsRequest(source_volume_id=volume_id))
     assert len(listed.entries) == 0, "the snapshot the driver finally made was deleted"
     assert len(cluster.driver_calls(SLOW, "DeleteSnapshot")) == 1
+
+
+async def test_restore_protection_orphaned_by_a_crash_is_swept(
+    kube: Kube,
+    namespace: str,
+    exclusive: Callable[..., OperatorProcess],
+    routed_class: Routed,
+    make_snapshot_class: Callable[..., Awaitable[str]],
+) -> None:
+    """The operator dies mid-restore (after CreateVolume, so the snapshot carries the
+    provisioner's restore protection); the restoring claim is deleted while no operator runs,
+    so no event will ever say it went. The next operator's sweep releases the snapshot, which
+    can then be deleted (external-provisioner #1507: such snapshots stuck Terminating)."""
+    faulty = exclusive(SIDECARLESS_FAULT_POINTS=f"after-create-volume@{namespace}/restored")
+    _, class_name = await routed_class(MOCK)
+    await kube.create(PVC, claim("data", class_name), namespace)
+    await bound_claim(kube, namespace, "data")
+    snapshot_class = await make_snapshot_class()
+    await kube.create(VOLUME_SNAPSHOT, volume_snapshot("snap", claim_name="data", class_name=snapshot_class), namespace)
+    await ready_snapshot(kube, namespace, "snap")
+    restored = claim("restored", class_name)
+    restored["spec"]["dataSource"] = {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"}
+    await kube.create(PVC, restored, namespace)
+    wait_until("the operator killed at after-create-volume", killed(faulty), timeout=60, watch=[])
+    protected = await kube.get(VOLUME_SNAPSHOT, "snap", namespace)
+    assert SNAPSHOT_PROTECTION_FINALIZER in protected["metadata"]["finalizers"]
+    await kube.delete(PVC, "restored", namespace)
+    await gone(kube, PVC, "restored", namespace)
+
+    exclusive()  # a healthy operator: no DELETED event of the claim reaches it
+
+    async def released() -> bool:
+        current = await kube.get(VOLUME_SNAPSHOT, "snap", namespace)
+        return SNAPSHOT_PROTECTION_FINALIZER not in (current["metadata"].get("finalizers") or [])
+
+    await eventually(released, what="the orphaned restore protection swept", timeout=150)
+    await kube.delete(VOLUME_SNAPSHOT, "snap", namespace)
+    await gone(kube, VOLUME_SNAPSHOT, "snap", namespace)
