@@ -61,6 +61,11 @@ class Settings:
     # How often backend volumes and snapshots are compared with the PVs and contents that
     # reference them (drivers with LIST_VOLUMES / LIST_SNAPSHOTS); 0 turns it off.
     leak_check_seconds: float = 300.0
+    # Volume health (external-health-monitor's controller): how often drivers with
+    # VOLUME_CONDITION are asked about their volumes (0 turns it off), and the budget of its events.
+    health_check_seconds: float = 300.0
+    health_api_qps: float = 5.0
+    health_api_burst: int = 10
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

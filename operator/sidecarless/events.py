@@ -88,6 +88,10 @@ class Sources:
     def snapshotter(driver: str) -> str:
         return f"csi-snapshotter {driver}"
 
+    @staticmethod
+    def health_monitor(driver: str) -> str:
+        return f"csi-pv-monitor-controller-{driver}"
+
 
 class SimilarEvents:
     """client-go's EventAggregator: the message to post for an event, given the distinct

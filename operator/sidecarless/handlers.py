@@ -26,6 +26,7 @@ from sidecarless.context import Context
 from sidecarless.endpoints.live import EndpointRegistry
 from sidecarless.endpoints.status import build_status
 from sidecarless.events import EventRecorder
+from sidecarless.health_monitor import HealthMonitor
 from sidecarless.informer import Informer, wait_synced
 from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, api_client, load_configuration
 from sidecarless.leader import LeaderElector
@@ -109,6 +110,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         snapshot_controller=SnapshotController(budget()) if config.snapshot_controller else None,
         group_controller=GroupSnapshotController(budget()) if config.snapshot_controller else None,
         leaks=LeakReporter(budget()),
+        health=HealthMonitor(budget()),
     )
     context.endpoints.on_change = controllers.endpoint_changed
     # Every replica watches (a standby's stores are warm when it takes over); only the

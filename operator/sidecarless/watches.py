@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from sidecarless import kube as k
 from sidecarless.attacher.controller import Attacher
 from sidecarless.context import Context
+from sidecarless.health_monitor import HealthMonitor
 from sidecarless.informer import RESYNC, Informer
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner import sources
@@ -63,10 +64,12 @@ class Controllers:
     snapshot_controller: SnapshotController | None  # None beside an upstream snapshot-controller
     group_controller: GroupSnapshotController | None
     leaks: LeakReporter
+    health: HealthMonitor
 
     def all(self) -> list[Controller]:
         every: tuple[Controller | None, ...] = (
             self.leaks,
+            self.health,
             self.provisioner,
             self.attacher,
             self.resizer,

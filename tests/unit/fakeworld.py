@@ -40,6 +40,7 @@ from sidecarless.context import Context
 from sidecarless.endpoints.live import Endpoint, EndpointRegistry
 from sidecarless.endpoints.spec import EndpointSpec
 from sidecarless.events import EventRecorder
+from sidecarless.health_monitor import HealthMonitor
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
@@ -137,6 +138,10 @@ class FakeKube(k.Kube):
         self._versions = itertools.count(1)
 
     # --- what tests use ------------------------------------------------------------
+
+    def with_budget(self, qps: float, burst: int) -> k.Kube:
+        """The same API: budgets are real-time rate limits, which simulated time need not model."""
+        return self
 
     def fail_next(self, method: str, plural: str, status: int, times: int = 1) -> None:
         """Answer the next `times` requests of `method` on `plural` with HTTP `status` (409: a conflict)."""
@@ -475,6 +480,7 @@ class World:
             snapshot_controller=SnapshotController(self.context) if self.settings.snapshot_controller else None,
             group_controller=GroupSnapshotController(self.context) if self.settings.snapshot_controller else None,
             leaks=LeakReporter(self.context),
+            health=HealthMonitor(self.context),
         )
         self.context.endpoints.on_change = self.controllers.endpoint_changed  # as handlers.startup does
         # The informers' own event functions, fed by the fake API instead of a watch.

@@ -60,7 +60,7 @@ async def test_every_controller_is_told_of_an_endpoint_change() -> None:
     world = World()
     try:
         controllers = world.controllers.all()
-        assert len(controllers) == 8  # leaks, provisioner, attacher, resizer, snapshots (2), groups (2)
+        assert len(controllers) == 9  # leaks, health, provisioner, attacher, resizer, snapshots (2), groups (2)
         for controller in controllers:
             assert isinstance(controller, Controller), controller
         stores = world.context.stores
@@ -78,7 +78,7 @@ async def test_every_controller_is_told_of_an_endpoint_change() -> None:
             store.apply_event(None, body)  # in the stores, in no queue yet
         await world.endpoint("ep")  # configured: EndpointRegistry.on_change
         for controller in controllers:
-            if controller is world.controllers.leaks:
+            if controller in (world.controllers.leaks, world.controllers.health):
                 continue  # no queue: its next periodic check looks anyway
             depth = sum(q.depth for q in vars(controller).values() if isinstance(q, WorkQueue))
             assert depth > 0, type(controller).__name__

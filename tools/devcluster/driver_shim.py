@@ -21,6 +21,9 @@ flag names and error texts:
   dies after the backend made the volume and before the caller heard of it;
 - with `--probe-unready-after SECONDS`, Probe answers `ready: false` once this process has run
   that long (a driver gone sick, for the liveness checks; a restarted container is well again);
+- with `--abnormal-volumes FILE`, ListVolumes and ControllerGetVolume report the volumes that
+  FILE lists (one `<volume id> <message>` a line, read at every call) as abnormal, with that
+  message: a volume gone bad, for the health monitor (the mock reports every volume healthy);
 - with `--enable-volume-group-snapshots`, the GroupController service (and the plugin
   capability GROUP_CONTROLLER_SERVICE): CreateVolumeGroupSnapshot cuts one mock snapshot
   per volume (named `<group name>-<volume id>`), Get and Delete act on the group; groups
@@ -43,6 +46,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -79,8 +83,10 @@ class Shim:
         target_paths: bool = False,
         hold_create_answers: float = 0.0,
         probe_unready_after: float = 0.0,
+        abnormal_volumes: Path | None = None,
     ) -> None:
         self.backend = backend
+        self.abnormal_volumes = abnormal_volumes
         self.unready_at = time.monotonic() + probe_unready_after if probe_unready_after else None
         self.hold_create_answers = hold_create_answers
         self.accepted = accepted  # None: no MODIFY_VOLUME at all
@@ -94,6 +100,11 @@ class Shim:
         }
         if self.unready_at is not None:
             self.own[IDENTITY + "Probe"] = self.probe
+        if abnormal_volumes is not None:
+            self.own |= {
+                CONTROLLER + "ListVolumes": self.list_volumes,
+                CONTROLLER + "ControllerGetVolume": self.get_volume,
+            }
         if target_paths:
             self.own |= {NODE + "NodePublishVolume": self.publish, NODE + "NodeUnpublishVolume": self.unpublish}
         if groups:
@@ -128,6 +139,32 @@ class Shim:
         if self.accepted is not None:
             capability = response.capabilities.add()
             capability.rpc.type = csi.ControllerServiceCapability.RPC.MODIFY_VOLUME
+        return response.SerializeToString()
+
+    def _abnormal(self) -> dict[str, str]:
+        assert self.abnormal_volumes is not None
+        with contextlib.suppress(FileNotFoundError):
+            lines = self.abnormal_volumes.read_text().splitlines()
+            return {i: message for i, _, message in (line.partition(" ") for line in lines if line.strip())}
+        return {}
+
+    async def list_volumes(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        response = csi.ListVolumesResponse.FromString(await self.forward(CONTROLLER + "ListVolumes", raw, context))
+        abnormal = self._abnormal()
+        for entry in response.entries:
+            if entry.volume.volume_id in abnormal:
+                entry.status.volume_condition.abnormal = True
+                entry.status.volume_condition.message = abnormal[entry.volume.volume_id]
+        _log(csi.ListVolumesRequest.FromString(raw), response)
+        return response.SerializeToString()
+
+    async def get_volume(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        reply = await self.forward(CONTROLLER + "ControllerGetVolume", raw, context)
+        response = csi.ControllerGetVolumeResponse.FromString(reply)
+        message = self._abnormal().get(response.volume.volume_id)
+        if message is not None:
+            response.status.volume_condition.abnormal = True
+            response.status.volume_condition.message = message
         return response.SerializeToString()
 
     async def modify(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -314,6 +351,7 @@ async def serve(
     target_paths: bool = False,
     hold_create_answers: float = 0.0,
     probe_unready_after: float = 0.0,
+    abnormal_volumes: Path | None = None,
 ) -> None:
     channel = grpc.aio.insecure_channel(parse_address(backend).target)
     server = grpc.aio.server()
@@ -325,6 +363,7 @@ async def serve(
         target_paths=target_paths,
         hold_create_answers=hold_create_answers,
         probe_unready_after=probe_unready_after,
+        abnormal_volumes=abnormal_volumes,
     )
     server.add_generic_rpc_handlers([_Handlers(shim)])
     server.add_insecure_port(_bind_target(listen))
@@ -349,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--create-target-paths", action="store_true", help="NodePublishVolume makes the target")
     parser.add_argument("--hold-create-volume-answers", type=float, default=0.0, help="seconds; 0: answer at once")
     parser.add_argument("--probe-unready-after", type=float, default=0.0, help="seconds; 0: Probe as the mock")
+    parser.add_argument("--abnormal-volumes", type=Path, default=None, help="a file of '<volume id> <message>' lines")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     accepted = None
@@ -364,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
             target_paths=args.create_target_paths,
             hold_create_answers=args.hold_create_volume_answers,
             probe_unready_after=args.probe_unready_after,
+            abnormal_volumes=args.abnormal_volumes,
         )
     )
 

@@ -42,10 +42,18 @@ class DriverSpec:
     accepted_mutable_parameters: tuple[str, ...] | None = None
     max_volume_size: int = 0
     group_snapshots: bool = False  # the GroupController service (CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT)
+    # A file of "<volume id> <message>" lines: ListVolumes and ControllerGetVolume report those
+    # volumes abnormal (the mock reports every volume healthy).
+    abnormal_volumes: Path | None = None
 
     @property
     def shimmed(self) -> bool:
-        return self.accepted_mutable_parameters is not None or self.max_volume_size > 0 or self.group_snapshots
+        return (
+            self.accepted_mutable_parameters is not None
+            or self.max_volume_size > 0
+            or self.group_snapshots
+            or self.abnormal_volumes is not None
+        )
 
     def shim_args(self) -> list[str]:
         args = []
@@ -55,6 +63,8 @@ class DriverSpec:
             args.append(f"--max-volume-size={self.max_volume_size}")
         if self.group_snapshots:
             args.append("--enable-volume-group-snapshots")
+        if self.abnormal_volumes is not None:
+            args.append(f"--abnormal-volumes={self.abnormal_volumes}")
         return args
 
     def mock_args(self, hooks_file: Path | None) -> list[str]:
