@@ -66,6 +66,13 @@ class Settings:
     health_check_seconds: float = 300.0
     health_api_qps: float = 5.0
     health_api_burst: int = 10
+    # Storage capacity (external-provisioner --enable-capacity, for CSIDrivers with
+    # storageCapacity: true): how often GetCapacity is asked again, the budget of its writes
+    # (--kube-api-capacity-qps/-burst), and whether Immediate classes get objects too.
+    capacity_poll_seconds: float = 60.0
+    capacity_api_qps: float = 1.0
+    capacity_api_burst: int = 5
+    capacity_for_immediate_binding: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -21,6 +21,7 @@ from kopf._core.engines.peering import Identity  # not exported; a NewType of st
 from csi_client import TLSConfig
 from sidecarless import metrics_server, routing, watches
 from sidecarless.attacher.controller import Attacher
+from sidecarless.capacity.controller import CapacityTracker
 from sidecarless.config import Settings as OperatorConfig
 from sidecarless.context import Context
 from sidecarless.endpoints.live import EndpointRegistry
@@ -111,6 +112,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         group_controller=GroupSnapshotController(budget()) if config.snapshot_controller else None,
         leaks=LeakReporter(budget()),
         health=HealthMonitor(budget()),
+        capacity=CapacityTracker(budget()),
     )
     context.endpoints.on_change = controllers.endpoint_changed
     # Every replica watches (a standby's stores are warm when it takes over); only the
@@ -303,6 +305,7 @@ def _status(memo: kopf.Memo, name: str, body: kopf.Body, *, terminating: str | N
         attach_required=_attach_required(context.stores, endpoint.spec.driver_name if endpoint else ""),
         unreferenced=memo.controllers.leaks.findings.get(name),
         terminating=terminating,
+        capacity=(memo.controllers.capacity.state(name), memo.controllers.capacity.objects.get(name, 0)),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from sidecarless import kube as k
 from sidecarless.attacher.controller import Attacher
+from sidecarless.capacity.controller import CapacityTracker
 from sidecarless.context import Context
 from sidecarless.health_monitor import HealthMonitor
 from sidecarless.informer import RESYNC, Informer
@@ -65,11 +66,13 @@ class Controllers:
     group_controller: GroupSnapshotController | None
     leaks: LeakReporter
     health: HealthMonitor
+    capacity: CapacityTracker
 
     def all(self) -> list[Controller]:
         every: tuple[Controller | None, ...] = (
             self.leaks,
             self.health,
+            self.capacity,
             self.provisioner,
             self.attacher,
             self.resizer,
@@ -112,6 +115,8 @@ def claim_event(c: Controllers, kind: str | None, claim: Body, quiet: Quiet = LO
 
 def volume_event(c: Controllers, kind: str | None, volume: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.volumes.apply_event(kind, volume)
+    if kind in ("ADDED", DELETED):
+        c.capacity.topology_changed()  # a volume made or gone: the capacity left changed
     if kind != DELETED:
         c.provisioner.volumes.add(key, quiet=quiet.own)
         c.attacher.volumes.add(key, quiet=quiet.own)
@@ -120,9 +125,23 @@ def volume_event(c: Controllers, kind: str | None, volume: Body, quiet: Quiet = 
 
 def class_event(c: Controllers, kind: str | None, storage_class: Body, quiet: Quiet = LOUD) -> None:
     key = c.context.stores.classes.apply_event(kind, storage_class)
+    if not quiet.own:
+        c.capacity.topology_changed()
     if kind != DELETED and endpoint_of_class(storage_class):
         for claim in c.provisioner.claims_of_class(key):
             c.provisioner.claims.add(claim, quiet=quiet.others)
+
+
+def topology_event(store_of: StoreOf) -> Handler:
+    """A CSIDriver, Node or CSINode: the capacity tracker looks again when more than its status
+    changed (a Node's heartbeat changes nothing the projected store keeps)."""
+
+    def handle(c: Controllers, kind: str | None, body: Body, quiet: Quiet = LOUD) -> None:
+        store_of(c).apply_event(kind, body)
+        if not quiet.own:
+            c.capacity.topology_changed()
+
+    return handle
 
 
 def attachment_event(c: Controllers, kind: str | None, attachment: Body, quiet: Quiet = LOUD) -> None:
@@ -204,13 +223,26 @@ def group_content_event(c: Controllers, kind: str | None, content: Body, quiet: 
 Handler = Callable[[Controllers, str | None, Body, Quiet], None]
 StoreOf = Callable[[Controllers], Store]
 
+
+def _drivers(c: Controllers) -> Store:
+    return c.context.stores.drivers
+
+
+def _nodes(c: Controllers) -> Store:
+    return c.context.stores.nodes
+
+
+def _csinodes(c: Controllers) -> Store:
+    return c.context.stores.csinodes
+
+
 # Each watched kind, its store, and what else its events do (None: only the store; the
 # controllers look these up). Classes come first: claims are looked at through them.
 WATCHED: list[tuple[k.Resource, StoreOf, Handler | None]] = [
     (k.STORAGE_CLASS, lambda c: c.context.stores.classes, class_event),
-    (k.CSI_DRIVER, lambda c: c.context.stores.drivers, None),
-    (k.NODE, lambda c: c.context.stores.nodes, None),
-    (k.CSI_NODE, lambda c: c.context.stores.csinodes, None),
+    (k.CSI_DRIVER, _drivers, topology_event(_drivers)),
+    (k.NODE, _nodes, topology_event(_nodes)),
+    (k.CSI_NODE, _csinodes, topology_event(_csinodes)),
     (k.VOLUME_ATTRIBUTES_CLASS, lambda c: c.context.stores.attribute_classes, attributes_class_event),
     (k.VOLUME_SNAPSHOT_CLASS, lambda c: c.context.stores.snapshot_classes, snapshot_class_event),
     (k.VOLUME_GROUP_SNAPSHOT_CLASS, lambda c: c.context.stores.group_classes, None),

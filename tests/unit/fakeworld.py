@@ -35,6 +35,7 @@ from csi_client.errors import error_for
 from sidecarless import kube as k
 from sidecarless import vocabulary, watches
 from sidecarless.attacher.controller import Attacher
+from sidecarless.capacity.controller import CapacityTracker
 from sidecarless.config import Settings
 from sidecarless.context import Context
 from sidecarless.endpoints.live import Endpoint, EndpointRegistry
@@ -209,6 +210,9 @@ class FakeKube(k.Kube):
                 raise k._error(404, b'{"reason": "NotFound", "message": "not found"}')
             return found
         if method == "POST":
+            meta = body.get("metadata") or {}
+            if not meta.get("name") and meta.get("generateName"):  # as the API server names it
+                body = {**body, "metadata": {**meta, "name": meta["generateName"] + uuid.uuid4().hex[:5]}}
             self.writes.append(Write(method, resource.plural, _key(namespace, body["metadata"]["name"]), "", body))
             return self._create(resource, body, namespace)
         if method == "PATCH":
@@ -481,6 +485,7 @@ class World:
             group_controller=GroupSnapshotController(self.context) if self.settings.snapshot_controller else None,
             leaks=LeakReporter(self.context),
             health=HealthMonitor(self.context),
+            capacity=CapacityTracker(self.context),
         )
         self.context.endpoints.on_change = self.controllers.endpoint_changed  # as handlers.startup does
         # The informers' own event functions, fed by the fake API instead of a watch.

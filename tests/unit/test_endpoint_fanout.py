@@ -60,7 +60,7 @@ async def test_every_controller_is_told_of_an_endpoint_change() -> None:
     world = World()
     try:
         controllers = world.controllers.all()
-        assert len(controllers) == 9  # leaks, health, provisioner, attacher, resizer, snapshots (2), groups (2)
+        assert len(controllers) == 10  # leaks, health, capacity, provisioner, attacher, resizer, snapshots, groups
         for controller in controllers:
             assert isinstance(controller, Controller), controller
         stores = world.context.stores

@@ -26,7 +26,13 @@ def test_spec_defaults() -> None:
     assert spec.operation_timeout == 60
     assert spec.retry_max == 300
     assert spec.max_in_flight == 50
-    assert spec.controllers == {"provisioner": True, "attacher": True, "resizer": True, "snapshotter": True}
+    assert spec.controllers == {
+        "provisioner": True,
+        "attacher": True,
+        "resizer": True,
+        "snapshotter": True,
+        "capacity": True,
+    }
     assert spec.provisioner.volume_name_prefix == "pvc"
 
 
@@ -73,6 +79,7 @@ def test_status_of_a_ready_endpoint_and_transition_times() -> None:
         "resizer": "Disabled",
         "modifier": "Disabled",  # switched with the resizer
         "snapshotter": "Unsupported",
+        "capacity": "Unsupported",
     }
     assert status["counts"] == {"volumes": 2, "operationsInFlight": 0, "failures": 0}
     assert status["driver"] == {"name": "d", "vendorVersion": "1.0"}

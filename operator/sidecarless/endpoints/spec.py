@@ -13,8 +13,8 @@ Body = dict[str, Any]
 # The switches of spec.controllers; the modifier (VolumeAttributesClass) goes with the
 # resizer, as both are external-resizer's, and group snapshots with the snapshotter, as
 # both are csi-snapshotter's.
-SWITCHES = ("provisioner", "attacher", "resizer", "snapshotter")
-CONTROLLERS = ("provisioner", "attacher", "resizer", "modifier", "snapshotter")
+SWITCHES = ("provisioner", "attacher", "resizer", "snapshotter", "capacity")
+CONTROLLERS = ("provisioner", "attacher", "resizer", "modifier", "snapshotter", "capacity")
 _SWITCH_OF = {"modifier": "resizer", "group-snapshotter": "snapshotter"}
 # The capability each controller needs from the driver to do real work.
 REQUIRED_CAPABILITY = {
@@ -24,6 +24,7 @@ REQUIRED_CAPABILITY = {
     "modifier": "MODIFY_VOLUME",
     "snapshotter": "CREATE_DELETE_SNAPSHOT",
     "group-snapshotter": "CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT",  # of the GroupController service
+    "capacity": "GET_CAPACITY",
 }
 ACTIVE, DISABLED, UNSUPPORTED = "Active", "Disabled", "Unsupported"
 NOT_REQUIRED = "NotRequired"  # the attacher, when the CSIDriver says attachRequired: false

@@ -70,6 +70,7 @@ def build_status(
     attach_required: bool = True,
     unreferenced: HasStatus | None = None,
     terminating: str | None = None,
+    capacity: tuple[str, int] | None = None,
 ) -> Body:
     """The DriverEndpoint's status; lastTransitionTime moves only when a condition's status does."""
     before = {c.get("type"): c for c in previous.get("conditions") or []}
@@ -92,9 +93,12 @@ def build_status(
     status_body["controllers"] = {c: endpoint.controller_state(c) for c in CONTROLLERS}
     if not attach_required:
         status_body["controllers"]["attacher"] = NOT_REQUIRED
+    if capacity is not None:  # the tracker knows what the CSIDriver asks for
+        status_body["controllers"]["capacity"] = capacity[0]
     status_body["counts"] = {
         **counts,
         **endpoint.operations,
+        **({"capacityObjects": capacity[1]} if capacity is not None else {}),
         "operationsInFlight": endpoint.in_flight,
         "failures": endpoint.failures,
     }
