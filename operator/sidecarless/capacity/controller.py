@@ -40,6 +40,7 @@ class CapacityTracker:
         self.queue: WorkQueue[str] = WorkQueue("capacity", self.sync, workers=1, backoff_of=self._backoff_of)
         self.objects: dict[str, int] = {}  # endpoint -> how many objects it keeps (its status)
         self._drivers: dict[str, str] = {}  # endpoint -> the driver it last kept objects for
+        self._cleared: set[str] = set()  # endpoints not tracking whose leftover objects are gone
         self._poller: asyncio.Task[None] | None = None
         self._owner: Body | None = None
         self._owner_known = False
@@ -91,7 +92,7 @@ class CapacityTracker:
         endpoint = self.context.endpoints.get(name)
         tracking = endpoint is not None and self.state(name) == ACTIVE
         driver = endpoint.spec.driver_name if endpoint is not None else self._drivers.get(name)
-        if driver is None:
+        if driver is None or (not tracking and name in self._cleared):
             return
         existing = await self.kube.list(
             CSI_STORAGE_CAPACITY,
@@ -102,7 +103,9 @@ class CapacityTracker:
             await self._delete(existing)  # the endpoint or its tracking went: so do its objects
             self._drivers.pop(name, None)
             self.objects.pop(name, None)
+            self._cleared.add(name)  # once: what it made from now on, it makes while tracking
             return
+        self._cleared.discard(name)
         if not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {name!r} is not serving")
         self._drivers[name] = driver
