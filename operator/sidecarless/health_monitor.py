@@ -23,7 +23,6 @@ never crowd out provisioning.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -35,6 +34,7 @@ from sidecarless import routing
 from sidecarless.context import Context
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.events import EventRecorder, Sources
+from sidecarless.periodic import Periodic
 from sidecarless.vocabulary import ref_key
 
 Body = dict[str, Any]
@@ -103,31 +103,24 @@ class HealthMonitor:
             instance=context.events.instance,
         )
         self._abnormal_at: dict[str, float] = {}  # claim UID -> when it was last abnormal (monotonic)
-        self._task: asyncio.Task[None] | None = None
+        self._checks = Periodic("health-monitor", settings.health_check_seconds, self._check_all)
 
     def start(self) -> None:
-        if self.context.settings.health_check_seconds > 0:
-            self._task = asyncio.create_task(self._run(), name="health-monitor")
+        self._checks.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._checks.stop()
         await self.events.close()
 
     def endpoint_changed(self, endpoint: str) -> None:
         """Nothing to do at once: the next check asks the driver."""
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.context.settings.health_check_seconds)
-            for endpoint in self.context.endpoints.all():
-                try:
-                    await self.check(endpoint)
-                except CSIError as error:
-                    log.warning("volume health of %s: %s", endpoint.spec.name, error)
+    async def _check_all(self) -> None:
+        for endpoint in self.context.endpoints.all():
+            try:
+                await self.check(endpoint)
+            except CSIError as error:
+                log.warning("volume health of %s: %s", endpoint.spec.name, error)
 
     async def check(self, endpoint: Endpoint) -> list[Verdict]:
         way = monitors(endpoint.info.controller) if endpoint.serving and endpoint.info is not None else None

@@ -12,8 +12,6 @@ Deleting is left to a person: an unreferenced volume may be one someone imported
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from csi_client import CSIClient, CSIError, csi
 from sidecarless.context import Context
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.kube import DRIVER_ENDPOINT
+from sidecarless.periodic import Periodic
 from sidecarless.store import Stores
 from sidecarless.vocabulary import now_rfc3339
 
@@ -96,32 +95,25 @@ class LeakReporter:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.findings: dict[str, Findings] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._checks = Periodic("leak-reporter", context.settings.leak_check_seconds, self._check_all)
 
     def start(self) -> None:
-        if self.context.settings.leak_check_seconds > 0:
-            self._task = asyncio.create_task(self._run(), name="leak-reporter")
+        self._checks.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._checks.stop()
 
     def endpoint_changed(self, endpoint: str) -> None:
         """Nothing to do at once: the next periodic check lists the endpoint's backend."""
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.context.settings.leak_check_seconds)
-            for endpoint in self.context.endpoints.all():
-                if not endpoint.serving or endpoint.info is None:
-                    continue
-                try:
-                    await self.check(endpoint)
-                except CSIError as error:
-                    log.warning("unreferenced check of %s: listing failed: %s", endpoint.spec.name, error)
+    async def _check_all(self) -> None:
+        for endpoint in self.context.endpoints.all():
+            if not endpoint.serving or endpoint.info is None:
+                continue
+            try:
+                await self.check(endpoint)
+            except CSIError as error:
+                log.warning("unreferenced check of %s: listing failed: %s", endpoint.spec.name, error)
 
     async def check(self, endpoint: Endpoint) -> Findings:
         assert endpoint.info is not None

@@ -6,7 +6,6 @@ starve attaches (external-attacher #761); each lane exports its depth and oldest
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from sidecarless.credentials import credentials, volume_secret
 from sidecarless.endpoints.live import Endpoint
 from sidecarless.endpoints.spec import ACTIVE, UNSUPPORTED
 from sidecarless.kube import PV, VOLUME_ATTACHMENT, NotFound
+from sidecarless.periodic import Periodic
 from sidecarless.vocabulary import ParameterError, now_rfc3339
 from sidecarless.workqueue import Backoff, Requeue, WorkQueue
 
@@ -74,7 +74,9 @@ class Attacher:
         )
         self.volumes: WorkQueue[str] = WorkQueue("attacher-volumes", self.sync_volume, workers=5)
         self._forced: set[str] = set()  # VAs to publish again although marked attached
-        self._reconciler: asyncio.Task[None] | None = None
+        self._reconciler = Periodic(
+            "attacher-reconcile", context.settings.attacher_reconcile_seconds, self._reconcile_all
+        )
         self._collector: BacklogCollector | None = None
 
     def start(self) -> None:
@@ -82,13 +84,10 @@ class Attacher:
             queue.start()
         self._collector = BacklogCollector(self.context)
         REGISTRY.register(self._collector)
-        self._reconciler = asyncio.create_task(self._reconcile_periodically(), name="attacher-reconcile")
+        self._reconciler.start()
 
     async def stop(self) -> None:
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconciler
+        await self._reconciler.stop()
         for queue in (self.attaches, self.detaches, self.volumes):
             await queue.stop()
         if self._collector is not None:
@@ -97,14 +96,12 @@ class Attacher:
 
     # --- ListVolumes reconcile -------------------------------------------------------
 
-    async def _reconcile_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.context.settings.attacher_reconcile_seconds)
-            for endpoint in self.context.endpoints.all():
-                try:
-                    await self.reconcile(endpoint)
-                except CSIError as error:
-                    log.warning("attacher: ListVolumes of %s failed: %s", endpoint.spec.name, error)
+    async def _reconcile_all(self) -> None:
+        for endpoint in self.context.endpoints.all():
+            try:
+                await self.reconcile(endpoint)
+            except CSIError as error:
+                log.warning("attacher: ListVolumes of %s failed: %s", endpoint.spec.name, error)
 
     async def reconcile(self, endpoint: Endpoint) -> None:
         """external-attacher's --reconcile-sync: re-publish attached volumes the driver lost.

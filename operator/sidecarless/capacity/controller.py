@@ -13,7 +13,6 @@ of their own (`capacity_api_qps` 1, `capacity_api_burst` 5, external-provisioner
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -23,6 +22,7 @@ from sidecarless.capacity import plan
 from sidecarless.context import Context
 from sidecarless.endpoints.spec import ACTIVE
 from sidecarless.kube import CSI_STORAGE_CAPACITY, POD, NotFound
+from sidecarless.periodic import Periodic
 from sidecarless.workqueue import Backoff, Requeue, WorkQueue
 
 Body = dict[str, Any]
@@ -41,19 +41,16 @@ class CapacityTracker:
         self.objects: dict[str, int] = {}  # endpoint -> how many objects it keeps (its status)
         self._drivers: dict[str, str] = {}  # endpoint -> the driver it last kept objects for
         self._cleared: set[str] = set()  # endpoints not tracking whose leftover objects are gone
-        self._poller: asyncio.Task[None] | None = None
+        self._poller = Periodic("capacity-poll", settings.capacity_poll_seconds, self._poll)
         self._owner: Body | None = None
         self._owner_known = False
 
     def start(self) -> None:
         self.queue.start()
-        self._poller = asyncio.create_task(self._poll(), name="capacity-poll")
+        self._poller.start()
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        await self._poller.stop()
         await self.queue.stop()
 
     def endpoint_changed(self, endpoint: str) -> None:
@@ -75,10 +72,8 @@ class CapacityTracker:
         return state
 
     async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.context.settings.capacity_poll_seconds)
-            for name in self.context.endpoints.names():
-                self.queue.add(name, quiet=True)
+        for name in self.context.endpoints.names():
+            self.queue.add(name, quiet=True)
 
     def _backoff_of(self, name: str) -> Backoff | None:
         endpoint = self.context.endpoints.get(name)

@@ -7,7 +7,6 @@ written onto a claim or a volume.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -32,6 +31,7 @@ from sidecarless.metrics import (
     PROVISION_FAILED,
     PROVISION_TOTAL,
 )
+from sidecarless.periodic import Periodic
 from sidecarless.provisioner import plan, sources, topology
 from sidecarless.provisioner.journal import Entry, Journal
 from sidecarless.vocabulary import ParameterError, SecretRef, key_of, object_key, shown, valid_object_name
@@ -77,23 +77,20 @@ class Provisioner:
         self._deleted: OrderedDict[str, None] = OrderedDict()
         # UIDs of claims whose PV this process created, until the store shows the PV.
         self._provisioned: OrderedDict[str, None] = OrderedDict()
-        self._resync: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._resync = Periodic("journal-resync", JOURNAL_RESYNC_SECONDS, self._recover_all)
+        self._sweeper = Periodic("source-protection-sweep", SWEEP_SECONDS, self._sweep)
 
     def start(self) -> None:
         self.claims.start()
         self.volumes.start()
         self.recoveries.start()
         self.snapshot_sources.start()
-        self._resync = asyncio.create_task(self._recover_periodically(), name="journal-resync")
-        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="source-protection-sweep")
+        self._resync.start()
+        self._sweeper.start()
 
     async def stop(self) -> None:
-        for task in (self._resync, self._sweeper):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for periodic in (self._resync, self._sweeper):
+            await periodic.stop()
         for queue in (self.claims, self.volumes, self.recoveries, self.snapshot_sources):
             await queue.stop()
         await self.journal.close()
@@ -101,16 +98,12 @@ class Provisioner:
     def journal_holds(self, endpoint_name: str, claim: str) -> bool:
         return self.journal.holds_claim(endpoint_name, claim)
 
-    async def _recover_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(JOURNAL_RESYNC_SECONDS)
-            for name in self.context.endpoints.names():
-                self.recoveries.add(name)
+    async def _recover_all(self) -> None:
+        for name in self.context.endpoints.names():
+            self.recoveries.add(name)
 
-    async def _sweep_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_SECONDS)
-            self.sweep_source_protection()
+    async def _sweep(self) -> None:
+        self.sweep_source_protection()
 
     def sweep_source_protection(self) -> None:
         """Look again at every source that carries a protection finalizer of ours. The one whose
