@@ -35,12 +35,13 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import Counter
 
-from sidecarless.kube import EVENT, Kube, KubeError
+from sidecarless.kube import EVENT, Kube, KubeError, NotFound
 from sidecarless.vocabulary import now_rfc3339
 
 Body = dict[str, Any]
@@ -161,6 +162,7 @@ class EventRecorder:
         self._recent: OrderedDict[tuple[str, str, str, str, str], _Posted] = OrderedDict()
         self._similar = SimilarEvents()
         self._spam = SpamFilter()
+        self.clock: Callable[[], float] = time.monotonic  # tests move it
         self._queues: list[asyncio.Queue[_Pending]] = []
         self._posters: list[asyncio.Task[None]] = []
         self._queued = 0
@@ -225,45 +227,50 @@ class EventRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await poster
         self._posters, self._queues = [], []
+        self._queued = 0  # what was still queued is dropped with the posters
 
     async def _post(self, pending: _Pending) -> None:
         event_type, reason = pending.event_type, pending.reason
         meta = pending.obj.get("metadata", {})
-        uid, now = str(meta.get("uid", meta.get("name", ""))), time.monotonic()
+        uid, now = str(meta.get("uid", meta.get("name", ""))), self.clock()
         message, combined = self._similar.message((uid, pending.component, event_type, reason), pending.message, now)
         if combined:
             pending = replace(pending, message=message)
         key = (uid, pending.component, event_type, reason, COMBINED_PREFIX if combined else message)
-        try:
-            posted = self._recent.get(key)
-            if posted is not None and now - posted.first_seen >= _AGGREGATE_SECONDS:
-                posted = None  # an old one: a new Event
-            if posted is not None:
-                posted.count += 1  # held back or not: the next one posted says how many there were
-            if not self._spam.allow((uid, pending.component, event_type), now):
-                EVENTS_THROTTLED.inc()
-                return
-            if posted is not None:
-                await self._kube.patch(
-                    EVENT,
-                    posted.name,
-                    {"count": posted.count, "lastTimestamp": pending.stamp, "message": pending.message[:1024]},
-                    posted.namespace,
-                )
-                self._recent.move_to_end(key)
-                return
-            namespace = meta.get("namespace") or _CLUSTER_EVENT_NAMESPACE
-            created = await self._kube.create(EVENT, self._event(pending, namespace), namespace)
-            self._recent[key] = _Posted(created["metadata"]["name"], namespace, 1, time.monotonic())
+        posted = self._recent.get(key)
+        if posted is None or now - posted.first_seen >= _AGGREGATE_SECONDS:
+            # A new Event (or a new one after ten minutes), not posted yet: name "".
+            posted = self._recent[key] = _Posted("", meta.get("namespace") or _CLUSTER_EVENT_NAMESPACE, 0, now)
             while len(self._recent) > _CACHE_SIZE:
                 self._recent.popitem(last=False)
+        self._recent.move_to_end(key)
+        posted.count += 1  # held back or not: the next one posted says how many there were
+        if not self._spam.allow((uid, pending.component, event_type), now):
+            EVENTS_THROTTLED.inc()
+            return
+        try:
+            if posted.name:
+                try:
+                    await self._kube.patch(
+                        EVENT,
+                        posted.name,
+                        {"count": posted.count, "lastTimestamp": pending.stamp, "message": pending.message[:1024]},
+                        posted.namespace,
+                    )
+                    return
+                except NotFound:
+                    pass  # expired (the API server's event TTL): post it again, as client-go does
+            created = await self._kube.create(
+                EVENT, self._event(pending, posted.namespace, posted.count), posted.namespace
+            )
+            posted.name = created["metadata"]["name"]
         except KubeError as error:
-            self._recent.pop(key, None)
+            # Kept: the next repeat posts it, with every occurrence counted.
             log.warning("could not post event %s %s on %s: %s", event_type, reason, meta.get("name"), error)
         except Exception:
             log.exception("could not post event %s %s on %s", event_type, reason, meta.get("name"))
 
-    def _event(self, pending: _Pending, namespace: str) -> Body:
+    def _event(self, pending: _Pending, namespace: str, count: int = 1) -> Body:
         obj, stamp = pending.obj, pending.stamp
         meta = obj.get("metadata", {})
         involved = {
@@ -286,7 +293,7 @@ class EventRecorder:
             **self._signature(pending.component),
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
-            "count": 1,
+            "count": count,
         }
 
     def _signature(self, component: str) -> Body:

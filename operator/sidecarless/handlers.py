@@ -9,6 +9,7 @@ controllers writes to them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -205,9 +206,18 @@ async def endpoint_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
     need its driver), with a `Terminating` condition that says what holds it; it goes once
     none do, or at once with the annotation `sidecarless.io/allow-deletion-in-use: "true"`."""
     context: Context = memo.context
-    held = _holding(context.stores, name)
+    if not all(informer.synced.is_set() for informer in memo.informers):
+        # A new replica (a restart mid-deletion) must not take its empty stores for "nothing".
+        raise kopf.TemporaryError("waiting for the first listings", delay=DELETION_RECHECK_SECONDS)
+    held = _holding(context.stores, name, memo.controllers.provisioner.journal.in_flight(name))
     allowed = (body.get("metadata", {}).get("annotations") or {}).get(ANN_ALLOW_DELETION_IN_USE) == "true"
     if held is not None and not allowed:
+        spec = _plain(body.get("spec") or {})
+        if context.endpoints.applied(name) != spec:
+            # Kopf starts no daemon for an object already being deleted: after a restart the
+            # endpoint is configured here, or nothing would serve what holds it.
+            with contextlib.suppress(TLSSecretMissing):
+                await context.endpoints.apply(name, spec, await _tls_config(context.kube, spec))
         if context.endpoints.get(name) is not None:
             await context.endpoints.refresh(name)  # its daemon has stopped: probe here
         if memo.leader is None or memo.leader.leading:  # a standby writes no status
@@ -227,11 +237,12 @@ async def endpoint_event(type: str | None, name: str, memo: kopf.Memo, **_: Any)
     """Every replica drops an endpoint once it is gone (the delete handler runs in one)."""
     if type == "DELETED":
         await memo.context.endpoints.remove(name)
+        memo.controllers.capacity.endpoint_changed(name)  # its capacity objects go with it
 
 
-def _holding(stores: Stores, name: str) -> str | None:
+def _holding(stores: Stores, name: str, provisioning: int = 0) -> str | None:
     """What still needs endpoint `name`, in words; None: nothing."""
-    counts = routing.served_by(stores, name)
+    counts = {**routing.served_by(stores, name), "provisioning": provisioning}
     if not any(counts.values()):
         return None
     held = ", ".join(
@@ -240,6 +251,7 @@ def _holding(stores: Stores, name: str) -> str | None:
             ("PersistentVolumes", counts["volumes"]),
             ("attached VolumeAttachments", counts["attachments"]),
             ("VolumeSnapshotContents", counts["snapshots"]),
+            ("CreateVolume calls in flight", counts["provisioning"]),
         )
         if count
     )

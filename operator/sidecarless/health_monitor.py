@@ -47,6 +47,9 @@ RECOVERED = "The Volume returns to the healthy state"
 RECOVERY_SECONDS = 3600.0  # how long an abnormal event lives (kube-apiserver --event-ttl)
 NEEDED = "VOLUME_CONDITION"
 WAYS = ("LIST_VOLUMES", "GET_VOLUME")  # in upstream's order of preference
+# ControllerGetVolume calls at once (upstream's --worker-threads): a check never fills the
+# endpoint's maxInFlight ahead of provisioning and attaching.
+GET_VOLUME_AT_ONCE = 10
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,13 @@ async def _asked_conditions(endpoint: Endpoint, volumes: list[Body]) -> dict[str
     """ControllerGetVolume for each volume, within the endpoint's concurrency limit; a failed
     call is logged and says nothing (upstream: "wait for another call")."""
 
+    workers = asyncio.Semaphore(GET_VOLUME_AT_ONCE)
+
     async def ask(handle: str) -> tuple[str, Condition | None]:
+        async with workers:
+            return await ask_one(handle)
+
+    async def ask_one(handle: str) -> tuple[str, Condition | None]:
         try:
             response = await endpoint.call(
                 CSIClient.controller_get_volume,

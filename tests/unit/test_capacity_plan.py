@@ -56,7 +56,10 @@ def test_the_request_and_the_object() -> None:
     response.maximum_volume_size.value = 10**9
     values = plan.capacity_values(response)
     assert values == {"capacity": "100Gi", "maximumVolumeSize": "1000000000"}
-    assert plan.capacity_values(csi.GetCapacityResponse(available_capacity=0)) == {"capacity": "0"}
+    assert plan.capacity_values(csi.GetCapacityResponse(available_capacity=0)) == {
+        "capacity": "0",
+        "maximumVolumeSize": None,  # a merge patch removes an earlier one
+    }
     owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "op-1", "uid": "u", "controller": True}
     body = plan.new_object(DRIVER, plan.Item("late", segment), values, owner)
     assert body["metadata"] == {
@@ -68,6 +71,8 @@ def test_the_request_and_the_object() -> None:
     assert body["storageClassName"] == "late"
     assert not plan.needs_update(body, values, owner)
     assert plan.needs_update(body, {"capacity": "1Gi"}, owner)
+    canonical = {**body, "capacity": "100Gi", "maximumVolumeSize": "1G"}  # the API server's own form
+    assert not plan.needs_update(canonical, values, owner), "the same quantities, written differently"
     assert plan.needs_update({**body, "metadata": {}}, values, owner), "an owner to add"
 
 

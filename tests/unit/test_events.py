@@ -140,3 +140,22 @@ async def test_repeats_held_back_by_the_spam_filter_still_count() -> None:
     assert events.EVENTS_THROTTLED._value.get() - before == 5
     assert [kind for kind, _, _ in api.calls] == ["create"] + ["patch"] * 24
     assert api.calls[-1][2]["count"] == 25
+
+
+async def test_a_first_occurrence_held_back_still_counts() -> None:
+    clock = [1000.0]
+    api = SlowApi()
+    recorder_ = recorder(api)
+    recorder_.clock = lambda: clock[0]
+    for _ in range(25):  # the object's whole burst
+        await recorder_.warning(claim("c"), "ProvisioningFailed", "no")
+    await recorder_.flush()
+    for _ in range(2):
+        await recorder_.warning(claim("c"), "VolumeResizeFailed", "full")  # held back
+    await recorder_.flush()
+    clock[0] += 301  # one token back
+    await recorder_.warning(claim("c"), "VolumeResizeFailed", "full")
+    await recorder_.close()
+    resize = [body for kind, _, body in api.calls if kind == "create" and body["reason"] == "VolumeResizeFailed"]
+    assert len(resize) == 1
+    assert resize[0]["count"] == 3, "the two held back are counted in the one posted"

@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from csi_client import CSIClient, CSIError
+from sidecarless import routing
 from sidecarless.capacity import plan
 from sidecarless.context import Context
 from sidecarless.endpoints.spec import ACTIVE
@@ -72,7 +73,7 @@ class CapacityTracker:
         return state
 
     async def _poll(self) -> None:
-        for name in self.context.endpoints.names():
+        for name in {*self.context.endpoints.names(), *self._drivers}:  # and endpoints gone since
             self.queue.add(name, quiet=True)
 
     def _backoff_of(self, name: str) -> Backoff | None:
@@ -89,11 +90,19 @@ class CapacityTracker:
         driver = endpoint.spec.driver_name if endpoint is not None else self._drivers.get(name)
         if driver is None or (not tracking and name in self._cleared):
             return
-        existing = await self.kube.list(
-            CSI_STORAGE_CAPACITY,
-            self.context.settings.namespace,
-            label_selector=",".join(f"{k}={v}" for k, v in plan.labels(driver).items()),
-        )
+        stores = self.context.stores
+        # The driver's objects, of this endpoint's classes, or of classes gone: another endpoint
+        # of the same driver keeps its own classes' objects.
+        mine = {c["metadata"]["name"] for c in stores.classes.values() if routing.endpoint_of_class(c) == name}
+        existing = [
+            c
+            for c in await self.kube.list(
+                CSI_STORAGE_CAPACITY,
+                self.context.settings.namespace,
+                label_selector=",".join(f"{k}={v}" for k, v in plan.labels(driver).items()),
+            )
+            if c.get("storageClassName") in mine or str(c.get("storageClassName")) not in stores.classes
+        ]
         if not tracking or endpoint is None:
             await self._delete(existing)  # the endpoint or its tracking went: so do its objects
             self._drivers.pop(name, None)
@@ -104,10 +113,9 @@ class CapacityTracker:
         if not endpoint.serving:
             raise Requeue(None, f"DriverEndpoint {name!r} is not serving")
         self._drivers[name] = driver
-        stores = self.context.stores
         labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in stores.nodes.values()}
         segments = plan.segments(driver, stores.csinodes.values(), labels)
-        classes = {c["metadata"]["name"]: c for c in stores.classes.values()}
+        classes = {n: c for n, c in ((c["metadata"]["name"], c) for c in stores.classes.values()) if n in mine}
         wanted = plan.wanted(
             driver, classes.values(), segments, immediate=self.context.settings.capacity_for_immediate_binding
         )

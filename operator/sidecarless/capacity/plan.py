@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from csi_client import csi
-from sidecarless.vocabulary import format_quantity
+from sidecarless.vocabulary import format_quantity, parse_quantity
 
 Body = dict[str, Any]
 
@@ -94,14 +94,17 @@ def labels(driver: str) -> dict[str, str]:
 
 
 def capacity_values(response: csi.GetCapacityResponse) -> Body:
-    """`capacity` and `maximumVolumeSize` from GetCapacity's answer."""
-    values: Body = {"capacity": format_quantity(response.available_capacity)}
-    if response.HasField("maximum_volume_size"):
-        values["maximumVolumeSize"] = format_quantity(response.maximum_volume_size.value)
-    return values
+    """`capacity` and `maximumVolumeSize` from GetCapacity's answer (None: the driver says no
+    maximum, and a merge patch removes an earlier one)."""
+    maximum = response.maximum_volume_size.value if response.HasField("maximum_volume_size") else None
+    return {
+        "capacity": format_quantity(response.available_capacity),
+        "maximumVolumeSize": format_quantity(maximum) if maximum is not None else None,
+    }
 
 
 def new_object(driver: str, item: Item, values: Body, owner: Body | None) -> Body:
+    values = {k: v for k, v in values.items() if v is not None}
     body: Body = {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "CSIStorageCapacity",
@@ -116,10 +119,15 @@ def new_object(driver: str, item: Item, values: Body, owner: Body | None) -> Bod
 
 
 def needs_update(existing: Body, values: Body, owner: Body | None) -> bool:
-    """external-provisioner writes only when the values (or a missing owner) changed."""
-    same = all(existing.get(k) == values.get(k) for k in ("capacity", "maximumVolumeSize"))
+    """external-provisioner writes only when the values (or a missing owner) changed. As
+    quantities: the API server keeps its own canonical form ("1500M" for 1500000000)."""
+    same = all(_bytes(existing.get(k)) == _bytes(values.get(k)) for k in ("capacity", "maximumVolumeSize"))
     owners = existing.get("metadata", {}).get("ownerReferences") or []
     return not same or (owner is not None and not any(o.get("uid") == owner.get("uid") for o in owners))
+
+
+def _bytes(quantity: Any) -> int | None:
+    return parse_quantity(str(quantity)) if quantity is not None else None
 
 
 @dataclass(frozen=True)

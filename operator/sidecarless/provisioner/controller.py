@@ -499,7 +499,7 @@ class Provisioner:
                 continue
             try:
                 await self._finish_orphan(endpoint, entry)
-            except (CSIError, ParameterError) as error:
+            except CSIError as error:
                 failed += 1
                 log.warning(
                     "journal: volume %s of deleted claim %s not finished yet: %s", entry.volume_name, entry.claim, error
@@ -510,8 +510,17 @@ class Provisioner:
     async def _finish_orphan(self, endpoint: Endpoint, entry: Entry) -> None:
         request = csi.CreateVolumeRequest()
         request.CopyFrom(entry.request)
-        # Its claim's CreateVolume had the secret; a retry without it may not be the same call.
-        request.secrets.update(await credentials(self.context.kube, entry.provisioner_secret, _MISSING_SECRET))
+        try:
+            request.secrets.update(await credentials(self.context.kube, entry.provisioner_secret, _MISSING_SECRET))
+        except ParameterError as error:
+            # Its namespace (and a ${pvc.namespace} Secret with it) may be gone with the claim:
+            # the call goes out without it, rather than never (and the volume then leaking).
+            log.warning(
+                "journal: volume %s of deleted claim %s: %s; finishing without it",
+                entry.volume_name,
+                entry.claim,
+                error,
+            )
         log.info("journal: finishing volume %s of deleted claim %s", entry.volume_name, entry.claim)
         response = await endpoint.call(CSIClient.create_volume, request, operation="CreateVolume", obj=entry.claim)
         volume = plan.pv_from_response(entry.to_plan(), response.volume, self._identity(endpoint.spec.driver_name))
@@ -531,7 +540,12 @@ class Provisioner:
         endpoint = context.endpoints.get(endpoint_name)
         if endpoint is None:
             driver = str(((volume.get("spec") or {}).get("csi") or {}).get("driver") or "")
-            message = f"DriverEndpoint {endpoint_name!r} does not exist"
+            spec_error = context.endpoints.spec_errors.get(endpoint_name)
+            if not spec_error and await context.kube.get_or_none(DRIVER_ENDPOINT, endpoint_name) is not None:
+                raise Requeue(STARTING_RETRY_SECONDS, f"DriverEndpoint {endpoint_name!r} not set up yet")
+            message = f"DriverEndpoint {endpoint_name!r} " + (
+                f"is invalid: {spec_error}" if spec_error else "does not exist"
+            )
             if isinstance(plan.volume_decision(volume, driver), plan.DeleteVolume):
                 # Released, and nothing can delete it: say which endpoint it waits for.
                 await self._events(None, driver).warning(

@@ -157,6 +157,10 @@ class Journal:
         if self._removal_timer is None:
             self._removal_timer = asyncio.get_running_loop().call_later(REMOVAL_DELAY_SECONDS, self._kick)
 
+    def in_flight(self, endpoint_name: str) -> int:
+        """How many CreateVolume calls of this endpoint this process recorded and has not finished."""
+        return sum(1 for endpoint, _ in self._claims.values() if endpoint == endpoint_name)
+
     def holds_claim(self, endpoint_name: str, claim: str) -> bool:
         """Whether this process recorded an entry for the claim ("namespace/name") and has not
         removed it. Entries of an earlier process are found by the periodic recovery."""
