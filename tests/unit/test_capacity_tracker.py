@@ -101,3 +101,25 @@ async def test_a_csidriver_that_does_not_ask_gets_no_objects() -> None:
         assert world.driver().calls_of("GetCapacity") == []
     finally:
         await world.stop()
+
+
+async def test_two_endpoints_of_one_driver_keep_each_their_own_classes_objects() -> None:
+    world = await scene()
+    try:
+        second = FakeDriver()
+        second.controller = frozenset({*second.controller, "GET_CAPACITY"})
+        await world.endpoint("ep2", second)
+        other = storage_class("other", endpoint="ep2", volumeBindingMode="WaitForFirstConsumer")
+        world.api.put(k.STORAGE_CLASS, other)
+        await asyncio.sleep(0)
+        tracker = world.controllers.capacity
+        world.driver("ep").answer("GetCapacity", capacity(2**30))
+        world.driver("ep2").answer("GetCapacity", capacity(3 * 2**30))
+        for _ in range(2):  # each pass of one must leave the other's object alone
+            await tracker.sync("ep")
+            await tracker.sync("ep2")
+        by_class = {o["storageClassName"]: o["capacity"] for o in objects(world)}
+        assert by_class == {"late": "1Gi", "other": "3Gi"}
+        assert tracker.objects == {"ep": 1, "ep2": 1}
+    finally:
+        await world.stop()
