@@ -73,6 +73,7 @@ async def test_endpoint_reports_driver_and_capabilities(
         "resizer": "Active",
         "modifier": "Unsupported",  # csi-test's mock has no ControllerModifyVolume
         "snapshotter": "Active",
+        "capacity": "NotRequired",  # the mock has GET_CAPACITY; its CSIDriver does not ask (storageCapacity)
     }
     assert status["probe"]["ready"] is True
     assert condition(endpoint, "Connected")["status"] == "True"

@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parents[2]
 CODE = [*(REPO / "operator" / "sidecarless").rglob("*.py"), *(REPO / "csi_client").glob("*.py")]
 REFERENCE = (REPO / "docs" / "reference.md").read_text()
 
-_EVENT = re.compile(r"events\.(?:warning|normal)\(\s*[a-z_]+,\s*\"([A-Za-z]+)\"")
+# events.warning(obj, "Reason", ...), and the same on a controller's signed view
+_EVENT = re.compile(r"\.(?:warning|normal)\(\s*[a-z_.]+,\s*\"([A-Za-z]+)\"")
 _ERROR = re.compile(r"SnapshotError\(\s*\"([A-Za-z]+)\"")
 _EVENT_TABLE = re.compile(r"events\.append\(\(\"([A-Za-z]+)\"")  # (reason, message) pairs posted later
 _METRIC = re.compile(r"(?:Counter|Histogram|Gauge|GaugeMetricFamily)\(\s*\"([a-z_]+)\"")
