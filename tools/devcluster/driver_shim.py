@@ -141,16 +141,16 @@ class Shim:
             capability.rpc.type = csi.ControllerServiceCapability.RPC.MODIFY_VOLUME
         return response.SerializeToString()
 
-    def _abnormal(self) -> dict[str, str]:
+    async def _abnormal(self) -> dict[str, str]:
         assert self.abnormal_volumes is not None
         with contextlib.suppress(FileNotFoundError):
-            lines = self.abnormal_volumes.read_text().splitlines()
-            return {i: message for i, _, message in (line.partition(" ") for line in lines if line.strip())}
+            text = await asyncio.to_thread(self.abnormal_volumes.read_text)  # not on the serving loop
+            return {i: message for i, _, message in (line.partition(" ") for line in text.splitlines() if line.strip())}
         return {}
 
     async def list_volumes(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         response = csi.ListVolumesResponse.FromString(await self.forward(CONTROLLER + "ListVolumes", raw, context))
-        abnormal = self._abnormal()
+        abnormal = await self._abnormal()
         for entry in response.entries:
             if entry.volume.volume_id in abnormal:
                 entry.status.volume_condition.abnormal = True
@@ -161,7 +161,7 @@ class Shim:
     async def get_volume(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         reply = await self.forward(CONTROLLER + "ControllerGetVolume", raw, context)
         response = csi.ControllerGetVolumeResponse.FromString(reply)
-        message = self._abnormal().get(response.volume.volume_id)
+        message = (await self._abnormal()).get(response.volume.volume_id)
         if message is not None:
             response.status.volume_condition.abnormal = True
             response.status.volume_condition.message = message
