@@ -11,6 +11,7 @@ import pytest
 
 from csi_client import csi
 from sidecarless import kube as k
+from sidecarless.endpoints.status import conditions_for
 from sidecarless.workqueue import Requeue
 from tests.unit.fakeworld import FakeDriver, World, storage_class
 
@@ -87,6 +88,14 @@ async def test_a_failing_get_capacity_keeps_the_last_values_and_retries() -> Non
         (kept,) = objects(world)
         assert kept["capacity"] == "1Gi"
         assert tracker.objects["ep"] == 1
+        # Where the user looks: the DriverEndpoint's lastError and Degraded condition.
+        endpoint = world.context.endpoints.get("ep")
+        assert endpoint is not None
+        assert endpoint.last_error is not None
+        assert (endpoint.last_error.operation, endpoint.last_error.object) == ("GetCapacity", "late")
+        degraded = next(c for c in conditions_for(endpoint, None) if c.type == "Degraded")
+        assert degraded.status
+        assert degraded.reason == "OperationsFailing"
     finally:
         await world.stop()
 
