@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes_asyncio.client.api_client import ApiClient
 
 from bench.proc import usage
 from devcluster import DriverSpec, LocalCluster
@@ -36,7 +35,7 @@ from devcluster.build import ensure_external_resizer
 from devcluster.cluster import DEFAULT_DRIVERS, ClusterOptions
 from devcluster.operator import REPO, OperatorProcess
 from devcluster.procs import ManagedProcess
-from sidecarless.kube import DRIVER_ENDPOINT, POD, PVC, STORAGE_CLASS, Kube, load_configuration
+from sidecarless.kube import DRIVER_ENDPOINT, POD, PVC, STORAGE_CLASS, Kube, connect
 
 OURS = "mock.csi.sidecarless.dev"
 THEIRS = "mock-noattach.csi.sidecarless.dev"  # external-resizer's own driver: no claims of ours
@@ -138,8 +137,7 @@ async def routed_claim(kube: Kube, cluster: LocalCluster, driver: str, name: str
 
 
 async def run(cluster: LocalCluster, workdir: Path, pods: int, settle: float) -> dict[str, Any]:
-    api = ApiClient(await load_configuration(str(cluster.kubeconfig)))
-    kube = Kube(api, qps=0, burst=1)
+    kube = Kube(await connect(str(cluster.kubeconfig)), qps=0, burst=1)
     try:
         await kube.request(
             "POST",
@@ -201,7 +199,7 @@ async def run(cluster: LocalCluster, workdir: Path, pods: int, settle: float) ->
             "memory": figures,
         }
     finally:
-        await api.close()
+        await kube.close()
 
 
 def table(result: dict[str, Any]) -> str:

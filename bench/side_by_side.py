@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from kubernetes_asyncio.client.api_client import ApiClient
-
 from bench import report
 from bench.audit import AuditLog, Requests
 from bench.proc import connections_to, machine_busy_seconds, usage
@@ -37,7 +35,7 @@ from bench.workload import NAMESPACE, PHASES, Workload, driver_name
 from devcluster import ClusterOptions, DriverSpec, LocalCluster
 from devcluster.build import ensure_sidecars
 from devcluster.operator import REPO
-from sidecarless.kube import POD, PVC, VOLUME_SNAPSHOT, Kube, load_configuration
+from sidecarless.kube import POD, PVC, VOLUME_SNAPSHOT, Kube, connect
 
 SHARED_PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager")
 SCENARIOS = {
@@ -134,8 +132,9 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
     api_port = int(urlparse(cluster.server).port or 443)
     sidecars_kubeconfig = cluster.user_kubeconfig(SidecarsSide.user)
     sidecarless_kubeconfig = cluster.user_kubeconfig(SidecarlessSide.user)
-    api = ApiClient(await load_configuration(str(cluster.kubeconfig)))
-    kube = Kube(api, qps=0, burst=1)  # the benchmark's own requests are never held back
+    kube = Kube(
+        await connect(str(cluster.kubeconfig)), qps=0, burst=1
+    )  # the benchmark's own requests are never held back
     audit = AuditLog(cluster.audit_log)
     control_plane = {p.name: p.pid for p in cluster.processes if p.name in SHARED_PROCESSES}
     workload = Workload(kube, args.n, args.drivers, args.timeout)
@@ -176,7 +175,7 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
                     print(_one_line(figures), flush=True)
                     await wait_clean(kube)
     finally:
-        await api.close()
+        await kube.close()
     summary = report.summarize(rounds)
     return {
         "command": " ".join(shlex.quote(a) for a in sys.argv),

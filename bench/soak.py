@@ -22,15 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio.client.api_client import ApiClient
-
 from bench.proc import usage
 from bench.side_by_side import cluster_options, wait_clean
 from bench.sides import SETTINGS, SidecarlessSide
 from bench.workload import PHASES, Workload, driver_name
 from devcluster import LocalCluster
 from devcluster.operator import REPO
-from sidecarless.kube import Kube, load_configuration
+from sidecarless.kube import Kube, connect
 
 SAMPLE_SECONDS = 5.0
 
@@ -43,8 +41,7 @@ async def sample_memory(pid: int, samples: list[tuple[float, float]], started: f
 
 async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) -> dict[str, Any]:
     addresses = {driver_name(0): cluster.driver_addresses[driver_name(0)]}
-    api = ApiClient(await load_configuration(str(cluster.kubeconfig)))
-    kube = Kube(api, qps=0, burst=1)
+    kube = Kube(await connect(str(cluster.kubeconfig)), qps=0, burst=1)
     workload = Workload(kube, args.wave, 1, timeout=600)
     side = SidecarlessSide(
         cluster.user_kubeconfig(SidecarlessSide.user), SETTINGS["defaults"], workdir, args.operator_env
@@ -82,7 +79,7 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
         left = sorted(await workload.backend(addresses) - before)
     finally:
         side.stop()
-        await api.close()
+        await kube.close()
     return {
         "claims": claims,
         "waves": len(waves),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -28,24 +27,10 @@ async def list_and_watch(kube: Kube, resource: Resource, namespace: str | None) 
         yield "ADDED", item
     version = listing["metadata"]["resourceVersion"]
     while True:
-        response = await kube.api_client.call_api(
-            resource.path(namespace=namespace),
-            "GET",
-            query_params=[("watch", "true"), ("resourceVersion", version), ("allowWatchBookmarks", "true")],
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=None,
-        )
-        async with response:
-            while line := await response.content.readline():
-                event = json.loads(line)
-                obj = event["object"]
-                if event["type"] == "ERROR":
-                    raise RuntimeError(f"watch of {resource.plural} failed: {obj.get('message')}")
-                version = obj["metadata"]["resourceVersion"]
-                if event["type"] != "BOOKMARK":
-                    yield event["type"], obj
+        async for kind, obj in kube.watch(resource, version, namespace=namespace):
+            version = obj["metadata"]["resourceVersion"]
+            if kind != "BOOKMARK":
+                yield kind, obj
 
 
 class Milestones:

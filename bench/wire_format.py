@@ -31,7 +31,7 @@ from bench.proc import usage
 from bench.side_by_side import cluster_options
 from devcluster import LocalCluster
 from devcluster.operator import REPO
-from sidecarless.kube import PV, Kube, load_configuration
+from sidecarless.kube import PV, Kube, Transport, load_configuration
 
 FORMATS = {"json": "application/json", "protobuf": "application/vnd.kubernetes.protobuf"}
 VOLUMES = 100
@@ -108,7 +108,7 @@ async def watched_writes(api: ApiClient, accept: str, total: int) -> None:
 async def run(args: argparse.Namespace, cluster: LocalCluster) -> dict[str, Any]:
     apiserver = next(p.pid for p in cluster.processes if p.name == "kube-apiserver")
     api = ApiClient(await load_configuration(str(cluster.kubeconfig)))
-    kube = Kube(api, qps=0, burst=1)
+    kube = Kube(await Transport.of(api.configuration), qps=0, burst=1)
     results: dict[str, dict[str, list[float]]] = {"reads": {}, "watched_writes": {}}
     try:
         for index in range(VOLUMES):
@@ -126,6 +126,7 @@ async def run(args: argparse.Namespace, cluster: LocalCluster) -> dict[str, Any]
         for index in range(VOLUMES):
             await kube.delete(PV, f"wire-{index}")
         await api.close()
+        await kube.close()
     medians = {test: {name: statistics.median(v) for name, v in by.items()} for test, by in results.items()}
     return {"gets": args.gets, "patches": args.patches, "rounds": args.rounds, "medians": medians, "all": results}
 

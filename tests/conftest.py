@@ -25,6 +25,7 @@ from kubernetes_asyncio.config import load_kube_config
 
 from devcluster import LocalCluster
 from devcluster.cluster import ClusterOptions
+from sidecarless.kube import Kube, Transport
 from tests import sidecar_build
 
 
@@ -65,6 +66,14 @@ async def api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
     await load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
     async with ApiClient(configuration) as client:
         yield client
+
+
+@pytest.fixture
+async def kube(api: ApiClient) -> AsyncIterator[Kube]:
+    """The operator's own client (one HTTP/2 connection), never rate limited."""
+    kube = Kube(await Transport.of(api.configuration), qps=0, burst=1)
+    yield kube
+    await kube.close()
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes_asyncio.client.api_client import ApiClient
 
 from devcluster import ClusterOptions, ClusterState, LocalCluster, build, workloads
 from devcluster.operator_image import ensure_operator_image
@@ -66,7 +65,7 @@ from sidecarless.kube import (
     VOLUME_SNAPSHOT_CLASS,
     Kube,
     Resource,
-    load_configuration,
+    connect,
 )
 
 NODES = ("worker-1", "worker-2")
@@ -143,7 +142,7 @@ def step(text: str) -> None:
 
 
 async def demo(cluster: LocalCluster, mode: Mode) -> None:
-    kube = Kube(ApiClient(await load_configuration(str(cluster.kubeconfig))), qps=0, burst=1)
+    kube = Kube(await connect(str(cluster.kubeconfig)), qps=0, burst=1)
     try:
         installed = await install(cluster, kube, mode)
         await node_plugin(kube, mode)

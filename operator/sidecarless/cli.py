@@ -121,10 +121,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _status(kubeconfig: str | None) -> int:
-    from sidecarless.kube import DRIVER_ENDPOINT, Kube, api_client  # noqa: PLC0415
+    from sidecarless.kube import DRIVER_ENDPOINT, Kube, connect  # noqa: PLC0415
 
     settings = Settings.from_env(kubeconfig=kubeconfig)
-    kube = Kube(await api_client(settings.kubeconfig))
+    kube = Kube(await connect(settings.kubeconfig))
     try:
         endpoints = await kube.list(DRIVER_ENDPOINT)
     finally:

@@ -30,7 +30,7 @@ from sidecarless.endpoints.status import build_status
 from sidecarless.events import EventRecorder
 from sidecarless.health_monitor import HealthMonitor
 from sidecarless.informer import Informer, wait_synced
-from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, api_client, load_configuration
+from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, connect, kopf_session, load_configuration
 from sidecarless.leader import LeaderElector
 from sidecarless.leaks import LeakReporter
 from sidecarless.provisioner.controller import Provisioner
@@ -62,31 +62,18 @@ SYNC_TIMEOUT_SECONDS = 60.0  # the leader's controllers wait this long at most f
 
 
 @kopf.on.login(registry=registry)
-async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+async def login(memo: kopf.Memo, **_: Any) -> kopf.AiohttpSession:
     """Kopf and the controllers' client use one credential source: kubernetes-asyncio's loader."""
     configuration = await load_configuration(memo.settings.kubeconfig)
-    token = (configuration.api_key or {}).get("BearerToken") or (configuration.api_key or {}).get("authorization")
-    return kopf.ConnectionInfo(
-        server=configuration.host or "",
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
-        scheme="Bearer" if token else None,
-        token=token.removeprefix("Bearer ").strip() if token else None,
-    )
+    return kopf.AiohttpSession(server=configuration.host or "", aiohttp_session=await kopf_session(configuration))
 
 
 @kopf.on.startup(registry=registry)
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     _configure_kopf(settings)
     config = memo.settings
-    kube = Kube(
-        await api_client(config.kubeconfig),
-        qps=config.api_qps,
-        burst=config.api_burst,
-        watch_client=await api_client(config.kubeconfig, connections=len(watches.WATCHED) + 2),
-    )
+    # One connection (HTTP/2) for every watch and request; Kopf's DriverEndpoint watch has its own.
+    kube = Kube(await connect(config.kubeconfig), qps=config.api_qps, burst=config.api_burst)
     context = Context(
         settings=config,
         kube=kube,
@@ -125,8 +112,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.controllers = controllers
     memo.leader = None
     if config.leader_election:
-        # Its own client and rate limit: a busy operator must not starve the renewals.
-        lease_kube = Kube(await api_client(config.kubeconfig), qps=10, burst=20)
+        # Its own rate limit, so a busy operator cannot starve the renewals; the connection
+        # is shared, as client-go shares it, and HTTP/2 streams do not queue behind each other.
+        lease_kube = kube.with_budget(10, 20)
         memo.leader = LeaderElector(
             lease_kube,
             config.namespace,
@@ -179,7 +167,6 @@ def _configure_kopf(settings: kopf.OperatorSettings) -> None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if memo.get("leader") is not None:
         await memo.leader.stop()  # stops the controllers if leading, and hands the Lease over
-        await memo.leader.kube.close()
     elif "controllers" in memo:
         await _stop_all(memo.controllers)()
     for informer in memo.get("informers") or []:

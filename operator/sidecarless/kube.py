@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
-import os
+import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
+import aiohttp
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 from prometheus_client import Counter
 
-from sidecarless import faults
+from sidecarless import faults, http2
 from sidecarless.vocabulary import key_of
+
+log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
 Page = list[Body]
@@ -123,6 +126,11 @@ class Gone(KubeError):  # noqa: N818 - the API server's word for it
     """A watch's resourceVersion is older than etcd keeps (410): list again."""
 
 
+class Unreachable(KubeError):  # noqa: N818
+    """No answer: the connection failed, broke or timed out (status 0). The request may or
+    may not have reached the server, as with any lost answer."""
+
+
 class TokenBucket:
     """client-go's flowcontrol: `qps` tokens a second, at most `burst` saved up."""
 
@@ -148,12 +156,9 @@ class TokenBucket:
             self._tokens -= 1
 
 
-async def load_configuration(kubeconfig: str | None, *, connections: int = 0) -> k8s.Configuration:
+async def load_configuration(kubeconfig: str | None) -> k8s.Configuration:
     """In-cluster credentials when there are any, else the kubeconfig."""
     configuration = k8s.Configuration()
-    # HTTP/1.1 needs a connection per request in flight (Go's clients share one over HTTP/2);
-    # 100 by default, which a burst of work fills. More requests than this wait their turn.
-    configuration.connection_pool_maxsize = connections or API_CONNECTIONS
     if not kubeconfig:
         try:
             load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
@@ -164,37 +169,223 @@ async def load_configuration(kubeconfig: str | None, *, connections: int = 0) ->
     return configuration
 
 
-async def api_client(kubeconfig: str | None, *, connections: int = 0) -> ApiClient:
-    """A client of the API server with `load_configuration`'s credentials and connection pool."""
-    return ApiClient(await load_configuration(kubeconfig, connections=connections))
+REQUEST_TIMEOUT_SECONDS = 60.0
+CONNECT_TIMEOUT_SECONDS = 30.0
+# Only where HTTP/2 is not to be had: HTTP/1.1 holds a connection per watch and per request
+# in flight. More requests than this wait their turn.
+HTTP1_CONNECTIONS = 48
+
+Opened = tuple[int, AsyncIterator[bytes]]  # an answer's status and its body as it arrives
 
 
-API_CONNECTIONS = 24  # at most this many connections to the API server for requests (watches have their own)
+class Transport:
+    """The connection to the API server that every request and watch of a process shares.
 
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NETRC")
+    HTTP/2 (sidecarless/http2.py), as client-go speaks it: each watch and request is a
+    stream on one TCP connection, opened again when it fails or the server retires it
+    (kubernetes-asyncio's aiohttp session needed a connection per watch and per request in
+    flight: 39 in `make bench` where the five sidecars hold 5). Where HTTP/2 is not to be had
+    (a plain-http server such as `kubectl proxy`, a proxy URL in the kubeconfig, a server that
+    picks HTTP/1.1 in TLS negotiation) an aiohttp pool of `HTTP1_CONNECTIONS` serves instead.
+    kubernetes-asyncio is kept for what it does well: reading kubeconfigs and in-cluster
+    credentials (the token is asked for at each request, so a rotated one is used at once).
+    Every failure to get an answer is :class:`Unreachable`.
+    """
+
+    def __init__(self, configuration: k8s.Configuration, ssl_context: ssl.SSLContext) -> None:
+        self.configuration = configuration
+        self.http_version = ""  # what the last answer came in ("HTTP/2"), for logs and tests
+        url = urlsplit(configuration.host or "")
+        self._base = (configuration.host or "").rstrip("/")
+        self._host = url.hostname or ""
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._prefix = url.path.rstrip("/")  # a server URL with a path (behind a gateway)
+        self._ssl_context = ssl_context
+        self._http2_wanted = url.scheme == "https" and not configuration.proxy
+        self._connection: http2.Connection | None = None
+        self._retired: list[http2.Connection] = []  # failed or going away: closed with us
+        self._connecting = asyncio.Lock()
+        self._http1: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    @classmethod
+    async def of(cls, configuration: k8s.Configuration) -> Transport:
+        # Reading the CA and client certificate is file I/O: off the event loop.
+        return cls(configuration, await asyncio.to_thread(ssl_context, configuration))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(
+        self, method: str, path: str, *, query: list[tuple[str, str]], headers: dict[str, str], content: bytes | None
+    ) -> tuple[int, bytes]:
+        """A request and its whole answer, within `REQUEST_TIMEOUT_SECONDS`."""
+        async with self.stream(
+            path, method=method, query=query, headers=headers, content=content, read_timeout=REQUEST_TIMEOUT_SECONDS
+        ) as (status, chunks):
+            return status, b"".join([chunk async for chunk in chunks])
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        path: str,
+        *,
+        query: list[tuple[str, str]],
+        read_timeout: float,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> AsyncIterator[Opened]:
+        """A request whose answer is read as it arrives (a watch); `read_timeout` bounds each
+        wait for more. Leaving the block early cancels the rest of the answer."""
+        target = self._prefix + path + ("?" + urlencode(query) if query else "")
+        headers = await self._authorized(headers or {"Accept": "application/json"})
+        what = f"{method} {path}"
+        connection = await self._http2(what)
+        if connection is None:
+            async with self._http1_request(method, target, headers, content, read_timeout=read_timeout) as opened:
+                yield opened
+            return
+        try:
+            response = await connection.request(
+                method, target, list(headers.items()), content, timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        except (OSError, TimeoutError) as error:
+            raise _unreachable(what, error) from error
+        self.http_version = "HTTP/2"
+        async with response:
+            yield response.status, _answered(response.chunks(read_timeout), what)
+
+    async def _http2(self, what: str) -> http2.Connection | None:
+        """The connection new streams go on (opened when there is none that takes them), or
+        None where HTTP/1.1 serves."""
+        if not self._http2_wanted:
+            return None
+        if self._connection is not None and self._connection.usable:
+            return self._connection
+        async with self._connecting:
+            if self._connection is not None and self._connection.usable:
+                return self._connection
+            if self._connection is not None:
+                self._retired.append(self._connection)
+                self._connection = None
+            try:
+                self._connection = await http2.Connection.open(
+                    self._host,
+                    self._port,
+                    self._ssl_context,
+                    server_hostname=self.configuration.tls_server_name or self._host,
+                    timeout=CONNECT_TIMEOUT_SECONDS,
+                )
+            except http2.NotOffered:
+                log.warning(
+                    "%s does not offer HTTP/2: HTTP/1.1 with up to %d connections", self._base, HTTP1_CONNECTIONS
+                )
+                self._http2_wanted = False
+                return None
+            except (OSError, TimeoutError) as error:
+                raise _unreachable(what, error) from error
+            await self._close_finished()
+            return self._connection
+
+    @contextlib.asynccontextmanager
+    async def _http1_request(
+        self, method: str, target: str, headers: dict[str, str], content: bytes | None, *, read_timeout: float
+    ) -> AsyncIterator[Opened]:
+        what = f"{method} {target}"
+        if self._http1 is None:
+            context = await asyncio.to_thread(ssl_context, self.configuration)  # this one offers no h2
+            self._http1 = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=HTTP1_CONNECTIONS, ssl=context))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=read_timeout)
+        try:
+            response = await self._http1.request(
+                method,
+                self._base + target.removeprefix(self._prefix),
+                data=content,
+                headers=headers,
+                timeout=timeout,
+                proxy=self.configuration.proxy,
+                server_hostname=self.configuration.tls_server_name,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise _unreachable(what, error) from error
+        self.http_version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else ""
+        async with response:
+            yield response.status, _answered(response.content.iter_any(), what)
+
+    async def _authorized(self, headers: dict[str, str]) -> dict[str, str]:
+        token = await self.configuration.get_api_key_with_prefix("BearerToken")
+        return {**headers, "Authorization": token} if token else headers
+
+    async def _close_finished(self) -> None:
+        """Retired connections whose last stream has ended."""
+        for connection in [c for c in self._retired if not c.open_streams]:
+            self._retired.remove(connection)
+            await connection.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for connection in [*self._retired, *([self._connection] if self._connection else [])]:
+            await connection.close()
+        self._retired.clear()
+        self._connection = None
+        if self._http1 is not None:
+            await self._http1.close()
 
 
-def _trust_env_only_if_set(api_client: ApiClient) -> None:
-    """kubernetes-asyncio's session trusts the environment, so aiohttp looks for proxy
-    variables and reads ~/.netrc (in a thread) before every request: about 4% of the
-    operator's CPU in `make bench`. Keep that only where a proxy or netrc is configured."""
-    if any(os.environ.get(name) for name in _PROXY_VARIABLES) or (Path.home() / ".netrc").exists():
-        return
-    session = api_client.rest_client.pool_manager
-    session._trust_env = False  # aiohttp offers no setter; it is read at each request
+def ssl_context(configuration: k8s.Configuration) -> ssl.SSLContext:
+    """The CA to trust and the client certificate to show (file I/O: call it off the loop)."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, keyfile=configuration.key_file)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.disable_strict_ssl_verification:
+        context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return context
+
+
+async def _answered(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+    """The body; a connection lost or a read timed out on the way is `Unreachable`."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except (OSError, TimeoutError, aiohttp.ClientError) as error:
+        raise _unreachable(what, error) from error
+
+
+def _unreachable(what: str, error: BaseException) -> Unreachable:
+    return Unreachable(0, type(error).__name__, f"{what}: {error or 'no answer in time'}")
+
+
+# Kopf's session: its DriverEndpoint watch and its handlers' patches, which come one at a time.
+KOPF_CONNECTIONS = 2
+
+
+async def kopf_session(configuration: k8s.Configuration) -> aiohttp.ClientSession:
+    """Kopf's own HTTP/1.1 session, with a pool of `KOPF_CONNECTIONS` (Kopf's default has no
+    limit: a burst of DriverEndpoint changes would open a connection per request in flight)."""
+    token = await configuration.get_api_key_with_prefix("BearerToken")
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=KOPF_CONNECTIONS, ssl=await asyncio.to_thread(ssl_context, configuration)),
+        headers={"Authorization": token} if token else {},
+        proxy=configuration.proxy,
+    )
+
+
+async def connect(kubeconfig: str | None) -> Transport:
+    """A transport to the API server with `load_configuration`'s credentials."""
+    return await Transport.of(await load_configuration(kubeconfig))
 
 
 class Kube:
-    """Typed-by-Resource access to the API with one shared ApiClient and rate limit."""
+    """Typed-by-Resource access to the API over one shared transport and rate limit."""
 
-    def __init__(
-        self, api_client: ApiClient, *, qps: float = 50, burst: int = 100, watch_client: ApiClient | None = None
-    ) -> None:
-        self.api_client = api_client
-        # Watches hold a connection for minutes: they get their own pool, not the requests'.
-        self.watch_client = watch_client or api_client
-        self._owns_clients = True
-        _trust_env_only_if_set(api_client)
+    def __init__(self, transport: Transport, *, qps: float = 50, burst: int = 100) -> None:
+        self.transport = transport
+        self._owns_transport = True
         self.bucket = TokenBucket(qps, burst)
         self.requests = 0  # every request made, for status and benchmarks
         # Told every object a create or patch returned (the stores keep our own writes).
@@ -202,9 +393,9 @@ class Kube:
 
     def with_budget(self, qps: float, burst: int) -> Kube:
         """The same connections and store updates, with a rate limit of its own."""
-        other = Kube(self.api_client, qps=qps, burst=burst, watch_client=self.watch_client)
+        other = Kube(self.transport, qps=qps, burst=burst)
         other.written = self.written
-        other._owns_clients = False
+        other._owns_transport = False
         return other
 
     async def request(
@@ -218,21 +409,24 @@ class Kube:
     ) -> Body:
         await self.bucket.acquire()
         self.requests += 1
-        response = await self.api_client.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=60,
-        )
-        raw = await response.read()
-        if 200 <= response.status < 300:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            status, raw = await self.transport.send(
+                method,
+                path,
+                query=query or [],
+                headers=headers,
+                content=None if body is None else json.dumps(body).encode(),
+            )
+        except Unreachable:
+            API_ERRORS.labels(method=method, code="0").inc()
+            raise
+        if 200 <= status < 300:
             return json.loads(raw) if raw else {}
-        API_ERRORS.labels(method=method, code=str(response.status)).inc()
-        raise _error(response.status, raw)
+        API_ERRORS.labels(method=method, code=str(status)).inc()
+        raise _error(status, raw)
 
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Body:
         return await self.request("GET", resource.path(name, namespace))
@@ -273,19 +467,11 @@ class Kube:
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(timeout)),
         ]
-        response = await self.watch_client.call_api(
-            resource.path(namespace=namespace),
-            "GET",
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=timeout + 30,
-        )
-        async with response:
-            if response.status >= 300:
-                raise _error(response.status, await response.read())
-            async for line in _lines(response.content.iter_any()):
+        path = resource.path(namespace=namespace)
+        async with self.transport.stream(path, query=query, read_timeout=timeout + 30) as (status, chunks):
+            if status >= 300:
+                raise _error(status, b"".join([chunk async for chunk in chunks]))
+            async for line in _lines(chunks):
                 event = json.loads(line)
                 kind, body = event.get("type", ""), event.get("object") or {}
                 if kind == "ERROR":
@@ -348,15 +534,12 @@ class Kube:
         return None if data is None else {key: value.decode() for key, value in data.items()}
 
     async def close(self) -> None:
-        if not self._owns_clients:
-            return
-        await self.api_client.close()
-        if self.watch_client is not self.api_client:
-            await self.watch_client.close()
+        if self._owns_transport:
+            await self.transport.close()
 
 
 async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """JSON lines of any length (aiohttp's readline stops at 64 KiB; an object may be larger)."""
+    """JSON lines of any length, however the chunks cut them."""
     buffer = b""
     async for chunk in chunks:
         buffer += chunk

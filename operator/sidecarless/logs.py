@@ -52,3 +52,6 @@ def configure(level: str, fmt: str) -> None:
     logging.getLogger("kopf").setLevel(max(logging.WARNING, root.level))
     # One line per kubelet probe of /healthz (Kopf's liveness server), every 10 s for ever.
     logging.getLogger("aiohttp.access").setLevel(max(logging.WARNING, root.level))
+    # Every HTTP/2 frame and header (h2, hpack) at DEBUG: the operator's own debug lines drown.
+    for chatty in ("h2", "hpack"):
+        logging.getLogger(chatty).setLevel(max(logging.INFO, root.level))

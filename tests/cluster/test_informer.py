@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio.client.api_client import ApiClient
 
 from sidecarless.informer import Informer, wait_synced
 from sidecarless.kube import Gone, Kube, KubeError, NotFound, Resource
@@ -24,11 +23,6 @@ pytestmark = pytest.mark.cluster
 
 Body = dict[str, Any]
 CRD = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
-
-
-@pytest.fixture
-async def kube(api: ApiClient) -> Kube:
-    return Kube(api, qps=0)
 
 
 @pytest.fixture

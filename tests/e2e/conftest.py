@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes_asyncio.client.api_client import ApiClient
 
 from devcluster import LocalCluster
 from devcluster.operator import REPO, OperatorProcess
@@ -78,11 +77,6 @@ def killed(process: OperatorProcess) -> Callable[[], bool]:
         return process.process.popen is not None and process.process.popen.poll() is not None
 
     return check
-
-
-@pytest.fixture
-async def kube(api: ApiClient) -> Kube:
-    return Kube(api, qps=0, burst=1)
 
 
 async def eventually(

@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from kubernetes_asyncio.client.api_client import ApiClient
 
 from devcluster import LocalCluster
 from devcluster.cluster import ClusterOptions
-from sidecarless.kube import Kube
 from tests.conftest import session_cluster
 
 WORKER = "worker-1"
@@ -33,8 +31,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def cluster() -> Iterator[LocalCluster]:
     options = ClusterOptions(nodes=(), drivers=(), kubelet_nodes=WORKERS)
     yield from session_cluster("SIDECARLESS_NODE_KUBECONFIG", "slcn-", options)
-
-
-@pytest.fixture
-async def kube(api: ApiClient) -> Kube:
-    return Kube(api, qps=0, burst=1)

@@ -124,10 +124,9 @@ class FakeKube(k.Kube):
     """An API server in memory behind :meth:`Kube.request`."""
 
     def __init__(self) -> None:
-        # Not Kube.__init__: there is no ApiClient and no rate limit to build.
-        self.api_client = None  # type: ignore[assignment]
-        self.watch_client = None  # type: ignore[assignment]
-        self._owns_clients = False
+        # Not Kube.__init__: there is no transport and no rate limit to build.
+        self.transport = None  # type: ignore[assignment]
+        self._owns_transport = False
         self.bucket = k.TokenBucket(0, 1)
         self.requests = 0
         self.written = None

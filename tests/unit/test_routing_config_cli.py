@@ -2,11 +2,10 @@
 
 import pytest
 from kubernetes_asyncio.client import Configuration
-from kubernetes_asyncio.client.api_client import ApiClient
 
 from sidecarless.cli import format_status
 from sidecarless.config import Settings
-from sidecarless.kube import DRIVER_ENDPOINT, SECRET, Kube
+from sidecarless.kube import DRIVER_ENDPOINT, PV, SECRET, Kube, Transport, Unreachable
 from sidecarless.routing import endpoint_of_class, endpoint_of_volume, endpoint_serving_driver
 from sidecarless.vocabulary import shown, valid_object_name
 
@@ -83,16 +82,33 @@ def test_fault_points_parse_targets() -> None:
 
 
 async def test_a_budget_of_its_own_shares_connections_and_store_updates() -> None:
-    async with ApiClient(Configuration(host="https://127.0.0.1:1")) as api:
-        shared = Kube(api, qps=50, burst=100)
-        shared.written = lambda resource, body: None
-        own = shared.with_budget(5, 10)
-        assert own.api_client is shared.api_client
-        assert own.written is shared.written
-        assert own.bucket is not shared.bucket
-        assert (own.bucket.qps, own.bucket.burst) == (5, 10)
-        await own.close()
-        assert not api.rest_client.pool_manager.closed, "a budget's close leaves the shared client open"
+    transport = await Transport.of(Configuration(host="https://127.0.0.1:1"))
+    shared = Kube(transport, qps=50, burst=100)
+    shared.written = lambda resource, body: None
+    own = shared.with_budget(5, 10)
+    assert own.transport is shared.transport
+    assert own.written is shared.written
+    assert own.bucket is not shared.bucket
+    assert (own.bucket.qps, own.bucket.burst) == (5, 10)
+    await own.close()
+    assert not transport.closed, "a budget's close leaves the shared connection open"
+    await shared.close()
+    assert transport.closed
+
+
+async def test_no_answer_from_the_api_server_is_a_kube_error() -> None:
+    """Callers handle one failure type: a refused connection is `Unreachable`, not an OSError."""
+    kube = Kube(await Transport.of(Configuration(host="https://127.0.0.1:1")), qps=0)
+    try:
+        with pytest.raises(Unreachable) as refused:
+            await kube.get(PV, "pv-1")
+        assert refused.value.status == 0
+        assert "GET /api/v1/persistentvolumes/pv-1" in str(refused.value)
+        with pytest.raises(Unreachable):
+            async for _ in kube.watch(PV, "1"):
+                pass
+    finally:
+        await kube.close()
 
 
 def test_a_name_from_a_users_object_is_one_path_segment() -> None:
