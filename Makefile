@@ -47,7 +47,7 @@ lint: setup ## ruff, ruff format --check, mypy --strict, the import layers (impo
 	$(UV) run lint-imports
 	$(UV) run hadolint --failure-threshold info Dockerfile
 
-binaries: setup ## build (or find cached) Kubernetes, etcd, containerd, runc, CNI plugins, pause and the CSI drivers
+binaries: setup ## build (or find cached) Kubernetes, etcd, containerd, runc, CNI plugins, pause, promtool and the CSI drivers
 	$(UV) run python -m devcluster build
 
 test: lint setup ## the whole suite: lint, then unit, csi, cluster, e2e and node tests on local clusters

@@ -87,6 +87,10 @@ class LeaderElector:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        # 0 from the start on every candidate, not only on one that led and stepped down: with
+        # the leader gone and no other replica taking over, `max(leader_election_master_status)`
+        # must say 0, not nothing (the chart's SidecarlessNoLeader alert).
+        LEADER.labels(self.name).set(0)
         self._task = asyncio.create_task(self._run(), name="leader-election")
 
     async def stop(self) -> None:

@@ -1,9 +1,11 @@
 """The Helm chart rendered with the real helm binary (from the npm package that ships it):
 lint, schema, CRDs kept identical to crds/ and to the upstream snapshot CRDs, security
-context, RBAC rules each with its reason, and the values README current."""
+context, RBAC rules each with its reason, the optional monitoring objects (ServiceMonitor,
+PrometheusRule, dashboard ConfigMap), and the values README current."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ def test_helm_lint_strict(helm: Path) -> None:
         ("leaderElection.enabled=false", "replicaCount"),
         # In the node's network there is no kube-proxy to make the `kubernetes` Service work.
         ("hostNetwork=true", "/apiServer/host"),
+        # A number, which no Kubernetes label may be (--set-string makes it "1").
+        ("metrics.grafanaDashboard.labels.grafana_dashboard=1", "grafana_dashboard"),
     ],
 )
 def test_the_schema_refuses_a_wrong_value(helm: Path, value: str, complaint: str) -> None:
@@ -187,6 +191,56 @@ def test_secrets_are_only_read_and_can_be_limited(helm: Path) -> None:
     assert secret_rules(render(helm)) == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
     [limited] = secret_rules(render(helm, "rbac.secretNames={a,b}"))
     assert limited["resourceNames"] == ["a", "b"]
+
+
+def test_the_service_monitor_gives_the_job_the_alerts_select(helm: Path) -> None:
+    assert of_kind(render(helm), "ServiceMonitor") == []
+    [monitor] = of_kind(render(helm, "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
+    [service] = of_kind(render(helm), "Service")
+    # Prometheus Operator names the job after this label of the Service: "sidecarless", for any release.
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "sidecarless"
+    assert 'job="sidecarless"' in (CHART / "files" / "prometheus-rules.yaml").read_text()
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True, "the operator's `endpoint` label, not the port's name"
+
+
+def test_the_alert_rules_and_the_dashboard_are_optional_and_shipped_as_they_are(helm: Path) -> None:
+    default = render(helm)
+    assert of_kind(default, "PrometheusRule") == []
+    assert of_kind(default, "ConfigMap") == []
+    documents = render(
+        helm,
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=monitoring",
+        "metrics.grafanaDashboard.enabled=true",
+    )
+    [rule] = of_kind(documents, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == "storage"
+    assert rule["metadata"]["labels"]["release"] == "monitoring"
+    # The very rules promtool checks and unit-tests (tests/tooling/test_alerts.py).
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    [dashboard] = of_kind(documents, "ConfigMap")
+    assert dashboard["metadata"]["namespace"] == "storage"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1", "Grafana's dashboard sidecar looks for it"
+    assert list(dashboard["data"]) == ["sidecarless.json"]
+    assert json.loads(dashboard["data"]["sidecarless.json"]) == json.loads(
+        (CHART / "files" / "grafana-dashboard.json").read_text()
+    )
+    [elsewhere] = of_kind(
+        render(
+            helm,
+            "metrics.grafanaDashboard.enabled=true",
+            "metrics.grafanaDashboard.namespace=monitoring",
+            "metrics.grafanaDashboard.labels.grafana_dashboard=null",
+            "metrics.grafanaDashboard.labels.dashboards=storage",
+        ),
+        "ConfigMap",
+    )
+    assert elsewhere["metadata"]["namespace"] == "monitoring"
+    assert "grafana_dashboard" not in elsewhere["metadata"]["labels"]
+    assert elsewhere["metadata"]["labels"]["dashboards"] == "storage"
+    assert of_kind(render(helm, "metrics.prometheusRule.enabled=true"), "ConfigMap") == []
 
 
 def test_every_rbac_rule_says_why() -> None:

@@ -3,6 +3,8 @@
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import REGISTRY
+
 from sidecarless.kube import KubeError
 from sidecarless.leader import LeaderElector, Timing, expired
 
@@ -98,3 +100,30 @@ async def test_a_lost_lease_stops_the_controllers_but_not_the_process() -> None:
     assert events == ["started", "stopped", "started"]
     await elector.stop()
     assert events[-1] == "stopped"
+
+
+async def test_a_candidate_says_it_does_not_lead() -> None:
+    """`leader_election_master_status` is 0 on a replica that never led, so that with no
+    leader `max()` over the replicas is 0 rather than empty (the SidecarlessNoLeader alert)."""
+    api = FlakyLeaseAPI()
+    api.failing = True  # the Lease cannot be had
+
+    async def nothing() -> None:
+        pass
+
+    elector = LeaderElector(
+        api,  # type: ignore[arg-type]
+        "ns",
+        "me",
+        on_started=nothing,
+        on_stopped=nothing,
+        name="never-held",
+        timing=Timing(lease_duration=0.4, renew_deadline=0.2, retry_period=0.05),
+    )
+    elector.start()
+    await asyncio.sleep(0.1)
+    assert REGISTRY.get_sample_value("leader_election_master_status", {"name": "never-held"}) == 0
+    api.failing = False
+    await asyncio.sleep(0.1)
+    assert REGISTRY.get_sample_value("leader_election_master_status", {"name": "never-held"}) == 1
+    await elector.stop()

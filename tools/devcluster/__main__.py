@@ -16,7 +16,9 @@ from devcluster.build import (
     ensure_mock_driver,
     ensure_node_runtime,
     ensure_pause,
+    ensure_promtool,
     ensure_sidecars,
+    prometheus_operator_crd_files,
     snapshot_crd_files,
 )
 from devcluster.cluster import ClusterOptions, ClusterState, LocalCluster
@@ -114,6 +116,10 @@ def build_cluster_binaries() -> None:
     print(f"operator image base: {ensure_base_image()}")
     print(f"snapshot CRDs: {snapshot_crd_files()[0].parent}")
     print(f"helm: {ensure_helm()}")
+    # The chart's monitoring objects: promtool checks the alert rules (tests/tooling), and the
+    # Prometheus Operator CRDs its ServiceMonitor and PrometheusRule (tests/e2e/test_monitoring.py).
+    print(f"promtool: {ensure_promtool()}")
+    print(f"Prometheus Operator CRDs: {prometheus_operator_crd_files()[0].parent}")
 
 
 def main() -> int:

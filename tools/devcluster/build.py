@@ -68,7 +68,8 @@ def locked(name: str) -> Iterator[None]:
 
 
 def _go(args: list[str], cwd: Path, what: str, *, cgo: bool = False) -> str:
-    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "1" if cgo else "0"}
+    # GOWORK=off: a module's own go.work (Prometheus ships one) names folders its zip lacks.
+    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "1" if cgo else "0", "GOWORK": "off"}
     started = time.monotonic()
     result = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -247,6 +248,20 @@ def ensure_mock_driver() -> Path:
     )
 
 
+def ensure_promtool() -> Path:
+    """Prometheus' promtool, which checks and unit-tests the chart's alert rules.
+
+    `remove_all_sd` leaves out the service-discovery plugins (the cloud SDKs, most of the
+    build); `promtool check rules` and `promtool test rules` use none of them.
+    """
+    return (
+        _build_from_module(
+            versions.PROMETHEUS_MODULE, versions.PROMETHEUS, {"promtool": "./cmd/promtool"}, tags="remove_all_sd"
+        )
+        / "promtool"
+    )
+
+
 @dataclass(frozen=True)
 class NodeRuntime:
     """What a real node runs beside kubelet: the container runtime and the CNI plugins."""
@@ -386,4 +401,15 @@ def snapshot_crd_files() -> list[Path]:
     files = sorted(crd_dir.glob("*storage.k8s.io_*.yaml"))
     if not files:
         raise BuildError(f"no CRD files under {crd_dir}")
+    return files
+
+
+def prometheus_operator_crd_files() -> list[Path]:
+    """Prometheus Operator's ServiceMonitor and PrometheusRule CRDs (the chart makes both)."""
+    module = module_dir(versions.PROMETHEUS_OPERATOR_MODULE, versions.PROMETHEUS_OPERATOR)
+    crd_dir = module / "example" / "prometheus-operator-crd"
+    files = [crd_dir / f"monitoring.coreos.com_{plural}.yaml" for plural in ("servicemonitors", "prometheusrules")]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise BuildError(f"no CRD files {', '.join(missing)}")
     return files
