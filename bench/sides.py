@@ -62,8 +62,19 @@ class SidecarsSide:
     name = "sidecars"
     user = SIDECARS_USER
 
-    def __init__(self, kubeconfig: Path, sockets: dict[str, str], setting: Setting, log_dir: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        sockets: dict[str, str],
+        setting: Setting,
+        log_dir: Path,
+        *,
+        provisioner_flags: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.kubeconfig, self.sockets, self.setting, self.log_dir = kubeconfig, sockets, setting, log_dir
+        # e.g. --enable-capacity, which also needs env NAMESPACE (where its objects go)
+        self.provisioner_flags, self.env = provisioner_flags, env or {}
         self.processes: dict[str, ManagedProcess] = {}
 
     def start(self) -> None:
@@ -73,11 +84,13 @@ class SidecarsSide:
             for binary in ("csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter"):
                 label = f"{binary}-{index}" if len(self.sockets) > 1 else binary
                 argv = [str(binaries[binary]), f"--csi-address={socket}", *common]
+                if binary == "csi-provisioner":
+                    argv += self.provisioner_flags
                 self._spawn(label, argv)
         self._spawn("snapshot-controller", [str(binaries["snapshot-controller"]), *common])
 
     def _spawn(self, label: str, argv: list[str]) -> None:
-        process = ManagedProcess(label, argv, self.log_dir / f"{label}.log")
+        process = ManagedProcess(label, argv, self.log_dir / f"{label}.log", env=self.env)
         process.start(tied_to_parent=True)
         self.processes[label] = process
 
