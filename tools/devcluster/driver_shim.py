@@ -24,6 +24,11 @@ flag names and error texts:
 - with `--abnormal-volumes FILE`, ListVolumes and ControllerGetVolume report the volumes that
   FILE lists (one `<volume id> <message>` a line, read at every call) as abnormal, with that
   message: a volume gone bad, for the health monitor (the mock reports every volume healthy);
+- with `--topology-key KEY`, one topology segment a node, as hostpath has one a node:
+  NodeGetInfo reports `{KEY: --topology-value}` (the node's name, in a DaemonSet), and
+  CreateVolume's volume is accessible from the first segment the request prefers (the mock
+  says its own fixed one); with `--capacity-by-segment VALUE=BYTES,...` too, GetCapacity
+  answers a segment's bytes by its KEY value (the mock answers the same for any segment);
 - with `--enable-volume-group-snapshots`, the GroupController service (and the plugin
   capability GROUP_CONTROLLER_SERVICE): CreateVolumeGroupSnapshot cuts one mock snapshot
   per volume (named `<group name>-<volume id>`), Get and Delete act on the group; groups
@@ -65,6 +70,15 @@ NODE = "/csi.v1.Node/"
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
+@dataclass(frozen=True)
+class Topology:
+    """`--topology-key` and the rest: a segment a node, and its capacity."""
+
+    key: str
+    value: str = ""  # this node's, for NodeGetInfo (a node plugin's shim)
+    capacity: dict[str, int] | None = None  # segment value -> available bytes (a controller's shim)
+
+
 @dataclass
 class Group:
     name: str
@@ -84,9 +98,11 @@ class Shim:
         hold_create_answers: float = 0.0,
         probe_unready_after: float = 0.0,
         abnormal_volumes: Path | None = None,
+        topology: Topology | None = None,
     ) -> None:
         self.backend = backend
         self.abnormal_volumes = abnormal_volumes
+        self.topology = topology
         self.unready_at = time.monotonic() + probe_unready_after if probe_unready_after else None
         self.hold_create_answers = hold_create_answers
         self.accepted = accepted  # None: no MODIFY_VOLUME at all
@@ -107,6 +123,10 @@ class Shim:
             }
         if target_paths:
             self.own |= {NODE + "NodePublishVolume": self.publish, NODE + "NodeUnpublishVolume": self.unpublish}
+        if topology is not None:
+            self.own[NODE + "NodeGetInfo"] = self.node_info
+            if topology.capacity is not None:
+                self.own[CONTROLLER + "GetCapacity"] = self.capacity
         if groups:
             self.own |= {
                 IDENTITY + "GetPluginCapabilities": self.plugin_capabilities,
@@ -207,6 +227,12 @@ class Shim:
             await self._check_mutable(request, context)
             _log(request, None)
         answer = await self.forward(CONTROLLER + "CreateVolume", raw, context)
+        wanted = [*request.accessibility_requirements.preferred, *request.accessibility_requirements.requisite]
+        if self.topology is not None and wanted:
+            response = csi.CreateVolumeResponse.FromString(answer)
+            del response.volume.accessible_topology[:]
+            response.volume.accessible_topology.add().segments.update(wanted[0].segments)
+            answer = response.SerializeToString()
         if self.hold_create_answers:
             volume_id = csi.CreateVolumeResponse.FromString(answer).volume.volume_id
             log.info("holding CreateVolume answer for %s (volume %s)", request.name, volume_id)
@@ -224,6 +250,25 @@ class Shim:
                 f"Requested capacity {wanted} exceeds maximum allowed {self.max_volume_size}",
             )
         return await self.forward(CONTROLLER + "ControllerExpandVolume", raw, context)
+
+    async def node_info(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        assert self.topology is not None
+        response = csi.NodeGetInfoResponse.FromString(await self.forward(NODE + "NodeGetInfo", raw, context))
+        response.accessible_topology.segments.clear()
+        response.accessible_topology.segments[self.topology.key] = self.topology.value
+        _log(csi.NodeGetInfoRequest.FromString(raw), response)
+        return response.SerializeToString()
+
+    async def capacity(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        assert self.topology is not None
+        assert self.topology.capacity is not None
+        request = csi.GetCapacityRequest.FromString(raw)
+        value = request.accessible_topology.segments.get(self.topology.key)
+        if value not in self.topology.capacity:
+            return await self.forward(CONTROLLER + "GetCapacity", raw, context)
+        response = csi.GetCapacityResponse(available_capacity=self.topology.capacity[value])
+        _log(request, response)
+        return response.SerializeToString()
 
     async def probe(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         response = csi.ProbeResponse.FromString(await self.forward(IDENTITY + "Probe", raw, context))
@@ -352,6 +397,7 @@ async def serve(
     hold_create_answers: float = 0.0,
     probe_unready_after: float = 0.0,
     abnormal_volumes: Path | None = None,
+    topology: Topology | None = None,
 ) -> None:
     channel = grpc.aio.insecure_channel(parse_address(backend).target)
     server = grpc.aio.server()
@@ -364,6 +410,7 @@ async def serve(
         hold_create_answers=hold_create_answers,
         probe_unready_after=probe_unready_after,
         abnormal_volumes=abnormal_volumes,
+        topology=topology,
     )
     server.add_generic_rpc_handlers([_Handlers(shim)])
     server.add_insecure_port(_bind_target(listen))
@@ -389,7 +436,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hold-create-volume-answers", type=float, default=0.0, help="seconds; 0: answer at once")
     parser.add_argument("--probe-unready-after", type=float, default=0.0, help="seconds; 0: Probe as the mock")
     parser.add_argument("--abnormal-volumes", type=Path, default=None, help="a file of '<volume id> <message>' lines")
+    parser.add_argument("--topology-key", default="", help="a segment a node: the key of its label")
+    parser.add_argument("--topology-value", default="", help="this node's value of it (NodeGetInfo)")
+    parser.add_argument("--capacity-by-segment", default="", help="VALUE=BYTES,...: GetCapacity's answers")
     args = parser.parse_args(argv)
+    topology = None
+    if args.topology_key:
+        capacity = None
+        if args.capacity_by_segment:
+            pairs = (item.partition("=") for item in args.capacity_by_segment.split(",") if item)
+            capacity = {value: int(size) for value, _, size in pairs}
+        topology = Topology(args.topology_key, args.topology_value, capacity)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     accepted = None
     if args.accepted_mutable_parameter_names is not None:
@@ -405,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
             hold_create_answers=args.hold_create_volume_answers,
             probe_unready_after=args.probe_unready_after,
             abnormal_volumes=args.abnormal_volumes,
+            topology=topology,
         )
     )
 

@@ -100,59 +100,99 @@ def daemon_set(name: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+TOPOLOGY_KEY = "topology.sidecarless.dev/node"  # mock_driver_daemon_set's one segment a node
+
+
 def mock_driver_daemon_set(
-    name: str = "mock-driver", *, driver: str = MOCK_DRIVER, probe_unready_after: float = 0.0
+    name: str = "mock-driver",
+    *,
+    driver: str = MOCK_DRIVER,
+    probe_unready_after: float = 0.0,
+    capacity_by_node: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The mock driver on every node as a node plugin without sidecars: its controller on TCP at
     the node's address, its node service behind driver_shim (which makes the target folders
     kubelet and the runtime need, as csi-driver-host-path does) at the conventional
     `plugins/<driver>/csi.sock`, where the chart's node agent finds and registers it and serves
     its livenessProbe. Node expansion is on (`--node-expand-required`), so kubelet finishes
-    every expansion; `probe_unready_after` makes the driver sick that long after each start."""
+    every expansion; `probe_unready_after` makes the driver sick that long after each start.
+
+    With `capacity_by_node`, each node is a topology segment of its own (`TOPOLOGY_KEY`: the
+    node's name, which kubelet puts on the Node from NodeGetInfo), and the controller, behind
+    a shim of its own, answers GetCapacity with that node's bytes."""
+    topology = capacity_by_node is not None
+    controller = "unix:///csi/controller.sock" if topology else f"tcp://0.0.0.0:{CONTROLLER_PORT}"
+    shim_volumes = [
+        {"name": "plugin-dir", "mountPath": "/csi"},
+        {"name": "shim", "mountPath": "/shim/driver_shim.py", "readOnly": True},
+    ]
+    containers: list[dict[str, Any]] = [
+        {
+            "name": "mock",
+            "image": MOCK_DRIVER_IMAGE,
+            "imagePullPolicy": "IfNotPresent",
+            "args": [
+                f"--name={driver}",
+                "--attach-limit=10000",
+                "--node-expand-required",
+                "-v=3",
+                *(["--enable-topology"] if topology else []),
+            ],
+            "env": [
+                {"name": "CSI_ENDPOINT", "value": "unix:///csi/mock.sock"},
+                {"name": "CSI_CONTROLLER_ENDPOINT", "value": controller},
+            ],
+            # kubelet's folder at kubelet's path, as node plugins mount it: the mock
+            # checks that the staging and target paths kubelet names exist.
+            "volumeMounts": [
+                {"name": "plugin-dir", "mountPath": "/csi"},
+                {"name": "kubelet", "mountPath": KUBELET},
+            ],
+        },
+        {
+            "name": "shim",
+            "image": OPERATOR_IMAGE,
+            "imagePullPolicy": "IfNotPresent",
+            # -I: the shim's folder has an operator.py that would shadow the standard library.
+            "command": ["python3", "-I", "/shim/driver_shim.py"],
+            "args": [
+                "--listen=unix:///csi/csi.sock",
+                "--backend=unix:///csi/mock.sock",
+                "--create-target-paths",
+                *([f"--probe-unready-after={probe_unready_after}"] if probe_unready_after else []),
+                *([f"--topology-key={TOPOLOGY_KEY}", "--topology-value=$(NODE_NAME)"] if topology else []),
+            ],
+            "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+            # The socket kubelet calls is the shim's: its health is the driver's.
+            "livenessProbe": agent_liveness(driver),
+            "securityContext": {"runAsUser": 0},
+            "volumeMounts": [*shim_volumes, {"name": "kubelet", "mountPath": KUBELET}],
+        },
+    ]
+    if capacity_by_node is not None:
+        sizes = ",".join(f"{node}={size}" for node, size in sorted(capacity_by_node.items()))
+        containers.append(
+            {
+                "name": "controller-shim",
+                "image": OPERATOR_IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python3", "-I", "/shim/driver_shim.py"],
+                "args": [
+                    f"--listen=dns:///0.0.0.0:{CONTROLLER_PORT}",
+                    "--backend=unix:///csi/controller.sock",
+                    f"--topology-key={TOPOLOGY_KEY}",
+                    f"--capacity-by-segment={sizes}",
+                ],
+                "securityContext": {"runAsUser": 0},  # the mock's socket is root's
+                "volumeMounts": shim_volumes,
+            }
+        )
     return daemon_set(
         name,
         {
             "hostNetwork": True,
             "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "mock",
-                    "image": MOCK_DRIVER_IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    "args": [f"--name={driver}", "--attach-limit=10000", "--node-expand-required", "-v=3"],
-                    "env": [
-                        {"name": "CSI_ENDPOINT", "value": "unix:///csi/mock.sock"},
-                        {"name": "CSI_CONTROLLER_ENDPOINT", "value": f"tcp://0.0.0.0:{CONTROLLER_PORT}"},
-                    ],
-                    # kubelet's folder at kubelet's path, as node plugins mount it: the mock
-                    # checks that the staging and target paths kubelet names exist.
-                    "volumeMounts": [
-                        {"name": "plugin-dir", "mountPath": "/csi"},
-                        {"name": "kubelet", "mountPath": KUBELET},
-                    ],
-                },
-                {
-                    "name": "shim",
-                    "image": OPERATOR_IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    # -I: the shim's folder has an operator.py that would shadow the standard library.
-                    "command": ["python3", "-I", "/shim/driver_shim.py"],
-                    "args": [
-                        "--listen=unix:///csi/csi.sock",
-                        "--backend=unix:///csi/mock.sock",
-                        "--create-target-paths",
-                        *([f"--probe-unready-after={probe_unready_after}"] if probe_unready_after else []),
-                    ],
-                    # The socket kubelet calls is the shim's: its health is the driver's.
-                    "livenessProbe": agent_liveness(driver),
-                    "securityContext": {"runAsUser": 0},
-                    "volumeMounts": [
-                        {"name": "plugin-dir", "mountPath": "/csi"},
-                        {"name": "shim", "mountPath": "/shim/driver_shim.py", "readOnly": True},
-                        {"name": "kubelet", "mountPath": KUBELET},
-                    ],
-                },
-            ],
+            "containers": containers,
             "volumes": [
                 host_path("plugin-dir", f"{PLUGINS}/{driver}", "DirectoryOrCreate"),
                 host_path("kubelet", KUBELET),
@@ -162,23 +202,24 @@ def mock_driver_daemon_set(
     )
 
 
-def csi_driver(driver: str = MOCK_DRIVER) -> dict[str, Any]:
+def csi_driver(driver: str = MOCK_DRIVER, *, storage_capacity: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "CSIDriver",
         "metadata": {"name": driver},
-        "spec": {"attachRequired": True},
+        "spec": {"attachRequired": True, **({"storageCapacity": True} if storage_capacity else {})},
     }
 
 
-def pod_with_claim(name: str, claim: str, node: str, command: str) -> dict[str, Any]:
-    """A busybox pod on `node` running `command` with `claim` mounted at /data."""
+def pod_with_claim(name: str, claim: str, node: str | None, command: str) -> dict[str, Any]:
+    """A busybox pod running `command` with `claim` mounted at /data, on `node` (None: where
+    the scheduler puts it)."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
         "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
+            **({"nodeSelector": {"kubernetes.io/hostname": node}} if node else {}),
             "terminationGracePeriodSeconds": 0,
             "containers": [
                 {
