@@ -24,7 +24,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-READ_BYTES = 65536
+READ_BYTES = 262144  # a watch's burst in few reads
 # What the server may send before we read it, as Go's HTTP/2 client allows: 4 MiB per
 # stream (a watch's burst of large objects) and far more for the whole connection, so a
 # slow stream cannot stall the others.
@@ -76,8 +76,17 @@ class Response:
             if data:
                 yield data
 
-    async def read(self, read_timeout: float | None = None) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks(read_timeout)])
+    async def read(self, timeout: float | None = None) -> bytes:
+        """The whole body, within `timeout` s (a loop of its own: no generator per chunk)."""
+        parts = []
+        async with asyncio.timeout(timeout):
+            while (item := await self._stream.body.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                data, flow_controlled = item
+                self._connection._consumed(self._stream_id, flow_controlled)
+                parts.append(data)
+        return b"".join(parts)
 
     def close(self) -> None:
         self._connection._forget(self._stream_id)
@@ -95,7 +104,18 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str) -> None:
         self._reader, self._writer, self._authority = reader, writer, authority
-        self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self._h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                # Our headers are well formed and the API server's are trusted: checking and
+                # normalising every header in Python is most of h2's cost per request.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
+            )
+        )
         self._streams: dict[int, _Stream] = {}
         self._failure: BaseException | None = None
         self._going_away = False
@@ -209,12 +229,10 @@ class Connection:
         elif isinstance(event, h2.events.StreamReset):
             self._end_stream(event.stream_id, StreamReset(f"the server reset the stream ({event.error_code!r})"))
         elif isinstance(event, h2.events.ConnectionTerminated):
+            # h2 takes no frame after GOAWAY, so the streams the server would still finish
+            # cannot be read either: all fail (Unreachable: retried), and a new connection serves.
             self._going_away = True
-            error = ConnectionLost(f"{self._authority} is closing the connection (GOAWAY {event.error_code!r})")
-            for stream_id in list(self._streams):
-                # Streams above the last one it took were never seen: they fail; the rest finish.
-                if event.error_code != h2.errors.ErrorCodes.NO_ERROR or stream_id > (event.last_stream_id or 0):
-                    self._end_stream(stream_id, error)
+            self._fail(ConnectionLost(f"{self._authority} is closing the connection (GOAWAY {event.error_code!r})"))
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged, h2.events.StreamEnded)):
             self._changed.set()
 
@@ -264,7 +282,8 @@ class Connection:
         """Read by its reader: the server may send as much again (h2 decides when to say so)."""
         if self._failure is not None or not flow_controlled:
             return
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
+        # A stream already closed, or a connection going away (GOAWAY): nothing to open again.
+        with contextlib.suppress(h2.exceptions.ProtocolError):
             self._h2.acknowledge_received_data(flow_controlled, stream_id)
         self._flush()
 
