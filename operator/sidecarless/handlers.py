@@ -238,6 +238,7 @@ def _holding(stores: Stores, name: str, provisioning: int = 0) -> str | None:
             ("PersistentVolumes", counts["volumes"]),
             ("attached VolumeAttachments", counts["attachments"]),
             ("VolumeSnapshotContents", counts["snapshots"]),
+            ("VolumeGroupSnapshotContents", counts["groupSnapshots"]),
             ("CreateVolume calls in flight", counts["provisioning"]),
         )
         if count

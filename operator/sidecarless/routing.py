@@ -144,8 +144,8 @@ def group_content_endpoint(
 
 def served_by(stores: Stores, name: str) -> dict[str, int]:
     """What endpoint `name` serves: PVs routed to it (through their class), how many of them are
-    attached, and snapshot contents with a handle (of those volumes, or of a snapshot class
-    routed to it). Its status counts, and what holds it while it is being deleted."""
+    attached, and snapshot and group snapshot contents with a handle (of those volumes, or of a
+    class routed to it). Its status counts, and what holds it while it is being deleted."""
     volumes = {
         v["metadata"]["name"]: ((v.get("spec") or {}).get("csi") or {}).get("volumeHandle")
         for v in stores.volumes.values()
@@ -168,4 +168,21 @@ def served_by(stores: Stores, name: str) -> dict[str, int]:
             or (c.get("spec") or {}).get("volumeSnapshotClassName") in routed_classes
         )
     )
-    return {"volumes": len(volumes), "attachments": attachments, "snapshots": snapshots}
+    routed_group_classes = {
+        c["metadata"]["name"] for c in stores.group_classes.values() if endpoint_of_class(c) == name
+    }
+    group_snapshots = sum(
+        1
+        for c in stores.group_contents.values()
+        if (c.get("status") or {}).get("volumeGroupSnapshotHandle")
+        and (
+            handles & set(((c.get("spec") or {}).get("source") or {}).get("volumeHandles") or [])
+            or (c.get("spec") or {}).get("volumeGroupSnapshotClassName") in routed_group_classes
+        )
+    )
+    return {
+        "volumes": len(volumes),
+        "attachments": attachments,
+        "snapshots": snapshots,
+        "groupSnapshots": group_snapshots,
+    }

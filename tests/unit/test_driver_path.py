@@ -319,12 +319,27 @@ def test_what_an_endpoint_serves_is_what_holds_its_deletion() -> None:
         "spec": {"source": {"volumeHandle": "h-pv"}},
         "status": {"snapshotHandle": "s"},
     }
+    group = {
+        "metadata": {"name": "g"},
+        "spec": {"source": {"volumeHandles": ["h-pv", "h-elsewhere"]}},
+        "status": {"volumeGroupSnapshotHandle": "gs"},
+    }
+    group_of_a_class = {
+        "metadata": {"name": "g2"},
+        "spec": {"source": {"volumeHandles": ["h-elsewhere"]}, "volumeGroupSnapshotClassName": "groups"},
+        "status": {"volumeGroupSnapshotHandle": "gs2"},
+    }
+    not_made_yet = {"metadata": {"name": "g3"}, "spec": {"source": {"volumeHandles": ["h-pv"]}}, "status": {}}
     stores = stores_with(
         ("StorageClass", a_class("fast", "ep-a")),
         ("PersistentVolume", a_volume("pv", "a.csi")),
         ("PersistentVolume", a_volume("other", "a.csi", "plain")),
         ("VolumeAttachment", attached),
         ("VolumeSnapshotContent", content),
+        ("VolumeGroupSnapshotClass", a_class("groups", "ep-a")),
+        ("VolumeGroupSnapshotContent", group),
+        ("VolumeGroupSnapshotContent", group_of_a_class),
+        ("VolumeGroupSnapshotContent", not_made_yet),
     )
-    assert routing.served_by(stores, "ep-a") == {"volumes": 1, "attachments": 1, "snapshots": 1}
-    assert routing.served_by(stores, "ep-b") == {"volumes": 0, "attachments": 0, "snapshots": 0}
+    assert routing.served_by(stores, "ep-a") == {"volumes": 1, "attachments": 1, "snapshots": 1, "groupSnapshots": 2}
+    assert routing.served_by(stores, "ep-b") == {"volumes": 0, "attachments": 0, "snapshots": 0, "groupSnapshots": 0}
