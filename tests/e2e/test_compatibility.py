@@ -154,12 +154,17 @@ async def test_sidecars_and_sidecarless_leave_the_same_objects(
     csi = settled["PersistentVolume of claim basic"]["spec"]["csi"]
     assert {"controllerPublishSecretRef", "nodeStageSecretRef", "nodePublishSecretRef"} <= set(csi)
 
-    found = []
-    for point, (a, b) in zip(("settled", "deleted"), zip(theirs, ours, strict=True), strict=True):
-        for line in differences(a, b):
-            if not any(fnmatch.fnmatch(line.split(":")[0], pattern) for pattern in DELIBERATE):
-                found.append(f"[{point}] {line}")
+    found = [
+        f"[{point}] {line}"
+        for point, (a, b) in zip(("settled", "deleted"), zip(theirs, ours, strict=True), strict=True)
+        for line in unexplained(differences(a, b))
+    ]
     assert not found, "Sidecarless differs from the sidecars:\n" + "\n".join(found)
+
+
+def unexplained(lines: list[str]) -> list[str]:
+    """The differences DELIBERATE does not explain."""
+    return [line for line in lines if not any(fnmatch.fnmatch(line.split(":")[0], p) for p in DELIBERATE)]
 
 
 async def serve(kube: Kube, classes: Classes, drivers: dict[str, str]) -> None:
@@ -189,9 +194,22 @@ async def cleanup(kube: Kube, namespaces: list[str], classes: Classes) -> None:
         await kube.delete(DRIVER_ENDPOINT, endpoint)
 
 
-def sidecars_for(cluster: LocalCluster, drivers: dict[str, str]) -> SidecarsSide:
+def sidecars_for(
+    cluster: LocalCluster,
+    drivers: dict[str, str],
+    *,
+    provisioner_flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> SidecarsSide:
     sockets = {name: address.removeprefix("unix://") for name, address in drivers.items()}
-    return SidecarsSide(cluster.kubeconfig, sockets, SETTINGS["qps100"], short_tmpdir("slc-compat-"))
+    return SidecarsSide(
+        cluster.kubeconfig,
+        sockets,
+        SETTINGS["qps100"],
+        short_tmpdir("slc-compat-"),
+        provisioner_flags=provisioner_flags,
+        env=env,
+    )
 
 
 async def after_the_switch(run: Run, cluster: LocalCluster) -> dict[str, str]:
@@ -313,14 +331,7 @@ async def test_sidecars_and_sidecarless_publish_the_same_capacity_objects(
     theirs_namespace = await make_namespace(kube, unique_name("capacity-sidecars"))
     # Not in a Pod: no owner on either side (-1 for external-provisioner, no Pod for us).
     flags = ("--enable-capacity", "--capacity-ownerref-level=-1")
-    sidecars = SidecarsSide(
-        cluster.kubeconfig,
-        {name: address.removeprefix("unix://") for name, address in drivers.items()},
-        SETTINGS["qps100"],
-        short_tmpdir("slc-capacity-"),
-        provisioner_flags=flags,
-        env={"NAMESPACE": theirs_namespace},
-    )
+    sidecars = sidecars_for(cluster, drivers, provisioner_flags=flags, env={"NAMESPACE": theirs_namespace})
     ours_namespace = "default"  # the test operator's SIDECARLESS_NAMESPACE
     try:
         sidecars.start()
@@ -338,11 +349,7 @@ async def test_sidecars_and_sidecarless_publish_the_same_capacity_objects(
             await kube.patch(CSI_DRIVER, driver, {"spec": {"storageCapacity": False}})
     assert any(classes.zoned in role for role in theirs), "external-provisioner made the zoned class's object"
     assert len(ours) == 2, ours
-    found = [
-        line
-        for line in differences(theirs, ours)
-        if not any(fnmatch.fnmatch(line.split(":")[0], pattern) for pattern in DELIBERATE)
-    ]
+    found = unexplained(differences(theirs, ours))
     assert not found, "Sidecarless' capacity objects differ from external-provisioner's:\n" + "\n".join(found)
 
 
