@@ -222,22 +222,18 @@ class Transport:
     ) -> tuple[int, bytes]:
         """A request and its whole answer, within `REQUEST_TIMEOUT_SECONDS`."""
         target, headers, what = await self._prepared(method, path, query, headers)
-        connection = await self._http2(what)
-        if connection is None:
+        response = await self._http2_request(method, target, headers, content, what)
+        if response is None:
             async with self._http1_request(method, target, headers, content, read_timeout=REQUEST_TIMEOUT_SECONDS) as (
                 status,
                 chunks,
             ):
                 return status, b"".join([chunk async for chunk in chunks])
         try:  # the common case without the streaming layers: most of a request's CPU is here
-            response = await connection.request(
-                method, target, list(headers.items()), content, timeout=REQUEST_TIMEOUT_SECONDS
-            )
             async with response:
                 body = await response.read(REQUEST_TIMEOUT_SECONDS)
         except (OSError, TimeoutError) as error:
             raise _unreachable(what, error) from error
-        self.http_version = "HTTP/2"
         return response.status, body
 
     @contextlib.asynccontextmanager
@@ -254,20 +250,40 @@ class Transport:
         """A request whose answer is read as it arrives (a watch); `read_timeout` bounds each
         wait for more. Leaving the block early cancels the rest of the answer."""
         target, headers, what = await self._prepared(method, path, query, headers or {"Accept": "application/json"})
-        connection = await self._http2(what)
-        if connection is None:
+        response = await self._http2_request(method, target, headers, content, what)
+        if response is None:
             async with self._http1_request(method, target, headers, content, read_timeout=read_timeout) as opened:
                 yield opened
             return
-        try:
-            response = await connection.request(
-                method, target, list(headers.items()), content, timeout=REQUEST_TIMEOUT_SECONDS
-            )
-        except (OSError, TimeoutError) as error:
-            raise _unreachable(what, error) from error
-        self.http_version = "HTTP/2"
         async with response:
             yield response.status, _answered(response.chunks(read_timeout), what)
+
+    async def _http2_request(
+        self, method: str, target: str, headers: dict[str, str], content: bytes | None, what: str
+    ) -> http2.Response | None:
+        """The request's answer, as soon as its headers are in; None where the server turns
+        out not to offer HTTP/2. A GET whose connection turns out lost before any answer (the
+        API server restarted while it sat idle) is asked again once on a new connection, as
+        Go's client does; a write is not (it may have been done: the caller decides, as for
+        any `Unreachable`)."""
+        for last_try in (method != "GET", True):
+            connection = await self._http2(what)
+            if connection is None:
+                return None
+            try:
+                response = await connection.request(
+                    method, target, list(headers.items()), content, timeout=REQUEST_TIMEOUT_SECONDS
+                )
+            except http2.ConnectionLost as error:
+                if last_try:
+                    raise _unreachable(what, error) from error
+                log.info("%s: %s; asking again on a new connection", what, error)
+                continue
+            except (OSError, TimeoutError) as error:
+                raise _unreachable(what, error) from error
+            self.http_version = "HTTP/2"
+            return response
+        return None  # not reached: the last try returns or raises
 
     async def _prepared(
         self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str]

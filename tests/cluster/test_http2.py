@@ -123,6 +123,25 @@ async def test_a_lost_connection_fails_its_streams_and_the_next_request_reconnec
     assert kube.transport._connection is not first
 
 
+async def test_a_get_on_a_connection_lost_unnoticed_is_asked_again_and_a_write_is_not(
+    kube: Kube, namespace: str
+) -> None:
+    """The API server restarted while the connection sat idle: the next GET goes out on the
+    dead connection before its reader has seen the loss, and is asked again on a new one."""
+    await kube.list(NAMESPACE)
+    first = kube.transport._connection
+    assert first is not None
+    first._writer.transport.abort()  # no await in between: nothing has read the loss yet
+    assert await kube.list(NAMESPACE)
+    second = kube.transport._connection
+    assert second is not None
+    assert second is not first
+    second._writer.transport.abort()
+    with pytest.raises(Unreachable):  # a write may have been done: the caller decides
+        await kube.create(CONFIGMAP, configmap(f"cm-{uuid.uuid4().hex[:6]}"), namespace)
+    assert await kube.list(CONFIGMAP, namespace) is not None
+
+
 async def test_a_server_without_http2_is_spoken_to_over_http1(
     cluster: LocalCluster, kube: Kube, monkeypatch: pytest.MonkeyPatch
 ) -> None:
