@@ -69,11 +69,7 @@ class Response:
                 item = await self._stream.body.get()
             if item is None:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            data, flow_controlled = item
-            self._connection._consumed(self._stream_id, flow_controlled)
-            if data:
+            if data := self._taken(item):
                 yield data
 
     async def read(self, timeout: float | None = None) -> bytes:
@@ -81,12 +77,16 @@ class Response:
         parts = []
         async with asyncio.timeout(timeout):
             while (item := await self._stream.body.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                data, flow_controlled = item
-                self._connection._consumed(self._stream_id, flow_controlled)
-                parts.append(data)
+                parts.append(self._taken(item))
         return b"".join(parts)
+
+    def _taken(self, item: Chunk | BaseException) -> bytes:
+        """A piece of the body, acknowledged (flow control), or the stream's failure raised."""
+        if isinstance(item, BaseException):
+            raise item
+        data, flow_controlled = item
+        self._connection._consumed(self._stream_id, flow_controlled)
+        return data
 
     def close(self) -> None:
         self._connection._forget(self._stream_id)
@@ -100,7 +100,8 @@ class Response:
 
 class Connection:
     """A client's HTTP/2 connection. `request` opens a stream; `usable` says whether new ones
-    may still be opened (not once the server said GOAWAY or the connection failed)."""
+    may still be opened: not once the connection failed or the server said GOAWAY, which
+    ends it here (its streams fail), as h2 reads nothing after one."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str) -> None:
         self._reader, self._writer, self._authority = reader, writer, authority
@@ -117,8 +118,7 @@ class Connection:
             )
         )
         self._streams: dict[int, _Stream] = {}
-        self._failure: BaseException | None = None
-        self._going_away = False
+        self._failure: BaseException | None = None  # set once, for good: the connection is done
         self._changed = asyncio.Event()  # a window opened, a stream closed, settings changed
         self._h2.local_settings = h2.settings.Settings(
             client=True,
@@ -149,7 +149,7 @@ class Connection:
 
     @property
     def usable(self) -> bool:
-        return self._failure is None and not self._going_away
+        return self._failure is None
 
     @property
     def open_streams(self) -> int:
@@ -231,7 +231,6 @@ class Connection:
         elif isinstance(event, h2.events.ConnectionTerminated):
             # h2 takes no frame after GOAWAY, so the streams the server would still finish
             # cannot be read either: all fail (Unreachable: retried), and a new connection serves.
-            self._going_away = True
             self._fail(ConnectionLost(f"{self._authority} is closing the connection (GOAWAY {event.error_code!r})"))
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged, h2.events.StreamEnded)):
             self._changed.set()
@@ -257,8 +256,8 @@ class Connection:
 
     async def _room_for_a_stream(self) -> None:
         while True:
-            if not self.usable:
-                raise self._failure or ConnectionLost(f"{self._authority} is closing the connection")
+            if self._failure is not None:
+                raise self._failure
             if self._h2.open_outbound_streams < self._h2.remote_settings.max_concurrent_streams:
                 return
             self._changed.clear()

@@ -203,7 +203,6 @@ class Transport:
         self._ssl_context = ssl_context
         self._http2_wanted = url.scheme == "https" and not configuration.proxy
         self._connection: http2.Connection | None = None
-        self._retired: list[http2.Connection] = []  # failed or going away: closed with us
         self._connecting = asyncio.Lock()
         self._http1: aiohttp.ClientSession | None = None
         self._closed = False
@@ -302,8 +301,8 @@ class Transport:
         async with self._connecting:
             if self._connection is not None and self._connection.usable:
                 return self._connection
-            if self._connection is not None:
-                self._retired.append(self._connection)
+            if self._connection is not None:  # failed, its streams with it: what is left to release
+                await self._connection.close()
                 self._connection = None
             try:
                 self._connection = await http2.Connection.open(
@@ -321,7 +320,6 @@ class Transport:
                 return None
             except (OSError, TimeoutError) as error:
                 raise _unreachable(what, error) from error
-            await self._close_finished()
             return self._connection
 
     @contextlib.asynccontextmanager
@@ -353,18 +351,11 @@ class Transport:
         token = await self.configuration.get_api_key_with_prefix("BearerToken")
         return {**headers, "Authorization": token} if token else headers
 
-    async def _close_finished(self) -> None:
-        """Retired connections whose last stream has ended."""
-        for connection in [c for c in self._retired if not c.open_streams]:
-            self._retired.remove(connection)
-            await connection.close()
-
     async def close(self) -> None:
         self._closed = True
-        for connection in [*self._retired, *([self._connection] if self._connection else [])]:
-            await connection.close()
-        self._retired.clear()
-        self._connection = None
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
         if self._http1 is not None:
             await self._http1.close()
 

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from devcluster import LocalCluster
-from devcluster.workloads import CONTROLLER_PORT, TOPOLOGY_KEY, csi_driver, mock_driver_daemon_set, pod_with_claim
+from devcluster.workloads import (
+    CONTROLLER_PORT,
+    TOPOLOGY_KEY,
+    csi_driver,
+    driver_endpoint,
+    mock_driver_daemon_set,
+    pod_with_claim,
+)
 from sidecarless.kube import CSI_DRIVER, CSI_STORAGE_CAPACITY, DRIVER_ENDPOINT, EVENT, POD, PV, PVC, STORAGE_CLASS, Kube
 from tests.e2e.conftest import claim, eventually, storage_class, wait_ready
 from tests.node.test_helm import DAEMON_SET_RESOURCE, image, installed  # noqa: F401 - fixtures
@@ -49,13 +56,7 @@ async def test_the_scheduler_puts_late_binding_claims_where_the_capacity_objects
     daemons = mock_driver_daemon_set(NAME, driver=DRIVER, capacity_by_node={full: 0, roomy: 5 * GIB})
     await kube.create(DAEMON_SET_RESOURCE, daemons, namespace)
     address = f"dns:///{cluster.real_nodes[0].network.node_ip}:{CONTROLLER_PORT}"  # either node's controller
-    endpoint = {
-        "apiVersion": "sidecarless.io/v1alpha1",
-        "kind": "DriverEndpoint",
-        "metadata": {"name": NAME},
-        "spec": {"driverName": DRIVER, "address": address},
-    }
-    await kube.create(DRIVER_ENDPOINT, endpoint)
+    await kube.create(DRIVER_ENDPOINT, driver_endpoint(NAME, DRIVER, address))
     pods = [f"fits-{i}" for i in range(FITTING)]
     try:
         await wait_ready(kube, NAME, timeout=180)

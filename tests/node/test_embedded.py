@@ -26,6 +26,7 @@ from devcluster.workloads import (
     EMBEDDED_NAMESPACE,
     chart_values,
     csi_driver,
+    driver_endpoint,
     embedded_controller,
     embedded_examples,
     embedded_rbac,
@@ -213,13 +214,7 @@ async def test_embedded_in_the_drivers_pod_then_central_and_back(
 
         # --- central: the chart's pods serve the driver over TCP; the embedded container goes ---
         moved = time.monotonic()
-        central = {
-            "apiVersion": "sidecarless.io/v1alpha1",
-            "kind": "DriverEndpoint",
-            "metadata": {"name": CENTRAL},
-            "spec": {"driverName": DRIVER, "address": backend},
-        }
-        await kube.create(DRIVER_ENDPOINT, central)
+        await kube.create(DRIVER_ENDPOINT, driver_endpoint(CENTRAL, DRIVER, backend))
         await wait_ready(kube, CENTRAL, timeout=120)
         await route_class(kube, CENTRAL)
         await kube.patch(DEPLOYMENT, CONTROLLER, pod_template(embedded_controller(backend, embedded=False)), ns)

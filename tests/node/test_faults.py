@@ -23,6 +23,7 @@ from devcluster.workloads import (
     SHIM,
     chart_values,
     csi_driver,
+    driver_endpoint,
     host_path,
     mock_driver_daemon_set,
 )
@@ -110,13 +111,9 @@ async def test_the_driver_pod_restarted_mid_provisioning(
     await kube.create(CSI_DRIVER, csi_driver())
     await kube.create(DAEMON_SET_RESOURCE, mock_driver_daemon_set(), namespace)
     await kube.create(DEPLOYMENT, slow_controller(node.name), namespace)
-    endpoint = {
-        "apiVersion": "sidecarless.io/v1alpha1",
-        "kind": "DriverEndpoint",
-        "metadata": {"name": "slow"},
-        "spec": {"driverName": MOCK_DRIVER, "address": f"dns:///{node.network.node_ip}:{SLOW_PORT}"},
-    }
-    await kube.create(DRIVER_ENDPOINT, endpoint)
+    await kube.create(
+        DRIVER_ENDPOINT, driver_endpoint("slow", MOCK_DRIVER, f"dns:///{node.network.node_ip}:{SLOW_PORT}")
+    )
     try:
         await wait_ready(kube, "slow", timeout=120)
         await kube.create(STORAGE_CLASS, storage_class("slow", "slow"))
@@ -200,13 +197,9 @@ async def test_the_operator_oom_killed_under_a_low_limit_converges(
     await helm(cluster, *upgrade, *chart_values(cluster.server, extra=limits(OOM_LIMIT)))
     await kube.create(CSI_DRIVER, csi_driver())
     await kube.create(DAEMON_SET_RESOURCE, mock_driver_daemon_set(), namespace)
-    endpoint = {
-        "apiVersion": "sidecarless.io/v1alpha1",
-        "kind": "DriverEndpoint",
-        "metadata": {"name": "oom"},
-        "spec": {"driverName": MOCK_DRIVER, "address": f"dns:///{node.network.node_ip}:{CONTROLLER_PORT}"},
-    }
-    await kube.create(DRIVER_ENDPOINT, endpoint)
+    await kube.create(
+        DRIVER_ENDPOINT, driver_endpoint("oom", MOCK_DRIVER, f"dns:///{node.network.node_ip}:{CONTROLLER_PORT}")
+    )
     try:
         await wait_ready(kube, "oom", timeout=120)
         await kube.create(STORAGE_CLASS, storage_class("oom", "oom"))

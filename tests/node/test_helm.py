@@ -22,7 +22,7 @@ from devcluster import LocalCluster, workloads
 from devcluster.addresses import POD_NETWORK
 from devcluster.images import MOCK_DRIVER_IMAGE
 from devcluster.operator_image import OPERATOR_IMAGE, ensure_operator_image
-from devcluster.workloads import CHART, chart_values
+from devcluster.workloads import CHART, chart_values, driver_endpoint
 from sidecarless.kube import CSI_DRIVER, DRIVER_ENDPOINT, POD, PV, PVC, STORAGE_CLASS, Kube, Resource
 from tests.e2e.conftest import claim, eventually, storage_class, wait_ready
 
@@ -221,13 +221,9 @@ async def test_the_operator_in_pods_serves_a_driver_in_a_pod(
     )
     await kube.create(DEPLOYMENT, mock_driver_deployment(node.name), namespace)
     started = time.monotonic()
-    endpoint = {
-        "apiVersion": "sidecarless.io/v1alpha1",
-        "kind": "DriverEndpoint",
-        "metadata": {"name": "mock-in-a-pod"},
-        "spec": {"driverName": MOCK, "address": f"dns:///{node.network.node_ip}:{MOCK_PORT}"},
-    }
-    await kube.create(DRIVER_ENDPOINT, endpoint)
+    await kube.create(
+        DRIVER_ENDPOINT, driver_endpoint("mock-in-a-pod", MOCK, f"dns:///{node.network.node_ip}:{MOCK_PORT}")
+    )
     try:
         await wait_ready(kube, "mock-in-a-pod", timeout=120)
         took = time.monotonic() - started

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from devcluster import LocalCluster
-from devcluster.workloads import CONTROLLER_PORT, MOCK_DRIVER, csi_driver, mock_driver_daemon_set, pod_with_claim
+from devcluster.workloads import (
+    CONTROLLER_PORT,
+    MOCK_DRIVER,
+    csi_driver,
+    driver_endpoint,
+    mock_driver_daemon_set,
+    pod_with_claim,
+)
 from sidecarless.kube import CSI_DRIVER, DRIVER_ENDPOINT, POD, PV, PVC, STORAGE_CLASS, VOLUME_ATTACHMENT, Kube
 from tests.e2e.conftest import claim, eventually, storage_class, wait_ready
 from tests.node.test_helm import DAEMON_SET_RESOURCE, image, installed  # noqa: F401 - fixtures
@@ -36,13 +43,10 @@ async def test_a_pod_mounts_a_volume_provisioned_and_attached_by_the_operator_po
     worker = cluster.real_nodes[0]
     await kube.create(CSI_DRIVER, csi_driver())
     await kube.create(DAEMON_SET_RESOURCE, mock_driver_daemon_set(), namespace)
-    endpoint = {
-        "apiVersion": "sidecarless.io/v1alpha1",
-        "kind": "DriverEndpoint",
-        "metadata": {"name": "mock-mounted"},
-        "spec": {"driverName": MOCK_DRIVER, "address": f"dns:///{worker.network.node_ip}:{CONTROLLER_PORT}"},
-    }
-    await kube.create(DRIVER_ENDPOINT, endpoint)
+    await kube.create(
+        DRIVER_ENDPOINT,
+        driver_endpoint("mock-mounted", MOCK_DRIVER, f"dns:///{worker.network.node_ip}:{CONTROLLER_PORT}"),
+    )
     try:
         await wait_ready(kube, "mock-mounted", timeout=120)
         await kube.create(STORAGE_CLASS, storage_class("mock-mounted", "mock-mounted", allowVolumeExpansion=True))

@@ -2,6 +2,7 @@
 
 import pytest
 from kubernetes_asyncio.client import Configuration
+from prometheus_client import REGISTRY
 
 from sidecarless.cli import format_status
 from sidecarless.config import Settings
@@ -99,10 +100,12 @@ async def test_a_budget_of_its_own_shares_connections_and_store_updates() -> Non
 async def test_no_answer_from_the_api_server_is_a_kube_error() -> None:
     """Callers handle one failure type: a refused connection is `Unreachable`, not an OSError."""
     kube = Kube(await Transport.of(Configuration(host="https://127.0.0.1:1")), qps=0)
+    counted = REGISTRY.get_sample_value("sidecarless_api_errors_total", {"method": "GET", "code": "0"}) or 0
     try:
         with pytest.raises(Unreachable) as refused:
             await kube.get(PV, "pv-1")
         assert refused.value.status == 0
+        assert REGISTRY.get_sample_value("sidecarless_api_errors_total", {"method": "GET", "code": "0"}) == counted + 1
         assert "GET /api/v1/persistentvolumes/pv-1" in str(refused.value)
         with pytest.raises(Unreachable):
             async for _ in kube.watch(PV, "1"):

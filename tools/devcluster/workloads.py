@@ -202,6 +202,16 @@ def mock_driver_daemon_set(
     )
 
 
+def driver_endpoint(name: str, driver: str, address: str) -> dict[str, Any]:
+    """A DriverEndpoint for `driver`'s controller at `address`."""
+    return {
+        "apiVersion": "sidecarless.io/v1alpha1",
+        "kind": "DriverEndpoint",
+        "metadata": {"name": name},
+        "spec": {"driverName": driver, "address": address},
+    }
+
+
 def csi_driver(driver: str = MOCK_DRIVER, *, storage_capacity: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "storage.k8s.io/v1",
