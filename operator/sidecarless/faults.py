@@ -10,13 +10,20 @@ Two ways to die, as a node failure or an OOM kill would (SIGKILL, nothing flushe
   numbered from 1 as the process reaches them. `SIDECARLESS_FAULT_AT=N` kills the process
   at step N; `SIDECARLESS_FAULT_TRACE=1` logs every step. The crash-anywhere suite runs an
   operation once to count its steps, then once per step killed there.
+
+And one way to lose a race on purpose: `SIDECARLESS_FAULT_CHECKED_WRITE_DELAY=seconds` waits
+that long before each object's first patch that carries its resourceVersion, so that a test
+writing to the same objects meanwhile makes that write conflict every time. Only the first:
+delaying the retries too would let a busy enough writer starve the operator for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
+from typing import Any
 
 log = logging.getLogger("sidecarless.faults")
 
@@ -105,6 +112,19 @@ def around_csi_call(when: str, operation: str, obj: str, fault_key: str | None) 
 def api_write(when: str, verb: str, plural: str, subresource: str, obj: str) -> None:
     if STEPS.enabled and plural not in UNCOUNTED_RESOURCES:
         STEPS.step(f"{when} {verb} {plural}{'/' + subresource if subresource else ''}", obj)
+
+
+_CHECKED_WRITE_DELAY = float(os.environ.get("SIDECARLESS_FAULT_CHECKED_WRITE_DELAY") or 0)
+_delayed: set[tuple[str, str]] = set()
+
+
+async def before_checked_write(plural: str, obj: str, patch: Any) -> None:
+    """Wait before the first patch of `obj` that names a resourceVersion, if the test asked."""
+    if not _CHECKED_WRITE_DELAY or plural in UNCOUNTED_RESOURCES or not isinstance(patch, dict):
+        return
+    if (patch.get("metadata") or {}).get("resourceVersion") and (plural, obj) not in _delayed:
+        _delayed.add((plural, obj))
+        await asyncio.sleep(_CHECKED_WRITE_DELAY)
 
 
 def _die(why: str) -> None:

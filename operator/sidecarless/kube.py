@@ -522,6 +522,7 @@ class Kube:
         content_type: str = MERGE_PATCH,
     ) -> Body:
         faults.api_write("before", "patch", resource.plural, subresource, key_of(namespace, name))
+        await faults.before_checked_write(resource.plural, key_of(namespace, name), patch)
         result = await self.request(
             "PATCH", resource.path(name, namespace, subresource), body=patch, content_type=content_type
         )
