@@ -11,6 +11,8 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Any
 
+from sidecarless.leases import Timing
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -44,13 +46,29 @@ class Settings:
     # runs the controllers; the others watch and wait. Off: this process runs them at once.
     leader_election: bool = True
     lease_name: str = "sidecarless-leader"  # one per operator deployment (embedded: one per driver)
+    # Every replica active: each DriverEndpoint is served by the replica holding its own Lease
+    # (sidecarless.shards), the endpoints shared out evenly among the live replicas.
+    sharding: bool = False
+    # The Leases' timing (leader and shards), as the sidecars' --leader-election-lease-duration,
+    # --leader-election-renew-deadline and --leader-election-retry-period.
+    lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
     # The DriverEndpoints this process serves, comma-separated; empty: all of them. An
     # operator embedded in a driver's controller pod serves that driver's endpoint only.
     endpoints: str = ""
 
     def serves(self, endpoint_name: str) -> bool:
-        wanted = {name.strip() for name in self.endpoints.split(",") if name.strip()}
-        return not wanted or endpoint_name in wanted
+        wanted = self.endpoint_names()
+        return wanted is None or endpoint_name in wanted
+
+    def endpoint_names(self) -> frozenset[str] | None:
+        """The endpoints this process may serve (SIDECARLESS_ENDPOINTS); None: all."""
+        wanted = frozenset(name.strip() for name in self.endpoints.split(",") if name.strip())
+        return wanted or None
+
+    def lease_timing(self) -> Timing:
+        return Timing(self.lease_duration_seconds, self.renew_deadline_seconds, self.retry_period_seconds)
 
     attacher_reconcile_seconds: float = (
         60.0  # ListVolumes check of attached volumes (external-attacher --reconcile-sync)
@@ -102,6 +120,9 @@ class Settings:
             raise ValueError(f"API QPS scope must be process or controller, not {self.api_qps_scope!r}")
         if self.provisioner_workers < 1 or self.volume_workers < 1:
             raise ValueError("worker counts must be at least 1")
+        self.lease_timing().check()
+        if self.sharding and not self.leader_election:
+            raise ValueError("sharding shares endpoints out by Leases: it needs leader election on")
 
 
 def _convert(kind: Any, raw: str, name: str) -> Any:

@@ -33,8 +33,10 @@ from sidecarless.informer import Informer, wait_synced
 from sidecarless.kube import DRIVER_ENDPOINT, Kube, KubeError, connect, kopf_session, load_configuration
 from sidecarless.leader import LeaderElector
 from sidecarless.leaks import LeakReporter
+from sidecarless.leases import Observations
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
+from sidecarless.shards import SHARED, Shards, sharded_holders
 from sidecarless.snapshots.common_controller import SnapshotController
 from sidecarless.snapshots.group_common_controller import GroupSnapshotController
 from sidecarless.snapshots.group_sidecar_controller import GroupSnapshotter
@@ -111,21 +113,63 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.context = context
     memo.controllers = controllers
     memo.leader = None
-    if config.leader_election:
-        # Its own rate limit, so a busy operator cannot starve the renewals; the connection
-        # is shared, as client-go shares it, and HTTP/2 streams do not queue behind each other.
-        lease_kube = kube.with_budget(10, 20)
-        memo.leader = LeaderElector(
+    memo.shards = None
+    # Leases have their own rate limit, so a busy operator cannot starve the renewals; the
+    # connection is shared, as client-go shares it, and HTTP/2 streams do not queue behind each other.
+    lease_kube = kube.with_budget(10, 20)
+    if config.sharding:
+        shards = memo.shards = _shards(lease_kube, context, controllers, memo.informers)
+        # An endpoint's work is its Lease holder's; the work of no endpoint, the shared Lease's.
+        context.endpoints.holds = lambda name: shards.holds(name or SHARED)
+        await _start_all(controllers, memo.informers)()  # every replica works: on what it holds
+        shards.start()
+    elif config.leader_election:
+        observations = Observations()
+        timing = config.lease_timing()
+        leader = memo.leader = LeaderElector(
             lease_kube,
             config.namespace,
             config.identity,
             name=config.lease_name,
+            timing=timing,
             on_started=_start_all(controllers, memo.informers),
             on_stopped=_stop_all(controllers),
+            may_lead=lambda: sharded_holders(lease_kube, config.namespace, observations, timing),
         )
-        memo.leader.start()
+        context.endpoints.holds = lambda _name: leader.holds()
+        leader.start()
     else:
         await _start_all(controllers, memo.informers)()
+
+
+def _shards(kube: Kube, context: Context, controllers: Controllers, informers: list[Informer]) -> Shards:
+    config = context.settings
+
+    async def acquired(key: str) -> None:
+        if key == SHARED:
+            # The work of no endpoint was dropped here while another replica held it: look at everything.
+            for informer in informers:
+                await informer.resync_once()
+        else:
+            await controllers.endpoint_changed(key)
+
+    async def lost(key: str, grace: float) -> None:
+        endpoint = context.endpoints.get(key)
+        if endpoint is not None:
+            await endpoint.abandon(grace)
+
+    return Shards(
+        kube,
+        config.namespace,
+        config.identity,
+        endpoints=context.endpoints.known,
+        only=config.endpoint_names(),
+        singletons=[SHARED],
+        on_acquired=acquired,
+        on_lost=lost,
+        timing=config.lease_timing(),
+        leader_lease=config.lease_name,
+    )
 
 
 def _start_all(controllers: Controllers, informers: list[Informer]) -> Callable[[], Awaitable[None]]:
@@ -165,7 +209,10 @@ def _configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.cleanup(registry=registry)
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    if memo.get("leader") is not None:
+    if memo.get("shards") is not None:
+        await memo.shards.stop()  # stops the work of every Lease held, and hands them over
+        await _stop_all(memo.controllers)()
+    elif memo.get("leader") is not None:
         await memo.leader.stop()  # stops the controllers if leading, and hands the Lease over
     elif "controllers" in memo:
         await _stop_all(memo.controllers)()
@@ -207,7 +254,7 @@ async def endpoint_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
                 await context.endpoints.apply(name, spec, await _tls_config(context.kube, spec))
         if context.endpoints.get(name) is not None:
             await context.endpoints.refresh(name)  # its daemon has stopped: probe here
-        if memo.leader is None or memo.leader.leading:  # a standby writes no status
+        if context.endpoints.holds(name):  # a standby, or another shard's replica, writes no status
             status = _status(memo, name, body, terminating=held)
             try:
                 await context.kube.patch(DRIVER_ENDPOINT, name, {"status": status}, subresource="status")
@@ -280,8 +327,8 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
             await context.endpoints.refresh(name)  # serving again: every controller looks again
         status = _status(memo, name, body)
         comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
-        leading = memo.leader is None or memo.leader.leading  # a standby replica probes but does not write
-        if leading and _worth_writing(comparable, written, time.monotonic() - written_at):
+        # A standby replica (or, sharded, one that does not hold the endpoint) probes but does not write.
+        if context.endpoints.holds(name) and _worth_writing(comparable, written, time.monotonic() - written_at):
             try:
                 await context.kube.patch(DRIVER_ENDPOINT, name, {"status": status}, subresource="status")
                 written, written_at = comparable, time.monotonic()
@@ -306,6 +353,7 @@ def _status(memo: kopf.Memo, name: str, body: kopf.Body, *, terminating: str | N
         unreferenced=memo.controllers.leaks.findings.get(name),
         terminating=terminating,
         capacity=(memo.controllers.capacity.state(name), memo.controllers.capacity.objects.get(name, 0)),
+        served_by=context.settings.identity,
     )
 
 

@@ -126,7 +126,8 @@ class HealthMonitor:
                 log.warning("volume health of %s: %s", endpoint.spec.name, error)
 
     async def check(self, endpoint: Endpoint) -> list[Verdict]:
-        way = monitors(endpoint.info.controller) if endpoint.serving and endpoint.info is not None else None
+        usable = endpoint.here and endpoint.serving and endpoint.info is not None
+        way = monitors(endpoint.info.controller) if usable and endpoint.info is not None else None
         if way is None:
             return []
         stores = self.context.stores

@@ -6,6 +6,7 @@ writes DriverEndpoint status. The Lease has its own API client and rate limit, s
 operator cannot starve its renewals (the sidecars use a separate clientset for the same
 reason). A lost Lease stops the controllers and makes the replica a candidate again; the
 process never exits for it (csi-lib-utils #66: restart storms on a slow API server).
+How Leases are read and written, and when one is free: :mod:`sidecarless.leases`.
 """
 
 from __future__ import annotations
@@ -13,55 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Gauge
 
-from sidecarless.kube import Conflict, Kube, KubeError, Resource
+from sidecarless import leases
+from sidecarless.kube import Kube, KubeError
+from sidecarless.leases import LEASE, Timing
 
 Body = dict[str, Any]
 
 log = logging.getLogger("sidecarless.leader")
 
-LEASE = Resource("coordination.k8s.io", "v1", "leases", "Lease", True)
+__all__ = ["LEADER", "LEASE", "LeaderElector", "Timing"]
+
 LEADER = Gauge("leader_election_master_status", "1 while this replica holds the Lease", ["name"])
-
-
-@dataclass(frozen=True)
-class Timing:
-    lease_duration: float = 15.0  # a holder silent this long may be replaced (the sidecars' default)
-    renew_deadline: float = 10.0  # a holder that cannot renew for this long steps down
-    retry_period: float = 2.0  # how often candidates try, and the holder renews
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(stamp: str | None) -> datetime | None:
-    if not stamp:
-        return None
-    for layout in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        with contextlib.suppress(ValueError):
-            return datetime.strptime(stamp, layout).replace(tzinfo=UTC)
-    return None
-
-
-def expired(lease: Body, now: datetime, default_duration: float) -> bool:
-    """Whether the Lease's holder has not renewed within its lease duration (or there is none)."""
-    spec = lease.get("spec") or {}
-    if not spec.get("holderIdentity"):
-        return True
-    renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
-    duration = float(spec.get("leaseDurationSeconds") or default_duration)
-    return renewed is None or (now - renewed).total_seconds() > duration
 
 
 class LeaderElector:
@@ -75,6 +44,7 @@ class LeaderElector:
         on_stopped: Callable[[], Awaitable[None]],
         name: str = "sidecarless-leader",
         timing: Timing | None = None,
+        may_lead: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
@@ -83,8 +53,19 @@ class LeaderElector:
         self.timing = timing or Timing()
         self.on_started = on_started
         self.on_stopped = on_stopped
+        # Asked before every attempt: a reason not to lead (sharded replicas serve already), or None.
+        self.may_lead = may_lead
         self.leading = False
+        self._observations = leases.Observations()
+        self._lease: Body | None = None  # as last written by this replica
+        self._renewed_at = 0.0  # monotonic
         self._task: asyncio.Task[None] | None = None
+        self._refusal = ""
+
+    def holds(self, _key: str = "") -> bool:
+        """Whether this replica may act as the leader now: it leads, and renewed within the
+        renew deadline (checked at every CSI call, so a stuck renewal stops calls in time)."""
+        return self.leading and time.monotonic() - self._renewed_at < self.timing.renew_deadline
 
     def start(self) -> None:
         # 0 from the start on every candidate, not only on one that led and stepped down: with
@@ -102,22 +83,22 @@ class LeaderElector:
             await self._step_down(release=True)
 
     async def _run(self) -> None:
-        last_renewal = 0.0
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                held = await self._try_acquire_or_renew()
-            except KubeError as error:
-                log.warning("Lease %s/%s: %s", self.namespace, self.name, error)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow stop()'s cancellation.
+                async with asyncio.timeout(self.timing.retry_period * 2):
+                    held = await self._try_acquire_or_renew()
+            except (KubeError, TimeoutError) as error:
+                log.warning("Lease %s/%s: %s", self.namespace, self.name, str(error) or "no answer in time")
                 held = False
             if held:
-                last_renewal = loop.time()
+                self._renewed_at = time.monotonic()
                 if not self.leading:
                     self.leading = True
                     LEADER.labels(self.name).set(1)
                     log.info("became the leader (Lease %s/%s, identity %s)", self.namespace, self.name, self.identity)
                     await self.on_started()
-            elif self.leading and loop.time() - last_renewal > self.timing.renew_deadline:
+            elif self.leading and not self.holds():
                 log.error(
                     "lost the Lease %s/%s: stopping the controllers, staying a candidate", self.namespace, self.name
                 )
@@ -131,47 +112,39 @@ class LeaderElector:
         if release:
             # A clean shutdown hands over at once instead of after the lease duration.
             with contextlib.suppress(KubeError):
-                await self.kube.patch(
-                    LEASE, self.name, {"spec": {"holderIdentity": None, "renewTime": None}}, self.namespace
-                )
+                await leases.release(self.kube, self.namespace, self.name, self._lease)
 
     async def _try_acquire_or_renew(self) -> bool:
-        now = _now()
+        if self.may_lead is not None:
+            refusal = await self.may_lead()
+            if refusal is not None:
+                if refusal != self._refusal:
+                    log.error("not leading (Lease %s/%s): %s", self.namespace, self.name, refusal)
+                self._refusal = refusal
+                if self.leading:
+                    await self._step_down(release=True)
+                return False
+            self._refusal = ""
         lease = await self.kube.get_or_none(LEASE, self.name, self.namespace)
-        if lease is None:
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace},
-                "spec": self._spec(now, acquired=True, transitions=0),
-            }
-            try:
-                await self.kube.create(LEASE, body, self.namespace)
-            except Conflict:
-                return False  # another replica created it first
-            return True
-        spec = lease.get("spec") or {}
-        mine = spec.get("holderIdentity") == self.identity
-        if not mine and not expired(lease, now, self.timing.lease_duration):
+        if lease is not None:
+            self._observations.see(lease)
+            mine = leases.holder(lease) == self.identity
+            if not mine and self.leading:
+                # Taken (or edited by hand) under us: stop now, not at the renew deadline.
+                log.error(
+                    "Lease %s/%s now names %r: stopping the controllers",
+                    self.namespace,
+                    self.name,
+                    leases.holder(lease) or None,
+                )
+                await self._step_down(release=False)
+            if not mine and not self._observations.free(lease, self.timing.lease_duration):
+                return False
+        written = await leases.take(
+            self.kube, self.namespace, self.name, lease, identity=self.identity, timing=self.timing
+        )
+        if written is None:
             return False
-        transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
-        patch = {
-            "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-            "spec": self._spec(now, acquired=not mine, transitions=transitions),
-        }
-        try:
-            await self.kube.patch(LEASE, self.name, patch, self.namespace)
-        except Conflict:
-            return False  # somebody else renewed or took it meanwhile
+        self._lease = written
+        self._observations.see(written)
         return True
-
-    def _spec(self, now: datetime, *, acquired: bool, transitions: int) -> Body:
-        spec: Body = {
-            "holderIdentity": self.identity,
-            "leaseDurationSeconds": int(self.timing.lease_duration),
-            "renewTime": _stamp(now),
-            "leaseTransitions": transitions,
-        }
-        if acquired:
-            spec["acquireTime"] = _stamp(now)
-        return spec

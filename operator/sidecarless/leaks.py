@@ -108,7 +108,7 @@ class LeakReporter:
 
     async def _check_all(self) -> None:
         for endpoint in self.context.endpoints.all():
-            if not endpoint.serving or endpoint.info is None:
+            if not endpoint.here or not endpoint.serving or endpoint.info is None:
                 continue
             try:
                 await self.check(endpoint)

@@ -3,8 +3,9 @@
 - A key added while waiting is not added twice; a key added while a worker handles it is
   handled again afterwards (nothing is lost, nothing runs twice at once).
 - The handler returns normally when done (the key's backoff is forgotten), raises
-  :class:`Requeue` to come back after a chosen delay, or raises anything else to come
-  back after the key's next backoff step (initial x 2^failures, capped, with jitter).
+  :class:`Requeue` to come back after a chosen delay, :class:`Elsewhere` to drop a key
+  another replica serves (sharding), or raises anything else to come back after the
+  key's next backoff step (initial x 2^failures, capped, with jitter).
   Whose schedule: `backoff_of(key)`'s, the retry settings of the DriverEndpoint that
   serves the key's object, else the queue's own.
 - A *quiet* add (an event that changed nothing but the object's status, or only what
@@ -75,6 +76,11 @@ class Requeue(Exception):  # noqa: N818 - a control-flow signal, not an error
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
         self.delay = delay
         super().__init__(reason or "requeue")
+
+
+class Elsewhere(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Drop this key: another replica does its work (it holds the Lease of the DriverEndpoint
+    that serves the key's object). The key comes back when this replica takes that Lease."""
 
 
 class WorkQueue(Generic[K]):
@@ -205,6 +211,9 @@ class WorkQueue(Generic[K]):
             except Requeue as requeue:
                 log.debug("%s: %s again later: %s", self.name, key, requeue)
                 self._retry(key, requeue.delay)
+            except Elsewhere as elsewhere:
+                log.debug("%s: %s is not ours: %s", self.name, key, elsewhere)
+                self.forget(key)
             except Exception:
                 log.exception("%s: handling %s failed", self.name, key)
                 self._retry(key, None)

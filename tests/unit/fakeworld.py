@@ -116,6 +116,23 @@ def _key(namespace: str | None, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
+def _selects(selector: str, body: Body) -> bool:
+    """A label selector of `key`, `key=value` and `key!=value` terms, comma-separated."""
+    labels = body["metadata"].get("labels") or {}
+    for term in filter(None, selector.split(",")):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -197,10 +214,11 @@ class FakeKube(k.Kube):
             status = scripted.pop(0)
             raise k._error(status, b'{"reason": "Scripted", "message": "scripted failure"}')
         if method == "GET" and not name:
+            selector = dict(query or []).get("labelSelector", "")
             items = [
                 copy.deepcopy(o)
                 for o in self.objects.get(resource.plural, {}).values()
-                if namespace is None or o["metadata"].get("namespace") == namespace
+                if (namespace is None or o["metadata"].get("namespace") == namespace) and _selects(selector, o)
             ]
             return {"items": items, "metadata": {"resourceVersion": str(next(self._versions))}}
         if method == "GET":
@@ -287,9 +305,10 @@ class FakeKube(k.Kube):
         current = self.objects.get(resource.plural, {}).get(key)
         if current is None:
             raise k._error(404, b'{"reason": "NotFound", "message": "not found"}')
-        uid = ((options or {}).get("preconditions") or {}).get("uid")
-        if uid is not None and uid != current["metadata"]["uid"]:
-            raise k._error(409, b'{"reason": "Conflict", "message": "uid precondition failed"}')
+        preconditions = (options or {}).get("preconditions") or {}
+        for field_ in ("uid", "resourceVersion"):
+            if preconditions.get(field_) is not None and preconditions[field_] != current["metadata"][field_]:
+                raise k._error(409, b'{"reason": "Conflict", "message": "precondition failed"}')
         if current["metadata"].get("finalizers"):
             if not current["metadata"].get("deletionTimestamp"):
                 current["metadata"]["deletionTimestamp"] = _now()

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import REGISTRY
 
 from sidecarless.kube import KubeError
-from sidecarless.leader import LeaderElector, Timing, expired
+from sidecarless.leader import LeaderElector, Timing
+from sidecarless.leases import Observations
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
@@ -17,24 +18,59 @@ def a_lease(holder: str | None, renewed: datetime | None, duration: int = 15) ->
         spec["holderIdentity"] = holder
     if renewed:
         spec["renewTime"] = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"spec": spec}
+    return {"metadata": {"name": "l"}, "spec": spec}
 
 
-def test_a_fresh_lease_is_held() -> None:
-    assert not expired(a_lease("a", NOW - timedelta(seconds=10)), NOW, 15)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_a_silent_holder_can_be_replaced() -> None:
-    assert expired(a_lease("a", NOW - timedelta(seconds=16)), NOW, 15)
+def test_a_lease_renewed_as_watched_is_held() -> None:
+    clock = Clock()
+    seen = Observations(clock)
+    for second in range(0, 60, 2):
+        clock.now += 2
+        seen.see(a_lease("a", NOW + timedelta(seconds=second)))
+        assert not seen.free(a_lease("a", NOW + timedelta(seconds=second)), 15)
+
+
+def test_a_silent_holder_can_be_replaced_after_its_duration_as_watched() -> None:
+    clock = Clock()
+    seen = Observations(clock)
+    lease = a_lease("a", NOW)
+    seen.see(lease)
+    clock.now += 15
+    assert not seen.free(lease, 15)
+    clock.now += 1
+    assert seen.free(lease, 15)
+
+
+def test_the_holders_clock_does_not_matter() -> None:
+    """A renewTime an hour old (the holder's clock is behind) is not taken for silence."""
+    clock = Clock()
+    seen = Observations(clock)
+    lease = a_lease("a", NOW - timedelta(hours=1))
+    seen.see(lease)
+    clock.now += 5
+    assert not seen.free(lease, 15)
 
 
 def test_a_released_or_empty_lease_is_free() -> None:
-    assert expired(a_lease(None, NOW), NOW, 15)
-    assert expired(a_lease("a", None), NOW, 15)
+    seen = Observations(Clock())
+    assert seen.free(a_lease(None, NOW), 15)
 
 
 def test_the_lease_says_its_own_duration() -> None:
-    assert not expired(a_lease("a", NOW - timedelta(seconds=20), duration=30), NOW, 15)
+    clock = Clock()
+    seen = Observations(clock)
+    lease = a_lease("a", NOW, duration=30)
+    seen.see(lease)
+    clock.now += 20
+    assert not seen.free(lease, 15)
 
 
 class FlakyLeaseAPI:

@@ -55,6 +55,8 @@ class BacklogCollector(Collector):
         attachments = list(self.context.stores.attachments.values())
         now = datetime.now(UTC)
         for endpoint in self.context.endpoints.all():
+            if not endpoint.here:
+                continue  # its holder exports it
             for lane, (count, age) in plan.backlog(attachments, endpoint.spec.driver_name, now).items():
                 waiting.add_metric([endpoint.spec.name, lane], count)
                 oldest.add_metric([endpoint.spec.name, lane], age)
@@ -306,6 +308,7 @@ class Attacher:
         volume = self.context.stores.volumes.get(name)
         if volume is None or not volume["metadata"].get("deletionTimestamp"):
             return
+        self.context.endpoints.check_here(routing.volume_route(self.context.stores, volume))
         driver = ((volume.get("spec") or {}).get("csi") or {}).get("driver", "")
         if not finalizers.has(volume, plan.finalizer(driver)):
             return

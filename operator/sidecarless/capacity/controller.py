@@ -85,6 +85,7 @@ class CapacityTracker:
         return bool(((csidriver or {}).get("spec") or {}).get("storageCapacity"))
 
     async def sync(self, name: str) -> None:
+        self.context.endpoints.check_here(name)  # an endpoint gone: the replica doing no endpoint's work clears it
         endpoint = self.context.endpoints.get(name)
         tracking = endpoint is not None and self.state(name) == ACTIVE
         driver = endpoint.spec.driver_name if endpoint is not None else self._drivers.get(name)

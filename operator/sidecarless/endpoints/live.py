@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from csi_client.client import Rpc
 from sidecarless import faults
 from sidecarless.endpoints.spec import ACTIVE, EndpointSpec, SpecError, controller_state, parse_spec
 from sidecarless.vocabulary import now_rfc3339
-from sidecarless.workqueue import Backoff, Requeue
+from sidecarless.workqueue import Backoff, Elsewhere, Requeue
 
 Body = dict[str, Any]
 Req = TypeVar("Req", bound=Message)
@@ -108,6 +109,10 @@ class Endpoint:
         self.operations: dict[str, int] = {}  # completed operations by kind ("attaches", "detaches")
         self.last_error: LastError | None = None
         self._slots = Slots(spec.max_in_flight)
+        # Whether this replica serves the endpoint now (its Lease, when sharded or leader-elected):
+        # set by the registry, asked before every piece of work and every CSI call.
+        self.holds: Callable[[], bool] = _always
+        self._calls: set[asyncio.Task[Any]] = set()  # CSI calls in flight, cancelled when the Lease goes
 
     def reconfigure(self, spec: EndpointSpec) -> None:
         """Take a spec whose connection is the same: its timeout and limit apply from the next call."""
@@ -127,22 +132,33 @@ class Endpoint:
 
     @property
     def serving(self) -> bool:
-        """Whether controllers may send this endpoint work."""
+        """Whether the driver answers as it should (the probe): controllers may send it work."""
         return self.problem is None
+
+    @property
+    def here(self) -> bool:
+        """Whether this replica serves the endpoint now (it holds its Lease)."""
+        return self.holds()
+
+    def check_here(self) -> None:
+        """Raise Elsewhere unless this replica serves the endpoint now: its holder does the work."""
+        if not self.holds():
+            raise Elsewhere(f"DriverEndpoint {self.spec.name!r} is served by another replica")
 
     def controller_state(self, controller: str) -> str:
         return controller_state(self.spec, self.info, controller)
 
     def active(self, controller: str) -> bool:
         """For background work (reconciles, journal recovery), which skips rather than waits."""
-        return self.serving and self.controller_state(controller) == ACTIVE
+        return self.here and self.serving and self.controller_state(controller) == ACTIVE
 
     def admits(self, controller: str, *states: str) -> str | None:
         """The one gate before a controller works on this endpoint: the controller's state,
         when it is one of `states` (Active unless told) and the endpoint serves. None: the
         controller has nothing to do here (switched off, or the driver lacks what it needs).
         Raises Requeue while the endpoint does not serve; it wakes the controllers
-        (endpoint_changed) when it serves again."""
+        (endpoint_changed) when it serves again; Elsewhere when another replica serves it."""
+        self.check_here()
         state = self.controller_state(controller)
         if state not in (states or (ACTIVE,)):
             return None
@@ -200,11 +216,13 @@ class Endpoint:
         between the crash points of the operation (named ones for `fault_key`, and the
         counted steps), failures remembered for the status (`obj` names the object there),
         and a success counted under `counts` ("attaches", ...)."""
+        self.check_here()
         async with self._slots:
+            self.check_here()  # again: the wait for a slot may have outlived the Lease
             self.in_flight += 1
             try:
                 faults.around_csi_call("before", operation, obj, fault_key)
-                response = await self.client.call(rpc, request)
+                response = await self._abandonable(self.client.call(rpc, request))
                 faults.around_csi_call("after", operation, obj, fault_key)
             except CSIError as error:
                 self.note_failure(operation, obj, str(error))
@@ -215,6 +233,31 @@ class Endpoint:
             self.count(counts)
         return response
 
+    async def _abandonable(self, call: Awaitable[Resp]) -> Resp:
+        """The call as a task that :meth:`abandon` can cancel; its caller then gets Elsewhere."""
+        task = asyncio.ensure_future(call)
+        self._calls.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or current.cancelling() == 0):
+                raise Elsewhere(f"DriverEndpoint {self.spec.name!r}: the Lease went during the call") from None
+            raise
+        finally:
+            self._calls.discard(task)
+
+    async def abandon(self, grace: float) -> None:
+        """The Lease went: calls still in flight after `grace` seconds are cancelled (the driver
+        may finish them; every CSI call is idempotent, and the next holder repeats what it must)."""
+        calls = set(self._calls)
+        if calls and grace > 0:
+            await asyncio.wait(calls, timeout=grace)
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.wait(calls, timeout=1.0)
+
     def count(self, kind: str) -> None:
         self.operations[kind] = self.operations.get(kind, 0) + 1
 
@@ -224,6 +267,10 @@ class Endpoint:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _always() -> bool:
+    return True
 
 
 class EndpointRegistry:
@@ -241,9 +288,25 @@ class EndpointRegistry:
         self._applied: dict[str, Body] = {}  # the spec each endpoint was last configured from
         # Called after an endpoint is (re)configured, so controllers look at its objects again.
         self.on_change = on_change
+        # Whether this replica serves an endpoint now (sharding, leader election): all, unless told.
+        self.holds: Callable[[str], bool] = lambda _name: True
 
     def get(self, name: str | None) -> Endpoint | None:
         return self._endpoints.get(name) if name is not None else None
+
+    def _holds(self, name: str) -> bool:
+        return self.holds(name)  # looked up at each call: the holder is set after endpoints exist
+
+    def check_here(self, name: str | None) -> None:
+        """Raise Elsewhere unless this replica does the work of endpoint `name` now. None, or a
+        name no DriverEndpoint has: the work of no endpoint (reporting objects routed to an
+        endpoint that does not exist, the snapshot controller's half), which one replica does."""
+        if not self.holds(name if name is not None and name in self.known() else ""):
+            raise Elsewhere(f"DriverEndpoint {name!r} is served by another replica" if name else "another replica's")
+
+    def known(self) -> set[str]:
+        """Every DriverEndpoint seen, valid or not."""
+        return {*self._endpoints, *self.spec_errors}
 
     def drivers(self) -> dict[str, str]:
         """The endpoints and the driver each serves, for the routing rules (routing.py)."""
@@ -275,6 +338,7 @@ class EndpointRegistry:
         else:
             await self._drop(name)
             endpoint = self._endpoints[name] = self._connect(parsed, tls)
+            endpoint.holds = functools.partial(self._holds, name)
         await endpoint.refresh()
         if self.on_change is not None:
             await self.on_change(name)

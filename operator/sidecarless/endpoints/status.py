@@ -71,6 +71,7 @@ def build_status(
     unreferenced: HasStatus | None = None,
     terminating: str | None = None,
     capacity: tuple[str, int] | None = None,
+    served_by: str = "",
 ) -> Body:
     """The DriverEndpoint's status; lastTransitionTime moves only when a condition's status does."""
     before = {c.get("type"): c for c in previous.get("conditions") or []}
@@ -88,6 +89,8 @@ def build_status(
             }
         )
     status_body: Body = {"observedGeneration": generation, "conditions": conditions, "counts": counts}
+    if served_by:
+        status_body["servedBy"] = served_by
     if endpoint is None:
         return status_body
     status_body["controllers"] = {c: endpoint.controller_state(c) for c in CONTROLLERS}

@@ -172,10 +172,11 @@ class Provisioner:
         claim = context.stores.claims.get(key)
         if claim is None:
             return
-        await self._release_clone_sources(key, claim)
         class_name = (claim.get("spec") or {}).get("storageClassName") or ""
         storage_class = context.stores.classes.get(class_name)
         endpoint_name = routing.endpoint_of_class(storage_class)
+        context.endpoints.check_here(endpoint_name)
+        await self._release_clone_sources(key, claim)
         if storage_class is None or endpoint_name is None:
             return  # not routed to Sidecarless: the sidecars (or nobody) handle it
         if not context.settings.serves(endpoint_name):
@@ -403,6 +404,7 @@ class Provisioner:
 
     async def release_snapshot_source(self, snapshot_key: str) -> None:
         """Drop the restore-protection finalizer once no claim is still being restored from the snapshot."""
+        self.context.endpoints.check_here(None)
         if sources.pending_uses_of(snapshot_key, list(self.context.stores.claims.values()), snapshot=True):
             return
         namespace, name = snapshot_key.split("/", 1)
@@ -481,6 +483,7 @@ class Provisioner:
         """
         context = self.context
         journal = self.journal
+        context.endpoints.check_here(endpoint_name)  # the journal's entries of an endpoint are its holder's
         entries = await journal.entries(endpoint_name)
         if not entries:
             return
@@ -537,6 +540,7 @@ class Provisioner:
         endpoint_name = self._volume_endpoint_name(volume)
         if endpoint_name is None or not context.settings.serves(endpoint_name):
             return  # the sidecars', or another operator's (SIDECARLESS_ENDPOINTS)
+        context.endpoints.check_here(endpoint_name)
         endpoint = context.endpoints.get(endpoint_name)
         if endpoint is None:
             driver = str(((volume.get("spec") or {}).get("csi") or {}).get("driver") or "")

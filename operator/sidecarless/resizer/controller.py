@@ -121,6 +121,7 @@ class Resizer:
         endpoint = self._endpoint(volume)
         if endpoint is None or not expand.bound_to(claim, volume):
             return None
+        endpoint.check_here()
         return claim, volume, endpoint
 
     # --- expansion -----------------------------------------------------------------

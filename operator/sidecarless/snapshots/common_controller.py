@@ -99,6 +99,7 @@ class SnapshotController:
     # --- VolumeSnapshots -----------------------------------------------------------
 
     async def sync_snapshot(self, key: str) -> None:
+        self.context.endpoints.check_here(None)  # the work of no endpoint: one replica does it
         snapshot = self.context.stores.snapshots.get(key)
         if snapshot is None:
             return
@@ -480,6 +481,7 @@ class SnapshotController:
     # --- VolumeSnapshotContents ------------------------------------------------------
 
     async def sync_content(self, name: str) -> None:
+        self.context.endpoints.check_here(None)
         content = self.context.stores.contents.get(name)
         if content is None:
             return

@@ -63,6 +63,7 @@ class GroupSnapshotController:
             self.groups.add(ref_key(ref), quiet=quiet)
 
     async def sync_group(self, key: str) -> None:
+        self.context.endpoints.check_here(None)  # the work of no endpoint: one replica does it
         group = self.context.stores.group_snapshots.get(key)
         if group is None:
             return
