@@ -11,7 +11,19 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sidecarless.leases import Timing
+
+@dataclass(frozen=True)
+class Timing:
+    lease_duration: float = 15.0  # a holder silent this long may be replaced (the sidecars' default)
+    renew_deadline: float = 10.0  # a holder that cannot renew for this long steps down
+    retry_period: float = 2.0  # how often candidates try, and the holder renews
+
+    def check(self) -> None:
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError(
+                "leases need 0 < retry period < renew deadline < lease duration, not "
+                f"{self.retry_period} < {self.renew_deadline} < {self.lease_duration}"
+            )
 
 
 @dataclass(frozen=True)

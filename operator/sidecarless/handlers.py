@@ -36,7 +36,7 @@ from sidecarless.leaks import LeakReporter
 from sidecarless.leases import Observations
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
-from sidecarless.shards import SHARED, Shards, sharded_holders
+from sidecarless.shards import HELD, SHARED, Shards, sharded_holders
 from sidecarless.snapshots.common_controller import SnapshotController
 from sidecarless.snapshots.group_common_controller import GroupSnapshotController
 from sidecarless.snapshots.group_sidecar_controller import GroupSnapshotter
@@ -325,6 +325,7 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
         if endpoint is not None and time.monotonic() - last_probe >= interval:
             last_probe = time.monotonic()
             await context.endpoints.refresh(name)  # serving again: every controller looks again
+        HELD.labels(name).set(1 if context.endpoints.holds(name) else 0)  # the leader, or the Lease's holder
         status = _status(memo, name, body)
         comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
         # A standby replica (or, sharded, one that does not hold the endpoint) probes but does not write.

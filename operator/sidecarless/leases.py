@@ -16,10 +16,10 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sidecarless.config import Timing
 from sidecarless.kube import LEASE, Conflict, Kube, NotFound
 
 Body = dict[str, Any]
@@ -28,20 +28,6 @@ __all__ = ["LEASE", "Observations", "Timing"]
 
 # A clock further off than this from the API server's holders is logged (it breaks nothing).
 CLOCK_SKEW_WARNING_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class Timing:
-    lease_duration: float = 15.0  # a holder silent this long may be replaced (the sidecars' default)
-    renew_deadline: float = 10.0  # a holder that cannot renew for this long steps down
-    retry_period: float = 2.0  # how often candidates try, and the holder renews
-
-    def check(self) -> None:
-        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ValueError(
-                "leases need 0 < retry period < renew deadline < lease duration, not "
-                f"{self.retry_period} < {self.renew_deadline} < {self.lease_duration}"
-            )
 
 
 def now() -> datetime:

@@ -73,7 +73,7 @@ WATCHDOG_SECONDS = 0.25
 
 HELD = Gauge(
     "sidecarless_lease_held",
-    "1 while this replica holds the Lease of a DriverEndpoint (or the shared one), else 0",
+    "1 while this replica serves the DriverEndpoint (holds its Lease, or leads), else 0; `shared`: the shared Lease",
     ["shard"],
 )
 REPLICAS = Gauge("sidecarless_shard_replicas", "Live replicas this replica sees (sharding)")
@@ -519,7 +519,14 @@ class Shards:
 
 async def sharded_holders(kube: Kube, namespace: str, observations: Observations, timing: Timing) -> str | None:
     """For a replica without sharding, before it leads: the sharded replicas serving, in words; None: none."""
-    listed = await kube.list(LEASE, namespace, label_selector=f"{SHARD_LABEL}=endpoint")
+    try:
+        listed = await kube.list(LEASE, namespace, label_selector=f"{SHARD_LABEL}=endpoint")
+    except KubeError as error:
+        if error.status != 403:
+            raise
+        # RBAC of a version before sharding (get, create, patch): sharded replicas, which need
+        # list, cannot run beside it either. Lead, as before.
+        return None
     holders = set()
     for lease in listed:
         observations.see(lease)

@@ -97,9 +97,14 @@ async def _run(
         found = await holders(kube, endpoints)
         return found if all(found[e] not in ("", victim) for e in orphaned) else None
 
-    after = await eventually(taken_over, what="the killed replica's endpoints taken", timeout=60, interval=0.2)
+    await eventually(taken_over, what="the killed replica's endpoints taken", timeout=60, interval=0.2)
     takeover = time.monotonic() - killed_at
-    assert sorted(collections.Counter(after.values()).values()) == [3, 3]
+
+    async def even() -> bool:  # the survivors may still hand one over between them, a Lease free a moment
+        found = await holders(kube, endpoints)
+        return sorted(collections.Counter(found.values()).items()) == [("shard-a", 3), ("shard-b", 3)]
+
+    await eventually(even, what="three endpoints each on the two survivors", timeout=30)
 
     async def all_bound() -> list[dict[str, Any]] | None:
         found = await kube.list(PVC, namespace)

@@ -130,6 +130,12 @@ class Cluster:
             self._watch = asyncio.create_task(self._invariant())
         return shards
 
+    async def settled(self, *names: str) -> None:
+        """Start these replicas and give them 30 s to share the endpoints out."""
+        for name in names:
+            self.start(name)
+        await asyncio.sleep(30)
+
     async def crash(self, name: str) -> None:
         """SIGKILL: its tasks end, nothing is released."""
         shards = self.replicas.pop(name)
@@ -178,9 +184,7 @@ def run(scenario: Callable[[Cluster], Awaitable[None]]) -> None:
 
 def test_three_replicas_share_six_endpoints_fairly() -> None:
     async def scenario(cluster: Cluster) -> None:
-        for name in ("a", "b", "c"):
-            cluster.start(name)
-        await asyncio.sleep(30)
+        await cluster.settled("a", "b", "c")
         assert all(len(holders) == 1 for holders in cluster.holders().values()), cluster.holders()
         assert sorted(cluster.loads().values()) == [2, 2, 2]
         # Leases: one per endpoint, the shared one, and one per replica.
@@ -193,9 +197,7 @@ def test_three_replicas_share_six_endpoints_fairly() -> None:
 
 def test_a_killed_replicas_endpoints_move_within_the_lease_time() -> None:
     async def scenario(cluster: Cluster) -> None:
-        for name in ("a", "b", "c"):
-            cluster.start(name)
-        await asyncio.sleep(30)
+        await cluster.settled("a", "b", "c")
         loop = asyncio.get_running_loop()
         lost = [key for key, holders in cluster.holders().items() if holders == ["c"]]
         assert lost
@@ -213,9 +215,7 @@ def test_a_killed_replicas_endpoints_move_within_the_lease_time() -> None:
 
 def test_a_replica_added_takes_its_share_without_a_gap() -> None:
     async def scenario(cluster: Cluster) -> None:
-        for name in ("a", "b"):
-            cluster.start(name)
-        await asyncio.sleep(30)
+        await cluster.settled("a", "b")
         assert sorted(cluster.loads().values()) == [3, 3]
         cluster.start("c")
         await asyncio.sleep(30)
@@ -232,9 +232,7 @@ def test_a_replica_added_takes_its_share_without_a_gap() -> None:
 
 def test_a_partitioned_replica_stops_before_its_leases_can_be_taken() -> None:
     async def scenario(cluster: Cluster) -> None:
-        for name in ("a", "b", "c"):
-            cluster.start(name)
-        await asyncio.sleep(30)
+        await cluster.settled("a", "b", "c")
         loop = asyncio.get_running_loop()
         mine = [key for key, holders in cluster.holders().items() if holders == ["c"]]
         cut_at = loop.time()
@@ -255,9 +253,7 @@ def test_a_partitioned_replica_stops_before_its_leases_can_be_taken() -> None:
 
 def test_a_lease_edited_by_hand_is_let_go_and_taken_after_its_duration() -> None:
     async def scenario(cluster: Cluster) -> None:
-        for name in ("a", "b", "c"):
-            cluster.start(name)
-        await asyncio.sleep(30)
+        await cluster.settled("a", "b", "c")
         loop = asyncio.get_running_loop()
         key, holders = next((k, h) for k, h in cluster.holders().items() if k != SHARED)
         edited_at = loop.time()
