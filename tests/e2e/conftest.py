@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,8 +52,8 @@ def exclusive(
     log_dir = short_tmpdir("slc-kill-")
     started: list[OperatorProcess] = []
 
-    def start(*, sandboxed: bool = False, **env: str) -> OperatorProcess:
-        process = OperatorProcess(cluster.kubeconfig, log_dir, env=env)
+    def start(*, sandboxed: bool = False, netns: Path | None = None, **env: str) -> OperatorProcess:
+        process = OperatorProcess(cluster.kubeconfig, log_dir, env=env, netns=netns)
         process.starts = len(started)  # distinct log files per start
         started.append(process)
         process.start(sandboxed=sandboxed)

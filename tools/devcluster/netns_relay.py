@@ -9,6 +9,11 @@ relay listens. Its listening socket is made inside the namespace and its outgoin
 from this machine's, so nothing listens anywhere but on a loopback, and nothing in the
 node can reach any other address of the machine. `--also-listen` adds listeners at addresses
 the namespace holds (the `kubernetes` Service's ClusterIP on its loopback), to the same port.
+
+SIGUSR1 cuts the relay as a network partition would: nothing more is forwarded either way
+(what arrives is read and dropped, so the other side sees no answer and no error), and new
+connections are accepted and hear nothing. SIGUSR2 heals it: the connections the cut
+spoiled are closed (the bytes dropped cannot be replayed), new ones are relayed again.
 Stdlib only: it runs beside the cluster.
 """
 
@@ -16,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import os
+import signal
 import socket
 
 CLONE_NEWNET = 0x40000000
@@ -47,27 +54,83 @@ def listen_in(netns: str, port: int, host: str = "127.0.0.1") -> socket.socket:
     return listener
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def connect_in(netns: str, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
+    """A socket connected to host:port of `netns` (a server there, e.g. a process's /metrics)."""
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(netns, os.O_RDONLY)
     try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
+        _setns(target)
+        try:
+            return socket.create_connection((host, port), timeout=timeout)
+        finally:
+            _setns(own)
     finally:
-        writer.close()
+        os.close(own)
+        os.close(target)
+
+
+class Relay:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cut = False
+        self.spoiled: set[asyncio.StreamWriter] = set()  # connections open during a cut
+        self.open: set[asyncio.StreamWriter] = set()
+
+    def partition(self) -> None:
+        self.cut = True
+        self.spoiled |= self.open
+        print("cut: forwarding nothing", flush=True)
+
+    def heal(self) -> None:
+        self.cut = False
+        for writer in self.spoiled:
+            writer.close()
+        self.spoiled.clear()
+        print("healed: relaying again", flush=True)
+
+    async def pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not self.cut:
+                    writer.write(data)
+                    await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.open.add(client_writer)
+        try:
+            if self.cut:
+                self.spoiled.add(client_writer)
+                await self.pipe(client_reader, client_writer)  # reads and drops until healed
+                return
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                client_writer.close()
+                return
+            self.open.add(upstream_writer)
+            try:
+                await asyncio.gather(
+                    self.pipe(client_reader, upstream_writer), self.pipe(upstream_reader, client_writer)
+                )
+            finally:
+                self.open.discard(upstream_writer)
+                self.spoiled.discard(upstream_writer)
+        finally:
+            self.open.discard(client_writer)
+            self.spoiled.discard(client_writer)
 
 
 async def serve(listeners: list[socket.socket], port: int) -> None:
-    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            client_writer.close()
-            return
-        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
-
-    servers = [await asyncio.start_server(relay, sock=listener) for listener in listeners]
+    relay = Relay(port)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGUSR1, relay.partition)
+        loop.add_signal_handler(signal.SIGUSR2, relay.heal)
+    servers = [await asyncio.start_server(relay.relay, sock=listener) for listener in listeners]
     await asyncio.gather(*(server.serve_forever() for server in servers))
 
 

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import sys
 import urllib.request
 from pathlib import Path
 
+from devcluster.netns_relay import connect_in
 from devcluster.procs import ManagedProcess, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_dir: Path, *, env: dict[str, str] | None = None, netns: Path | None = None
+    ) -> None:
+        """`netns`: run in that network namespace (its kubeconfig's 127.0.0.1 is then that of
+        the namespace, where a relay must listen); its ports are reached inside it."""
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.extra_env = env or {}
+        self.netns = netns
         self.health_port = 0
         self.metrics_port = 0
         self.process: ManagedProcess | None = None
@@ -50,20 +57,32 @@ class OperatorProcess:
                 **self.extra_env,
                 **env,
             },
+            netns=self.netns,
         )
         self.process.start(tied_to_parent=tied_to_parent)
         wait_until("the operator's /healthz", self.healthy, timeout=60, watch=[self.process])
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
-                return bool(response.status == 200)
+            return self._get(self.health_port, "/healthz", timeout=2)[0] == 200
         except OSError:
             return False
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
+        return self._get(self.metrics_port, "/metrics", timeout=5)[1]
+
+    def _get(self, port: int, path: str, *, timeout: float) -> tuple[int, str]:
+        if self.netns is None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+                return int(response.status), str(response.read().decode())
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        connection.sock = connect_in(str(self.netns), port, timeout=timeout)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
