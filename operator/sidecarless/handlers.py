@@ -271,6 +271,8 @@ async def endpoint_event(type: str | None, name: str, memo: kopf.Memo, **_: Any)
     """Every replica drops an endpoint once it is gone (the delete handler runs in one)."""
     if type == "DELETED":
         await memo.context.endpoints.remove(name)
+        with contextlib.suppress(KeyError):  # a series left at 0 would say nobody serves it
+            HELD.remove(name)
         memo.controllers.capacity.endpoint_changed(name)  # its capacity objects go with it
 
 
@@ -325,7 +327,8 @@ async def endpoint_monitor(name: str, body: kopf.Body, stopped: kopf.DaemonStopp
         if endpoint is not None and time.monotonic() - last_probe >= interval:
             last_probe = time.monotonic()
             await context.endpoints.refresh(name)  # serving again: every controller looks again
-        HELD.labels(name).set(1 if context.endpoints.holds(name) else 0)  # the leader, or the Lease's holder
+        if endpoint is not None:  # the leader, or the Lease's holder (none once the endpoint is gone)
+            HELD.labels(name).set(1 if context.endpoints.holds(name) else 0)
         status = _status(memo, name, body)
         comparable = {**status, "probe": {k: v for k, v in (status.get("probe") or {}).items() if k != "lastTime"}}
         # A standby replica (or, sharded, one that does not hold the endpoint) probes but does not write.

@@ -304,6 +304,8 @@ class Shards:
             elif not wanted:
                 log.info("shards: %s is gone; letting its Lease go", _shown(key))
                 await self._lose(key, grace=0.0)
+                with contextlib.suppress(KeyError):  # a series left at 0 would say nobody serves it
+                    HELD.remove(key.lstrip("@"))
                 await self._release(key, delete=True)
             elif owner is not None and owner != self.identity and not self._recently_adopted(key):
                 log.info("shards: handing %s over to %s", _shown(key), owner)

@@ -9,11 +9,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from sidecarless import kube as k
 from sidecarless.leases import LEASE, Timing
 from sidecarless.shards import SHARED, Replica, Shards, assign, endpoint_lease_name
 from tests.unit.fakeworld import FakeKube, simulate
+
+
+def held_series(shard: str) -> float | None:
+    return REGISTRY.get_sample_value("sidecarless_lease_held", {"shard": shard})
 
 ENDPOINTS = [f"ep-{i}" for i in range(6)]
 TIMING = Timing(lease_duration=15, renew_deadline=10, retry_period=2)
@@ -329,6 +334,9 @@ def test_a_gone_endpoints_lease_is_let_go() -> None:
         await asyncio.sleep(5)
         assert "ep-0" not in cluster.replicas["a"].held()
         assert cluster.api.get_object(LEASE, f"{NAMESPACE}/{endpoint_lease_name('ep-0')}") is None
+        # No series left at 0 for it, which would say that nobody serves it (an alert).
+        assert held_series("ep-0") is None
+        assert held_series("ep-1") == 1
 
     run(scenario)
 
