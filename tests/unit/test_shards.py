@@ -20,6 +20,7 @@ from tests.unit.fakeworld import FakeKube, simulate
 def held_series(shard: str) -> float | None:
     return REGISTRY.get_sample_value("sidecarless_lease_held", {"shard": shard})
 
+
 ENDPOINTS = [f"ep-{i}" for i in range(6)]
 TIMING = Timing(lease_duration=15, renew_deadline=10, retry_period=2)
 NAMESPACE = "sidecarless-system"
