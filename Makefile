@@ -6,7 +6,7 @@ export PYTHONPATH := tools:operator
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo demo-down bench bench-pods bench-wire crash soak chart-docs lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
+.PHONY: help setup demo demo-down bench bench-failover bench-memory bench-pods bench-wire crash soak chart-docs lint test test-unit binaries cluster cluster-down cluster-status gen gen-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -18,15 +18,22 @@ setup: ## install uv if missing and the locked Python environment
 demo: setup ## Sidecarless as pods on a local cluster with kubelet nodes (MODE=embedded|central): a pod mounts a volume, expand, snapshot, restore, delete (KEEP=1 keeps it)
 	$(UV) run python tools/demo.py $(if $(KEEP),--keep) $(if $(MODE),--mode $(MODE))
 
-bench: binaries ## the sidecars and Sidecarless side by side: N (100) claims, DRIVERS (1), ROUNDS (3), SETTINGS, SCENARIO (all)
+bench: binaries ## the sidecars and Sidecarless side by side: N (100) claims, DRIVERS (1), ROUNDS (3), SETTINGS, SCENARIO (all), SIDES (sidecars,sidecarless; sharded: 3 sharded replicas)
 	$(UV) run python -m bench.side_by_side --n $(or $(N),100) --drivers $(or $(DRIVERS),1) --rounds $(or $(ROUNDS),3) \
-		--settings $(or $(SETTINGS),defaults,qps100) --scenario $(or $(SCENARIO),all) $(if $(PLOT),--plot $(PLOT)) $(if $(OUT),--out $(OUT))
+		--settings $(or $(SETTINGS),defaults,qps100) --scenario $(or $(SCENARIO),all) $(if $(PLOT),--plot $(PLOT)) $(if $(OUT),--out $(OUT)) \
+		$(if $(SIDES),--sides $(SIDES))
+
+bench-failover: binaries ## a replica killed: how long DRIVERS (5) wait, one leader against sharded replicas, ROUNDS (3)
+	$(UV) run python -m bench.failover --drivers $(or $(DRIVERS),5) --rounds $(or $(ROUNDS),3)
 
 soak: binaries ## Sidecarless alone through waves of CLAIMS (1000) claims for MINUTES (10); RSS at start and end
 	$(UV) run python -m bench.soak --claims $(or $(CLAIMS),1000) --minutes $(or $(MINUTES),10)
 
 crash: binaries ## only the crash-anywhere suite (SCENARIOS=provision,snapshot picks operations); figures in bench/results/crash.json
 	SIDECARLESS_CRASH_SCENARIOS=$(SCENARIOS) SIDECARLESS_CRASH_REPORT=bench/results/crash.json $(UV) run pytest tests/e2e/test_crash_anywhere.py -s -q
+
+bench-memory: binaries ## memory at SIZES (1000,5000,10000) volumes, each with a claim and a snapshot: the sidecars, Sidecarless, 3 sharded replicas
+	$(UV) run python -m bench.memory_curve --sizes $(or $(SIZES),1000,5000,10000) --drivers $(or $(DRIVERS),1)
 
 bench-pods: binaries ## resizer memory with PODS Pods (default 5000): Sidecarless beside external-resizer
 	$(UV) run python -m bench.pods_memory --pods $(or $(PODS),5000)

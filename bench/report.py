@@ -1,4 +1,7 @@
-"""Medians over rounds, Sidecarless / sidecars ratios, the printed table and the plot."""
+"""Medians over rounds, Sidecarless / sidecars ratios, the printed table and the plot.
+
+A run with the sharded side (replicas sharing the drivers out) adds its column, and its
+ratio to the one Sidecarless process."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-SIDES = ("sidecars", "sidecarless")
+SIDES = ("sidecars", "sidecarless", "sharded")
 
 # (key in a round's figures, what the table calls it); a key "phase.field[.field]" reads a phase's figure.
 METRICS = (
@@ -76,17 +79,28 @@ def ratios(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[st
     return out
 
 
+def _rows(sides: dict[str, dict[str, float]]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The table's header and rows: each side's median, Sidecarless / sidecars, and sharded / Sidecarless."""
+    sharded = bool(sides.get("sharded"))
+    header = ["sidecars", "sidecarless", "ratio"] + (["sharded", "sh/1"] if sharded else [])
+    rows = []
+    for key, label in METRICS:
+        values = [sides.get(side, {}).get(key) for side in SIDES]
+        if all(v is None for v in values):
+            continue
+        theirs, ours, shards = values
+        cells = [_cell(theirs), _cell(ours), _ratio(ours, theirs)]
+        rows.append((label, cells + ([_cell(shards), _ratio(shards, ours)] if sharded else [])))
+    return header, rows
+
+
 def table(summary: dict[str, dict[str, dict[str, float]]], rounds: int) -> str:
     lines = []
     for setting, sides in summary.items():
+        header, rows = _rows(sides)
         lines.append(f"\n{setting} (median of {rounds} rounds)")
-        lines.append(f"  {'':<36}{'sidecars':>12}{'sidecarless':>13}{'ratio':>8}")
-        for key, label in METRICS:
-            theirs, ours = sides.get("sidecars", {}).get(key), sides.get("sidecarless", {}).get(key)
-            if theirs is None and ours is None:
-                continue
-            ratio = f"{ours / theirs:.2f}" if theirs and ours is not None else ""
-            lines.append(f"  {label:<36}{_cell(theirs):>12}{_cell(ours):>13}{ratio:>8}")
+        lines.append(f"  {'':<36}" + "".join(f"{h:>13}" for h in header))
+        lines += [f"  {label:<36}" + "".join(f"{c:>13}" for c in cells) for label, cells in rows]
     return "\n".join(lines)
 
 
@@ -94,14 +108,15 @@ def markdown(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     """The same table as :func:`table`, one per setting, for docs/performance.md."""
     lines = []
     for setting, sides in summary.items():
-        lines += [f"\n**{setting}**\n", "| | sidecars | Sidecarless | ratio |", "|---|---:|---:|---:|"]
-        for key, label in METRICS:
-            theirs, ours = sides.get("sidecars", {}).get(key), sides.get("sidecarless", {}).get(key)
-            if theirs is None and ours is None:
-                continue
-            ratio = f"{ours / theirs:.2f}" if theirs and ours is not None else ""
-            lines.append(f"| {label.strip()} | {_cell(theirs)} | {_cell(ours)} | {ratio} |")
+        header, rows = _rows(sides)
+        names = [{"sidecarless": "Sidecarless", "sh/1": "sharded / one"}.get(h, h) for h in header]
+        lines += [f"\n**{setting}**\n", "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines += [f"| {label.strip()} | " + " | ".join(cells) + " |" for label, cells in rows]
     return "\n".join(lines)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    return f"{numerator / denominator:.2f}" if denominator and numerator is not None else ""
 
 
 def _cell(value: float | None) -> str:
@@ -139,11 +154,14 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], title: str, path: Path
     for row, setting in enumerate(settings):
         for column, (metrics, unit) in enumerate(((PLOTTED_TIMES, "seconds to converge"), (PLOTTED_COSTS, ""))):
             axis = axes[row][column]
-            shown = [(k, label) for k, label in metrics if any(k in summary[setting][s] for s in SIDES)]
+            shown = [(k, label) for k, label in metrics if any(k in summary[setting].get(s, {}) for s in SIDES)]
             positions = range(len(shown))
-            for offset, side in ((-0.2, "sidecars"), (0.2, "sidecarless")):
+            present = [side for side in SIDES if summary[setting].get(side)]
+            width = 0.8 / max(len(present), 1)
+            for index, side in enumerate(present):
+                offset = (index - (len(present) - 1) / 2) * width
                 values = [summary[setting][side].get(k, 0.0) for k, _ in shown]
-                axis.bar([p + offset for p in positions], values, width=0.4, label=side)
+                axis.bar([p + offset for p in positions], values, width=width, label=side)
             axis.set_xticks(list(positions), [label for _, label in shown], rotation=25, ha="right", fontsize=8)
             axis.set_ylabel(unit)
             if column == 1:

@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 from bench import report
 from bench.audit import AuditLog, Requests
 from bench.proc import connections_to, machine_busy_seconds, usage
-from bench.sides import SETTINGS, Setting, Side, SidecarlessSide, SidecarsSide
+from bench.sides import SETTINGS, Setting, ShardedSide, Side, SidecarlessSide, SidecarsSide
 from bench.workload import NAMESPACE, PHASES, Workload, driver_name
 from devcluster import ClusterOptions, DriverSpec, LocalCluster
 from devcluster.build import ensure_sidecars
@@ -132,6 +132,7 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
     api_port = int(urlparse(cluster.server).port or 443)
     sidecars_kubeconfig = cluster.user_kubeconfig(SidecarsSide.user)
     sidecarless_kubeconfig = cluster.user_kubeconfig(SidecarlessSide.user)
+    sharded_kubeconfig = cluster.user_kubeconfig(ShardedSide.user)
     kube = Kube(
         await connect(str(cluster.kubeconfig)), qps=0, burst=1
     )  # the benchmark's own requests are never held back
@@ -148,6 +149,13 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
                     SidecarsSide(sidecars_kubeconfig, sockets, setting, workdir / f"{setting.name}-{number}"),
                     SidecarlessSide(
                         sidecarless_kubeconfig, setting, workdir / f"{setting.name}-{number}", args.operator_env
+                    ),
+                    ShardedSide(
+                        sharded_kubeconfig,
+                        setting,
+                        workdir / f"{setting.name}-{number}",
+                        args.operator_env,
+                        replicas=args.replicas,
                     ),
                 ]
                 if number % 2 == 0:
@@ -251,7 +259,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one phase may take")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "side_by_side.json")
     parser.add_argument("--plot", type=Path, help="also draw the medians into this PNG")
-    parser.add_argument("--sides", default="sidecars,sidecarless", help="run only these sides (profiling)")
+    parser.add_argument(
+        "--sides",
+        default="sidecars,sidecarless",
+        help="the sides to run: sidecars, sidecarless (one process) and sharded (--replicas sharing the drivers)",
+    )
+    parser.add_argument("--replicas", type=int, default=3, help="replicas of the sharded side")
     parser.add_argument("--profile", type=Path, help="sample Sidecarless with py-spy into this folder")
     parser.add_argument(
         "--operator-env",

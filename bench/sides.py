@@ -6,12 +6,13 @@ and is started fresh for every round, then stopped, so rounds never share warm c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from devcluster.build import ensure_sidecars
 from devcluster.operator import OperatorProcess
-from devcluster.procs import ManagedProcess
+from devcluster.procs import ManagedProcess, wait_until
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ SETTINGS = {
 
 SIDECARS_USER = "bench-sidecars"
 SIDECARLESS_USER = "bench-sidecarless"
+SHARDED_USER = "bench-sharded"
 
 
 class SidecarsSide:
@@ -141,4 +143,81 @@ class SidecarlessSide:
         self.operator.stop()
 
 
-Side = SidecarsSide | SidecarlessSide
+class ShardedSide:
+    """Sidecarless sharded: `replicas` operator processes sharing the drivers out by Lease.
+
+    The benchmark's cluster runs every process on one machine, so this measures what
+    sharding costs (each replica keeps every watch) and how work spreads, not the speed-up
+    of replicas on separate nodes."""
+
+    name = "sharded"
+    user = SHARDED_USER
+
+    def __init__(
+        self, kubeconfig: Path, setting: Setting, log_dir: Path, env: dict[str, str], *, replicas: int = 3
+    ) -> None:
+        self.operators = [
+            OperatorProcess(
+                kubeconfig,
+                log_dir,
+                env={
+                    "SIDECARLESS_LOG_LEVEL": "INFO",
+                    "SIDECARLESS_ATTACHER_RECONCILE_SECONDS": "60",
+                    "SIDECARLESS_LEADER_ELECTION": "true",
+                    "SIDECARLESS_SHARDING": "true",
+                    "SIDECARLESS_IDENTITY": f"bench-shard-{index}",
+                    **setting.operator_env(),
+                    **env,
+                },
+            )
+            for index in range(replicas)
+        ]
+        for index, operator in enumerate(self.operators):
+            operator.starts = 100 + index * 1000  # distinct log files in the shared folder
+
+    def start(self) -> None:
+        for operator in self.operators:
+            operator.start()
+        # The first replica takes every driver, and hands them over as the others join: a
+        # round starts once each is served by one replica, the loads even.
+        wait_until("the drivers shared out evenly", self._split_even, timeout=90, watch=self._processes())
+
+    def _split_even(self) -> bool:
+        served = [_served(operator.metrics()) for operator in self.operators]
+        known = set().union(*(_shards(operator.metrics()) for operator in self.operators))
+        loads = [len(s) for s in served]
+        every = [e for s in served for e in s]
+        return bool(known) and sorted(every) == sorted(known) and max(loads) - min(loads) <= 1
+
+    def _processes(self) -> list[ManagedProcess]:
+        return [operator.process for operator in self.operators if operator.process is not None]
+
+    def pids(self) -> dict[str, int]:
+        found = {}
+        for index, operator in enumerate(self.operators):
+            assert operator.process is not None
+            found[f"sidecarless-{index}"] = operator.process.pid
+        return found
+
+    def check_alive(self) -> None:
+        for operator in self.operators:
+            assert operator.process is not None
+            operator.process.check_alive()
+
+    def stop(self) -> None:
+        for operator in self.operators:
+            operator.stop()
+
+
+Side = SidecarsSide | SidecarlessSide | ShardedSide
+
+_HELD = re.compile(r'^sidecarless_lease_held\{shard="([^"]+)"\} ([01])\.0$', re.MULTILINE)
+
+
+def _shards(metrics: str) -> set[str]:
+    """The DriverEndpoints a replica knows (the work of none, `shared`, left out)."""
+    return {shard for shard, _ in _HELD.findall(metrics) if shard != "shared"}
+
+
+def _served(metrics: str) -> set[str]:
+    return {shard for shard, held in _HELD.findall(metrics) if held == "1" and shard != "shared"}

@@ -90,6 +90,22 @@ def test_medians_and_ratios() -> None:
     assert "0.30" in printed
 
 
+def test_the_sharded_side_gets_its_column_and_its_ratio_to_one_process() -> None:
+    rounds = [
+        _round("qps100", "sidecars", 20, 300),
+        _round("qps100", "sidecarless", 10, 100),
+        _round("qps100", "sharded", 12, 250),
+    ]
+    summary = report.summarize(rounds)
+    header, rows = report._rows(summary["qps100"])
+    assert header == ["sidecars", "sidecarless", "ratio", "sharded", "sh/1"]
+    assert dict(rows)["all PVCs Bound, s"] == ["20.00", "10.00", "0.50", "12.00", "1.20"]
+    assert dict(rows)["peak RSS MiB (sum of processes)"] == ["300", "100", "0.33", "250", "2.50"]
+    assert "| | sidecars | Sidecarless | ratio | sharded | sharded / one |" in report.markdown(summary)
+    # Without it, the table is as it was.
+    assert report._rows(report.summarize(rounds[:2])["qps100"])[0] == ["sidecars", "sidecarless", "ratio"]
+
+
 def test_nested_phase_figures() -> None:
     figures = {"phases": {"snapshot": {"shared_cpu_seconds": {"kube-apiserver": 2.5}, "machine_busy": 0.9}}}
     assert report.figure(figures, "snapshot.shared_cpu_seconds.kube-apiserver") == 2.5
