@@ -22,7 +22,7 @@ import pytest
 from devcluster import LocalCluster
 from devcluster.operator import OperatorProcess
 from devcluster.partition import Partitionable
-from sidecarless.kube import DRIVER_ENDPOINT, LEASE, PV, PVC, Kube
+from sidecarless.kube import DRIVER_ENDPOINT, LEASE, PV, PVC, Kube, NotFound
 from sidecarless.leases import parse_stamp
 from sidecarless.shards import SHARD_LABEL, endpoint_lease_name
 from tests.conftest import short_tmpdir
@@ -346,3 +346,80 @@ async def _join_and_partition(
     assert handles == backend, "every backend volume has its PV, and no other was made"
     for name in claims:
         await kube.delete(PVC, name, namespace)
+
+
+async def test_replicas_started_with_different_sharding_settings_never_both_serve(
+    kube: Kube,
+    namespace: str,
+    exclusive: Callable[..., OperatorProcess],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
+) -> None:
+    """A rolling change of `sharding.enabled`: a replica without sharding does not lead while a
+    sharded one holds endpoints, leads once they are let go, and then no sharded replica takes one."""
+    try:
+        await _mixed_settings(kube, namespace, exclusive, routed_class)
+    finally:
+        for lease in await kube.list(LEASE, "default", label_selector=SHARD_LABEL):
+            await kube.delete(LEASE, lease["metadata"]["name"], "default")
+        with contextlib.suppress(NotFound):
+            await kube.delete(LEASE, "sidecarless-leader", "default")
+
+
+async def _mixed_settings(
+    kube: Kube,
+    namespace: str,
+    exclusive: Callable[..., OperatorProcess],
+    routed_class: Callable[..., Awaitable[tuple[str, str]]],
+) -> None:
+    single = {**SHARDED, "SIDECARLESS_SHARDING": "false", **FAST}
+    sharded = exclusive(SIDECARLESS_IDENTITY="shard-a", **SHARDED, **FAST)
+    routed = [await routed_class(MOCK) for _ in range(2)]
+    endpoints = [endpoint for endpoint, _ in routed]
+
+    async def held_by(wanted: str) -> bool:
+        return set((await holders(kube, endpoints)).values()) == {wanted}
+
+    await eventually(lambda: held_by("shard-a"), what="shard-a serving both endpoints", timeout=30)
+    leader = exclusive(SIDECARLESS_IDENTITY="single-b", **single)
+    refusal = "not leading (Lease default/sidecarless-leader): sharded replicas (shard-a) hold DriverEndpoint Leases"
+
+    async def refused() -> bool:
+        return refusal in leader.log_text()
+
+    await eventually(refused, what="the replica without sharding refusing to lead", timeout=20)
+    assert 'leader_election_master_status{name="sidecarless-leader"} 0.0' in leader.metrics()
+    assert served(leader.metrics()) == set(), "a replica that does not lead serves nothing"
+    await kube.create(PVC, claim("while-sharded", routed[0][1]), namespace)
+    await eventually(lambda: _bound(kube, namespace, "while-sharded"), what="the claim Bound by shard-a")
+
+    # The sharded replica stops cleanly (its pod replaced): it lets its Leases go, the other leads.
+    assert sharded.process is not None
+    sharded.process.stop()
+    stopped_at = time.monotonic()
+
+    async def leading() -> bool:
+        return served(leader.metrics()) == set(endpoints)
+
+    await eventually(leading, what="the replica without sharding leading", timeout=30)
+    print(f"\nmixed settings: the single leader served both endpoints {time.monotonic() - stopped_at:.1f}s after")
+    await kube.create(PVC, claim("while-single", routed[1][1]), namespace)
+    await eventually(lambda: _bound(kube, namespace, "while-single"), what="the claim Bound by the leader")
+
+    # A sharded replica started now takes nothing while the single leader holds its Lease.
+    late = exclusive(SIDECARLESS_IDENTITY="shard-c", **SHARDED, **FAST)
+    blocked = "replica single-b holds the Lease sidecarless-leader (it runs without sharding"
+
+    async def blocked_said() -> bool:
+        return blocked in late.log_text()
+
+    await eventually(blocked_said, what="the late sharded replica refusing to take endpoints", timeout=20)
+    await asyncio.sleep(3 * RETRY_PERIOD)
+    assert served(late.metrics()) == set()
+    assert set((await holders(kube, endpoints)).values()) <= {"", "shard-a"}, "no endpoint Lease taken"
+    for name in ("while-sharded", "while-single"):
+        await kube.delete(PVC, name, namespace)
+
+
+async def _bound(kube: Kube, namespace: str, name: str) -> bool:
+    found = await kube.get_or_none(PVC, name, namespace)
+    return bool(found and (found.get("status") or {}).get("phase") == "Bound")
