@@ -62,7 +62,7 @@ class LeaderElector:
         self._task: asyncio.Task[None] | None = None
         self._refusal = ""
 
-    def holds(self, _key: str = "") -> bool:
+    def holds(self) -> bool:
         """Whether this replica may act as the leader now: it leads, and renewed within the
         renew deadline (checked at every CSI call, so a stuck renewal stops calls in time)."""
         return self.leading and time.monotonic() - self._renewed_at < self.timing.renew_deadline

@@ -266,6 +266,8 @@ class Shards:
 
     async def cycle(self) -> None:
         listed = await self.kube.list(LEASE, self.namespace, label_selector=SHARD_LABEL)
+        # A GET of its own, not a label on the leader's Lease: a leader of a version before
+        # sharding writes no label, and must be seen during a rolling upgrade all the same.
         leader = await self.kube.get_or_none(LEASE, self._leader_lease, self.namespace)
         read_at = leases.now()
         by_name: dict[str, Body] = {}

@@ -152,7 +152,8 @@ class Cluster:
     async def _invariant(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            for key in [*self.endpoints, SHARED]:
+            held = {key for shards in self.replicas.values() for key in shards.held()}
+            for key in {*self.endpoints, SHARED} | held:  # gone endpoints too, while anyone holds them
                 holders = [n for n, s in self.replicas.items() if s.holds(key)]
                 if len(holders) > 1:
                     self.double.append((loop.time(), key, holders))
@@ -338,6 +339,29 @@ def test_a_gone_endpoints_lease_is_let_go() -> None:
         # No series left at 0 for it, which would say that nobody serves it (an alert).
         assert held_series("ep-0") is None
         assert held_series("ep-1") == 1
+
+    run(scenario)
+
+
+def test_an_endpoint_renamed_during_a_hand_over_is_served_under_its_new_name_once() -> None:
+    """DriverEndpoints cannot be renamed: the old one deleted and a new one made, while a
+    replica joins and endpoints are being handed over."""
+
+    async def scenario(cluster: Cluster) -> None:
+        await cluster.settled("a", "b")
+        cluster.start("c")
+        await asyncio.sleep(TIMING.retry_period)  # the hand-overs have begun
+        cluster.endpoints[cluster.endpoints.index("ep-0")] = "ep-0-renamed"
+        loop = asyncio.get_running_loop()
+        renamed_at = loop.time()
+        await asyncio.sleep(30)
+        holders = cluster.holders()
+        assert len(holders["ep-0-renamed"]) == 1, holders
+        assert holders.get("ep-0", []) == []
+        assert cluster.api.get_object(LEASE, f"{NAMESPACE}/{endpoint_lease_name('ep-0')}") is None
+        assert sorted(cluster.loads().values()) == [2, 2, 2]
+        taken = min(t for t, _, what, key in cluster.log if what == "acquired" and key == "ep-0-renamed")
+        assert taken - renamed_at <= 2 * TIMING.retry_period + 0.5  # a new endpoint's Lease is free
 
     run(scenario)
 
