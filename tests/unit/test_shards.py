@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from sidecarless import kube as k
-from sidecarless.leases import LEASE, Timing
+from sidecarless.leases import LEASE, Timing, parse_stamp, stamp
 from sidecarless.shards import SHARED, Replica, Shards, assign, endpoint_lease_name
 from tests.unit.fakeworld import FakeKube, simulate
 
@@ -84,17 +86,25 @@ def test_lease_names_are_valid_for_any_endpoint_name() -> None:
 
 
 class ReplicaAPI(k.Kube):
-    """One replica's view of the shared fake API server; `cut` makes every request hang."""
+    """One replica's view of the shared fake API server; `cut` makes every request hang;
+    `skew` shifts the times it writes into Leases, as a replica whose clock is off would."""
 
-    def __init__(self, api: FakeKube) -> None:
+    def __init__(self, api: FakeKube, skew: float = 0.0) -> None:
         self.api = api
         self.transport = None  # type: ignore[assignment]
         self.written = None
         self.cut = False
+        self.skew = skew
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         if self.cut:
             await asyncio.Event().wait()  # a partition: no answer, ever
+        spec = (kwargs.get("body") or {}).get("spec") if self.skew else None
+        for field in ("renewTime", "acquireTime"):
+            if isinstance(spec, dict) and spec.get(field):
+                moment = parse_stamp(spec[field])
+                assert moment is not None
+                spec[field] = stamp(moment + timedelta(seconds=self.skew))
         return await self.api.request(method, path, **kwargs)
 
 
@@ -108,8 +118,8 @@ class Cluster:
         self.double: list[tuple[float, str, list[str]]] = []
         self._watch: asyncio.Task[None] | None = None
 
-    def start(self, name: str, **options: Any) -> Shards:
-        view = self.views[name] = ReplicaAPI(self.api)
+    def start(self, name: str, *, skew: float = 0.0, **options: Any) -> Shards:
+        view = self.views[name] = ReplicaAPI(self.api, skew)
         loop = asyncio.get_running_loop()
 
         def note(what: str) -> Callable[..., Awaitable[None]]:
@@ -303,7 +313,7 @@ def test_no_lease_is_taken_while_a_replica_without_sharding_leads() -> None:
     run(scenario)
 
 
-def test_two_processes_with_one_identity_do_not_both_serve() -> None:
+def test_two_processes_with_one_identity_do_not_both_serve(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario(cluster: Cluster) -> None:
         cluster.start("a")
         await asyncio.sleep(20)
@@ -326,6 +336,38 @@ def test_two_processes_with_one_identity_do_not_both_serve() -> None:
         await twin.stop()
 
     run(scenario)
+    assert "another process runs with this replica's identity 'a'" in caplog.text
+    assert "give every replica its own identity (POD_NAME)" in caplog.text
+
+
+def test_a_replica_whose_clock_is_off_is_logged_and_breaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(cluster: Cluster) -> None:
+        cluster.start("a")
+        cluster.start("b", skew=60.0)  # its Leases say it renewed a minute from now
+        await asyncio.sleep(30)
+        assert sorted(cluster.loads().values()) == [3, 3]
+        assert all(len(holders) == 1 for holders in cluster.holders().values()), cluster.holders()
+        await cluster.crash("b")  # judged by a's own clock: free 15 s after, not a minute later
+        await asyncio.sleep(TIMING.lease_duration + 2 * TIMING.retry_period + 0.5)
+        assert cluster.loads() == {"a": 6}
+
+    with caplog.at_level(logging.ERROR, logger="sidecarless.shards"):
+        run(scenario)
+    assert "replica b's clock is +60 s off this one's" in caplog.text
+    assert "check NTP" in caplog.text
+
+
+def test_replicas_with_different_lease_timing_say_so(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(cluster: Cluster) -> None:
+        cluster.start("a")
+        cluster.start("b", timing=Timing(lease_duration=8, renew_deadline=5, retry_period=1))
+        await asyncio.sleep(30)
+        assert sorted(cluster.loads().values()) == [3, 3]
+
+    with caplog.at_level(logging.ERROR, logger="sidecarless.shards"):
+        run(scenario)
+    assert "replica b runs with lease timing 8/5/1, this one with 15/10/2" in caplog.text
+    assert "replica a runs with lease timing 15/10/2, this one with 8/5/1" in caplog.text
 
 
 def test_a_gone_endpoints_lease_is_let_go() -> None:
