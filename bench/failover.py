@@ -23,11 +23,11 @@ import re
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.harness import cluster_options, on_a_local_cluster
 from bench.workload import NAMESPACE, Workload, _claim, class_name, driver_name
 from devcluster import LocalCluster
 from devcluster.operator import REPO, OperatorProcess
@@ -152,21 +152,13 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, workdir: Path) ->
 
 
 def main() -> None:
-    from bench.side_by_side import cluster_options  # noqa: PLC0415
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drivers", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "failover.json")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="slc-failover-", dir="/tmp"))
-    cluster = LocalCluster.start(workdir / "cluster", cluster_options(args.drivers, audit_log=False))
-    try:
-        result = asyncio.run(run(args, cluster, workdir))
-    finally:
-        cluster.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    options = cluster_options(args.drivers, audit_log=False)
+    result, _ = on_a_local_cluster("failover", options, lambda cluster, work: run(args, cluster, work), args.out)
     print(f"\n{args.drivers} drivers, median of {args.rounds} rounds, seconds from the kill:")
     print(f"  {'':<40}{'single leader':>15}{'sharded':>10}")
     for key, label in (

@@ -22,11 +22,11 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.harness import cluster_options, on_a_local_cluster
 from bench.proc import usage
 from bench.sides import SETTINGS, ShardedSide, Side, SidecarlessSide, SidecarsSide
 from bench.workload import Workload, driver_name
@@ -157,8 +157,6 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    from bench.side_by_side import cluster_options  # noqa: PLC0415 - it imports this module's siblings
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,5000,10000", help="volumes (each with a claim and a snapshot)")
     parser.add_argument("--drivers", type=int, default=1)
@@ -171,14 +169,8 @@ def main() -> None:
     args.sides = set(args.sides.split(","))
     if "sidecars" in args.sides:
         ensure_sidecars()  # before the cluster: a cold build takes minutes
-    workdir = Path(tempfile.mkdtemp(prefix="slc-memory-", dir="/tmp"))
-    cluster = LocalCluster.start(workdir / "cluster", cluster_options(args.drivers, audit_log=False))
-    try:
-        result = asyncio.run(run(args, cluster, workdir))
-    finally:
-        cluster.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    options = cluster_options(args.drivers, audit_log=False)
+    result, _ = on_a_local_cluster("memory", options, lambda cluster, work: run(args, cluster, work), args.out)
     print(f"\nresident MiB once settled (peak), {args.drivers} driver(s), a claim and a snapshot per volume:")
     print(table(result))
 

@@ -22,13 +22,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench.harness import on_a_local_cluster
 from bench.proc import usage
 from devcluster import DriverSpec, LocalCluster
 from devcluster.build import ensure_external_resizer
@@ -216,7 +216,6 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to let watches catch up")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pods_memory.json")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="slc-bench-", dir="/tmp"))
     offline = DriverSpec(
         OFFLINE,
         hooks={
@@ -224,13 +223,10 @@ def main() -> None:
             "controllerExpandVolumeStart": "calls++; calls == 1 ? FAILEDPRECONDITION : OK;",
         },
     )
-    cluster = LocalCluster.start(workdir / "cluster", ClusterOptions(drivers=(*DEFAULT_DRIVERS, offline)))
-    try:
-        result = asyncio.run(run(cluster, workdir, args.pods, args.settle))
-    finally:
-        cluster.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    options = ClusterOptions(drivers=(*DEFAULT_DRIVERS, offline))
+    result, _ = on_a_local_cluster(
+        "bench", options, lambda cluster, work: run(cluster, work, args.pods, args.settle), args.out
+    )
     print(f"{result['pods']} Pods of {result['pod_json_bytes']} bytes each, created in {result['pod_create_seconds']}s")
     print(table(result))
     print(f"figures written to {args.out}")

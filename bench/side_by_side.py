@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +27,11 @@ from urllib.parse import urlparse
 
 from bench import report
 from bench.audit import AuditLog, Requests
+from bench.harness import cluster_options, on_a_local_cluster
 from bench.proc import connections_to, machine_busy_seconds, usage
 from bench.sides import SETTINGS, Setting, ShardedSide, Side, SidecarlessSide, SidecarsSide
 from bench.workload import NAMESPACE, PHASES, Workload, driver_name
-from devcluster import ClusterOptions, DriverSpec, LocalCluster
+from devcluster import LocalCluster
 from devcluster.build import ensure_sidecars
 from devcluster.operator import REPO
 from sidecarless.kube import POD, PVC, VOLUME_SNAPSHOT, Kube, connect
@@ -285,29 +284,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def cluster_options(drivers: int, *, audit_log: bool) -> ClusterOptions:
-    """A benchmark's cluster: its mock drivers, our CRDs, and a kube-controller-manager fast
-    enough (1000/2000 QPS) that its binder and attach/detach controller hold no side back."""
-    return ClusterOptions(
-        drivers=tuple(DriverSpec(driver_name(i)) for i in range(drivers)),
-        controller_manager_qps=1000,
-        controller_manager_burst=2000,
-        audit_log=audit_log,
-        extra_crds=tuple(sorted((REPO / "crds").glob("*.yaml"))),
-    )
-
-
 def main() -> None:
     args = parse_args()
     ensure_sidecars()  # before the cluster: a cold build takes minutes
-    workdir = Path(tempfile.mkdtemp(prefix="slc-bench-", dir="/tmp"))
-    cluster = LocalCluster.start(workdir / "cluster", cluster_options(args.drivers, audit_log=True))
-    try:
-        result = asyncio.run(run(args, cluster, workdir))
-    finally:
-        cluster.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    options = cluster_options(args.drivers, audit_log=True)
+    result, workdir = on_a_local_cluster("bench", options, lambda cluster, work: run(args, cluster, work), args.out)
     print(f"\n{result['n']} claims, {result['drivers']} driver(s), phases {', '.join(result['phases'])}")
     print(f"machine: {result['machine']}")
     print(report.table(result["summary"], args.rounds))

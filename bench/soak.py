@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.harness import cluster_options, on_a_local_cluster
 from bench.proc import usage
-from bench.side_by_side import cluster_options, wait_clean
+from bench.side_by_side import wait_clean
 from bench.sides import SETTINGS, SidecarlessSide
 from bench.workload import PHASES, Workload, driver_name
 from devcluster import LocalCluster
@@ -109,14 +108,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.operator_env = dict(item.split("=", 1) for item in args.operator_env)
-    workdir = Path(tempfile.mkdtemp(prefix="slc-soak-", dir="/tmp"))
-    cluster = LocalCluster.start(workdir / "cluster", cluster_options(1, audit_log=False))
-    try:
-        result = asyncio.run(run(args, cluster, workdir))
-    finally:
-        cluster.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    options = cluster_options(1, audit_log=False)
+    result, workdir = on_a_local_cluster("soak", options, lambda cluster, work: run(args, cluster, work), args.out)
     print(
         f"\n{result['claims']} claims in {result['waves']} waves over {result['minutes']} minutes; "
         f"RSS after the first wave {result['rss_after_first_wave_mib']:.1f} MiB, at the end "

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio.client.api_client import ApiClient
 
+from bench.harness import cluster_options, on_a_local_cluster
 from bench.proc import usage
-from bench.side_by_side import cluster_options
 from devcluster import LocalCluster
 from devcluster.operator import REPO
 from sidecarless.kube import PV, Kube, Transport, load_configuration
@@ -138,14 +136,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "wire_format.json")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="slc-wire-", dir="/tmp"))
-    cluster = LocalCluster.start(workdir / "cluster", cluster_options(0, audit_log=False))
-    try:
-        result = asyncio.run(run(args, cluster))
-    finally:
-        cluster.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    options = cluster_options(0, audit_log=False)
+    result, _ = on_a_local_cluster("wire", options, lambda cluster, _: run(args, cluster), args.out)
     for test, by in result["medians"].items():
         ratio = by["json"] / by["protobuf"] if by["protobuf"] else float("nan")
         print(f"{test}: kube-apiserver CPU s, JSON {by['json']:.2f}, protobuf {by['protobuf']:.2f}, ratio {ratio:.2f}")

@@ -38,6 +38,16 @@ TAKEOVER_BOUND_SECONDS = 21.0
 SHARDED = {"SIDECARLESS_LEADER_ELECTION": "true", "SIDECARLESS_SHARDING": "true", "SIDECARLESS_LOG_LEVEL": "INFO"}
 
 
+@pytest.fixture(autouse=True)
+async def no_leases_left(kube: Kube) -> AsyncIterator[None]:
+    """A killed replica's Leases would stay for their garbage time: later tests start clean."""
+    yield
+    for lease in await kube.list(LEASE, "default", label_selector=SHARD_LABEL):
+        await kube.delete(LEASE, lease["metadata"]["name"], "default")
+    with contextlib.suppress(NotFound):
+        await kube.delete(LEASE, "sidecarless-leader", "default")
+
+
 async def holders(kube: Kube, endpoints: list[str]) -> dict[str, str]:
     found = {}
     for endpoint in endpoints:
@@ -54,22 +64,6 @@ async def test_three_replicas_share_six_endpoints_and_survive_a_kill(
     routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
     before = await backend_volume_ids(cluster.driver_addresses[MOCK])
-    try:
-        await _run(kube, namespace, cluster, exclusive, routed_class, before)
-    finally:
-        # The killed replica's Lease would stay for its garbage time: later tests start clean.
-        for lease in await kube.list(LEASE, "default", label_selector=SHARD_LABEL):
-            await kube.delete(LEASE, lease["metadata"]["name"], "default")
-
-
-async def _run(
-    kube: Kube,
-    namespace: str,
-    cluster: LocalCluster,
-    exclusive: Callable[..., OperatorProcess],
-    routed_class: Callable[..., Awaitable[tuple[str, str]]],
-    before: set[str],
-) -> None:
     replicas = {name: exclusive(SIDECARLESS_IDENTITY=name, **SHARDED) for name in REPLICAS}
     routed = [await routed_class(MOCK) for _ in range(ENDPOINTS)]
     endpoints = [endpoint for endpoint, _ in routed]
@@ -231,13 +225,8 @@ async def test_a_replica_joins_without_a_gap_and_a_partitioned_one_stops_before_
     routed_class: Callable[..., Awaitable[tuple[str, str]]],
 ) -> None:
     before = await backend_volume_ids(cluster.driver_addresses[MOCK])
-    room = Partitionable.create(cluster.server, short_tmpdir("slc-part-"))
-    try:
+    with Partitionable.create(cluster.server, short_tmpdir("slc-part-")) as room:
         await _join_and_partition(kube, namespace, cluster, exclusive, routed_class, room, before)
-    finally:
-        room.close()
-        for lease in await kube.list(LEASE, "default", label_selector=SHARD_LABEL):
-            await kube.delete(LEASE, lease["metadata"]["name"], "default")
 
 
 async def _join_and_partition(
@@ -356,21 +345,6 @@ async def test_replicas_started_with_different_sharding_settings_never_both_serv
 ) -> None:
     """A rolling change of `sharding.enabled`: a replica without sharding does not lead while a
     sharded one holds endpoints, leads once they are let go, and then no sharded replica takes one."""
-    try:
-        await _mixed_settings(kube, namespace, exclusive, routed_class)
-    finally:
-        for lease in await kube.list(LEASE, "default", label_selector=SHARD_LABEL):
-            await kube.delete(LEASE, lease["metadata"]["name"], "default")
-        with contextlib.suppress(NotFound):
-            await kube.delete(LEASE, "sidecarless-leader", "default")
-
-
-async def _mixed_settings(
-    kube: Kube,
-    namespace: str,
-    exclusive: Callable[..., OperatorProcess],
-    routed_class: Callable[..., Awaitable[tuple[str, str]]],
-) -> None:
     single = {**SHARDED, "SIDECARLESS_SHARDING": "false", **FAST}
     sharded = exclusive(SIDECARLESS_IDENTITY="shard-a", **SHARDED, **FAST)
     routed = [await routed_class(MOCK) for _ in range(2)]
