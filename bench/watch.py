@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sidecarless.kube import Kube, Resource
+from sidecarless.kube import Gone, Kube, Resource
 
 Body = dict[str, Any]
 # (event type, object) -> the name of what this event completes, or None
@@ -21,16 +21,24 @@ Reached = Callable[[str, Body], str | None]
 
 
 async def list_and_watch(kube: Kube, resource: Resource, namespace: str | None) -> AsyncIterator[tuple[str, Body]]:
-    """Every object as ADDED, then every change, for as long as the caller iterates."""
-    listing = await kube.request("GET", resource.path(namespace=namespace))
-    for item in listing["items"]:
-        yield "ADDED", item
-    version = listing["metadata"]["resourceVersion"]
+    """Every object as ADDED, then every change, for as long as the caller iterates.
+
+    A watch whose resourceVersion etcd no longer keeps (410, a listing of thousands of
+    objects outlasting compaction) lists again: every object again as ADDED, which only
+    repeats what a milestone already has."""
     while True:
-        async for kind, obj in kube.watch(resource, version, namespace=namespace):
-            version = obj["metadata"]["resourceVersion"]
-            if kind != "BOOKMARK":
-                yield kind, obj
+        listing = await kube.request("GET", resource.path(namespace=namespace))
+        for item in listing["items"]:
+            yield "ADDED", item
+        version = listing["metadata"]["resourceVersion"]
+        try:
+            while True:
+                async for kind, obj in kube.watch(resource, version, namespace=namespace):
+                    version = obj["metadata"]["resourceVersion"]
+                    if kind != "BOOKMARK":
+                        yield kind, obj
+        except Gone:
+            continue
 
 
 class Milestones:
