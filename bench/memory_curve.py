@@ -3,7 +3,8 @@
 external-provisioner keeps every PV, PVC and StorageClass of the cluster in informers, and
 its memory grows with them (a container limit of 200 MiB per 5,000 volumes not to be
 OOM-killed, external-provisioner #587);
-Sidecarless keeps the same objects, trimmed (docs/performance.md), once for all drivers.
+Sidecarless keeps the same objects (without managedFields: docs/architecture.md), once for
+all drivers; sharded, every replica keeps them all (watches are not sharded).
 
 One cluster with D mock drivers. The population grows in steps to each size: claims (Bound,
 by a Sidecarless process started for that and stopped after), then a VolumeSnapshot of each
