@@ -154,8 +154,16 @@ class ShardedSide:
     user = SHARDED_USER
 
     def __init__(
-        self, kubeconfig: Path, setting: Setting, log_dir: Path, env: dict[str, str], *, replicas: int = 3
+        self,
+        kubeconfig: Path,
+        setting: Setting,
+        log_dir: Path,
+        env: dict[str, str],
+        *,
+        replicas: int = 3,
+        split_timeout: float = 90.0,
     ) -> None:
+        self.split_timeout = split_timeout
         self.operators = [
             OperatorProcess(
                 kubeconfig,
@@ -177,10 +185,12 @@ class ShardedSide:
 
     def start(self) -> None:
         for operator in self.operators:
-            operator.start()
+            operator.start(health_timeout=self.split_timeout)
         # The first replica takes every driver, and hands them over as the others join: a
         # round starts once each is served by one replica, the loads even.
-        wait_until("the drivers shared out evenly", self._split_even, timeout=90, watch=self._processes())
+        wait_until(
+            "the drivers shared out evenly", self._split_even, timeout=self.split_timeout, watch=self._processes()
+        )
 
     def _split_even(self) -> bool:
         served = [_served(operator.metrics()) for operator in self.operators]

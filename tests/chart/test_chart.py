@@ -145,6 +145,10 @@ def test_the_deployment_is_locked_down(helm: Path) -> None:
     }
     assert container["args"] == ["run"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # A large cluster's first listing must not be cut short by the liveness probe's minute.
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["SIDECARLESS_SNAPSHOT_CONTROLLER"]["value"] == "true"

@@ -29,7 +29,9 @@ class OperatorProcess:
         self.process: ManagedProcess | None = None
         self.starts = 0
 
-    def start(self, *, tied_to_parent: bool = True, sandboxed: bool = False, **env: str) -> None:
+    def start(
+        self, *, tied_to_parent: bool = True, sandboxed: bool = False, health_timeout: float = 60.0, **env: str
+    ) -> None:
         """`sandboxed` runs it as the chart's securityContext would: see devcluster/sandbox.py."""
         self.starts += 1
         command = [sys.executable, "-m", "sidecarless", "run"]
@@ -60,7 +62,7 @@ class OperatorProcess:
             netns=self.netns,
         )
         self.process.start(tied_to_parent=tied_to_parent)
-        wait_until("the operator's /healthz", self.healthy, timeout=60, watch=[self.process])
+        wait_until("the operator's /healthz", self.healthy, timeout=health_timeout, watch=[self.process])
 
     def healthy(self) -> bool:
         try:
