@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import statistics
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import cluster_options, on_a_local_cluster
+from bench.sides import served_endpoints
 from bench.workload import NAMESPACE, Workload, _claim, class_name, driver_name
 from devcluster import LocalCluster
 from devcluster.operator import REPO, OperatorProcess
@@ -36,12 +36,11 @@ from sidecarless.kube import LEASE, PVC, Kube, connect
 from sidecarless.shards import SHARD_LABEL
 
 MODES = {"single": 2, "sharded": 3}  # replicas started in each mode
-HELD = re.compile(r'^sidecarless_lease_held\{shard="([^"]+)"\} 1\.0$', re.MULTILINE)
 
 
 def served(operator: OperatorProcess) -> set[str]:
     try:
-        return {shard for shard in HELD.findall(operator.metrics()) if shard != "shared"}
+        return served_endpoints(operator.metrics())
     except OSError:
         return set()
 

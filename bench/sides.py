@@ -193,7 +193,7 @@ class ShardedSide:
         )
 
     def _split_even(self) -> bool:
-        served = [_served(operator.metrics()) for operator in self.operators]
+        served = [served_endpoints(operator.metrics()) for operator in self.operators]
         known = set().union(*(_shards(operator.metrics()) for operator in self.operators))
         loads = [len(s) for s in served]
         every = [e for s in served for e in s]
@@ -229,5 +229,6 @@ def _shards(metrics: str) -> set[str]:
     return {shard for shard, _ in _HELD.findall(metrics) if shard != "shared"}
 
 
-def _served(metrics: str) -> set[str]:
+def served_endpoints(metrics: str) -> set[str]:
+    """The DriverEndpoints a replica serves now, by its `sidecarless_lease_held`."""
     return {shard for shard, held in _HELD.findall(metrics) if held == "1" and shard != "shared"}

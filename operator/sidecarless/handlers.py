@@ -36,7 +36,7 @@ from sidecarless.leaks import LeakReporter
 from sidecarless.leases import Observations
 from sidecarless.provisioner.controller import Provisioner
 from sidecarless.resizer.controller import Resizer
-from sidecarless.shards import HELD, SHARED, Shards, sharded_holders
+from sidecarless.shards import HELD, SHARED, Shards, forget_served, sharded_holders
 from sidecarless.snapshots.common_controller import SnapshotController
 from sidecarless.snapshots.group_common_controller import GroupSnapshotController
 from sidecarless.snapshots.group_sidecar_controller import GroupSnapshotter
@@ -271,8 +271,7 @@ async def endpoint_event(type: str | None, name: str, memo: kopf.Memo, **_: Any)
     """Every replica drops an endpoint once it is gone (the delete handler runs in one)."""
     if type == "DELETED":
         await memo.context.endpoints.remove(name)
-        with contextlib.suppress(KeyError):  # a series left at 0 would say nobody serves it
-            HELD.remove(name)
+        forget_served(name)
         memo.controllers.capacity.endpoint_changed(name)  # its capacity objects go with it
 
 

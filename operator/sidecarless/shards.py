@@ -151,6 +151,12 @@ def assign(keys: Iterable[str], replicas: Iterable[Replica]) -> dict[str, str]:
     return result
 
 
+def forget_served(key: str) -> None:
+    """Drop a gone key's `sidecarless_lease_held` series: left at 0, it would say nobody serves it."""
+    with contextlib.suppress(KeyError):
+        HELD.remove(key.lstrip("@"))
+
+
 def endpoint_lease_name(key: str) -> str:
     return SHARED_LEASE if key == SHARED else leases.lease_name(ENDPOINT_LEASE_PREFIX, key)
 
@@ -306,8 +312,7 @@ class Shards:
             elif not wanted:
                 log.info("shards: %s is gone; letting its Lease go", _shown(key))
                 await self._lose(key, grace=0.0)
-                with contextlib.suppress(KeyError):  # a series left at 0 would say nobody serves it
-                    HELD.remove(key.lstrip("@"))
+                forget_served(key)
                 await self._release(key, delete=True)
             elif owner is not None and owner != self.identity and not self._recently_adopted(key):
                 log.info("shards: handing %s over to %s", _shown(key), owner)
